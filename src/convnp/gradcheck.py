@@ -1,0 +1,101 @@
+"""Finite-difference gradient checking: the evidence that each hand-written backward is right.
+
+For a layer or model g, take a fixed random r shaped like y = g(x) and the scalar
+L = Σ (y ∘ r). Then ∂L/∂y = r, so ``backward(r)`` must return ∂L/∂x and fill ∂L/∂θ. Each is
+compared with central differences (L(v + ε) − L(v − ε)) / 2ε, element by element, through the
+relative error ‖a − n‖∞ / max(‖a‖∞ + ‖n‖∞, 1e-12). A random r (not ones) exposes indexing and
+transposition mistakes that a sum would hide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from convnp.layers.base import Layer
+from convnp.model import Sequential
+
+
+def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
+    """‖a − n‖∞ / max(‖a‖∞ + ‖n‖∞, 1e-12)."""
+    scale = max(np.abs(analytic).max(initial=0.0) + np.abs(numeric).max(initial=0.0), 1e-12)
+    return float(np.abs(analytic - numeric).max(initial=0.0) / scale)
+
+
+def numerical_gradient(
+    loss: Callable[[], float], array: np.ndarray, eps: float = 1e-6, indices: Any = None
+) -> np.ndarray:
+    """Central-difference ∂loss/∂array, perturbing ``array`` in place (and restoring it).
+
+    ``indices`` (flat indices) limits the check to some entries; the others are left 0.
+    """
+    grad = np.zeros_like(array)
+    flat = array.reshape(-1)  # a view: array must be contiguous, as params and inputs are here
+    if not np.shares_memory(flat, array):
+        raise ValueError("numerical_gradient: array must be contiguous")
+    grad_flat = grad.reshape(-1)
+    for i in range(flat.size) if indices is None else indices:
+        saved = flat[i]
+        flat[i] = saved + eps
+        plus = loss()
+        flat[i] = saved - eps
+        minus = loss()
+        flat[i] = saved
+        grad_flat[i] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def _named_params(module: Layer | Sequential) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    if isinstance(module, Sequential):
+        return list(module.parameters())
+    return [(key, module.params[key], module.grads[key]) for key in module.params]
+
+
+def gradcheck(
+    module: Layer | Sequential,
+    x: np.ndarray,
+    *,
+    dy: np.ndarray | None = None,
+    eps: float = 1e-6,
+    max_checks: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> dict[str, float]:
+    """Max relative error of ``backward`` against central differences, per array.
+
+    Returns {"input": error of dx, "<param name>": error of its gradient, ...}.
+    ``max_checks`` samples that many entries per array (all when None). float64 only:
+    float32 round-off (~1e-7) swamps a difference quotient, so it is refused.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    named = _named_params(module)
+    if x.dtype != np.float64 or any(p.dtype != np.float64 for _, p, _ in named):
+        raise ValueError(
+            "gradcheck needs float64 inputs and parameters (float32 round-off swamps finite "
+            "differences); call .astype(np.float64) on the model and the input first"
+        )
+    x = np.array(x, dtype=np.float64, copy=True)
+    module.train()
+    y = module.forward(x)
+    r = rng.standard_normal(y.shape) if dy is None else np.asarray(dy, dtype=np.float64)
+    analytic = {"input": np.array(module.backward(r))}
+    analytic.update({name: grad.copy() for name, _, grad in named})
+
+    def loss() -> float:
+        return float(np.sum(module.forward(x) * r))
+
+    targets = [("input", x)] + [(name, param) for name, param, _ in named]
+    errors = {}
+    for name, array in targets:
+        indices = None
+        if max_checks is not None and array.size > max_checks:
+            indices = rng.choice(array.size, size=max_checks, replace=False)
+        numeric = numerical_gradient(loss, array, eps, indices)
+        chosen = (
+            analytic[name].reshape(-1) if indices is None else analytic[name].reshape(-1)[indices]
+        )
+        numeric_chosen = numeric.reshape(-1) if indices is None else numeric.reshape(-1)[indices]
+        errors[name] = relative_error(chosen, numeric_chosen)
+    module.forward(x)  # leave the cache consistent with the unperturbed parameters
+    return errors

@@ -1,0 +1,180 @@
+"""Element-wise activations f, as separate layers (SPEC §1, §5; DESIGN 3.2 decision 5).
+
+Each layer computes y = f(u) and its backward returns ∂E/∂u = ∂E/∂y ∘ f'(u). Where the
+Notes do, f' is computed from the stored output y rather than from u (SPEC §5: sigmoid
+f' = y(1 − y)), which saves recomputing f and caches one array.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from convnp.layers.base import Layer
+
+
+class _Elementwise(Layer):
+    """y = f(u) element-wise; backward returns dy ∘ f'(·) from what forward cached."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self._check_input(x)
+        y = self._f(x)
+        self._remember(x, y)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        x, y = self._recall()
+        dy = self._check_grad_output(dy, y.shape)
+        return self._dy_times_derivative(dy, x, y)
+
+    def _f(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Sigmoid(_Elementwise):
+    """Logistic sigmoid: y = 1 / (1 + e^(−u)),  f'(u) = y(1 − y) (SPEC §1, §5).
+
+    Computed as (1 + tanh(u/2)) / 2, which equals the logistic function and cannot
+    overflow for large |u|.
+    """
+
+    def _f(self, x: np.ndarray) -> np.ndarray:
+        y = np.tanh(x * x.dtype.type(0.5))
+        y += 1
+        y *= 0.5
+        return y
+
+    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return dy * y * (1 - y)  # f' = y(1 − y)
+
+
+class Tanh(_Elementwise):
+    """Hyperbolic tangent: y = tanh(u),  f'(u) = 1 − y² (SPEC §1)."""
+
+    def _f(self, x: np.ndarray) -> np.ndarray:
+        return np.tanh(x)
+
+    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return dy * (1 - y * y)  # f' = 1 − y²
+
+
+class ScaledTanh(_Elementwise):
+    """LeCun's scaled tanh: y = A·tanh(B·u), A = 1.7159, B = 2/3 (SPEC §1).
+
+    f'(u) = A·B·(1 − tanh²(B·u)) = (B/A)·(A² − y²), from the stored output.
+    A and B make f(±1) ≈ ±1, so ±1 targets sit in the non-saturated range.
+    """
+
+    A = 1.7159
+    B = 2.0 / 3.0
+
+    def _f(self, x: np.ndarray) -> np.ndarray:
+        scale, slope = x.dtype.type(self.A), x.dtype.type(self.B)
+        return scale * np.tanh(slope * x)
+
+    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        scale_sq = y.dtype.type(self.A * self.A)
+        factor = y.dtype.type(self.B / self.A)
+        return dy * (factor * (scale_sq - y * y))  # f' = (B/A)(A² − y²)
+
+
+class ReLU(_Elementwise):
+    """Rectified linear unit: y = max(u, 0),  f'(u) = [y > 0] (SPEC §1)."""
+
+    def _f(self, x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, 0)
+
+    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return dy * (y > 0)  # f' = 1 where u > 0
+
+
+class LeakyReLU(_Elementwise):
+    """y = u for u > 0, else a·u  (a = negative_slope);  f'(u) = 1 or a."""
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def config(self) -> dict[str, Any]:
+        return {"negative_slope": self.negative_slope}
+
+    def _f(self, x: np.ndarray) -> np.ndarray:
+        return np.where(x > 0, x, x * x.dtype.type(self.negative_slope))
+
+    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.where(x > 0, dy, dy * dy.dtype.type(self.negative_slope))
+
+
+class ELU(_Elementwise):
+    """y = u for u > 0, else α(e^u − 1);  f'(u) = 1, or y + α for u ≤ 0 (from the output)."""
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def config(self) -> dict[str, Any]:
+        return {"alpha": self.alpha}
+
+    def _f(self, x: np.ndarray) -> np.ndarray:
+        alpha = x.dtype.type(self.alpha)
+        return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.where(x > 0, dy, dy * (y + dy.dtype.type(self.alpha)))
+
+
+class GELU(_Elementwise):
+    """Gaussian error linear unit, tanh form (PyTorch's ``GELU(approximate="tanh")``):
+
+    y = u/2 · (1 + tanh(s)),  s = √(2/π)·(u + 0.044715·u³)
+    f'(u) = (1 + tanh s)/2 + u/2 · (1 − tanh² s) · √(2/π)·(1 + 3·0.044715·u²)
+    (The exact erf form needs erf, which NumPy lacks; the tanh form is within 1e-3 of it.)
+    """
+
+    _C = float(np.sqrt(2.0 / np.pi))
+    _K = 0.044715
+
+    def _f(self, x: np.ndarray) -> np.ndarray:
+        t = np.tanh(x.dtype.type(self._C) * (x + x.dtype.type(self._K) * x**3))
+        return x * (1 + t) * x.dtype.type(0.5)
+
+    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        c, k = x.dtype.type(self._C), x.dtype.type(self._K)
+        t = np.tanh(c * (x + k * x**3))
+        ds_du = c * (1 + 3 * k * x * x)
+        return dy * ((1 + t) * x.dtype.type(0.5) + x * x.dtype.type(0.5) * (1 - t * t) * ds_du)
+
+
+class Softmax(Layer):
+    """Softmax over the class axis: y_k = e^(u_k − max u) / Σ_c e^(u_c − max u) (SPEC §1).
+
+    Subtracting the max first keeps large scores from overflowing. Backward (Jacobian
+    diag(y) − y yᵀ applied to dy): ∂E/∂u = y ∘ (dy − Σ_k dy_k y_k). For training a classifier
+    prefer ``CrossEntropyLoss`` on the logits, which fuses this with the loss (dL/dv = a − y).
+    """
+
+    def __init__(self, dim: int = 1) -> None:
+        super().__init__()
+        self.dim = int(dim)
+
+    def config(self) -> dict[str, Any]:
+        return {"dim": self.dim}
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self._check_input(x)
+        if not -x.ndim <= self.dim < x.ndim:
+            raise ValueError(f"{self!r}: dim {self.dim} out of range for input shape {x.shape}")
+        shifted = x - x.max(axis=self.dim, keepdims=True)  # u − max u
+        y = np.exp(shifted)
+        y /= y.sum(axis=self.dim, keepdims=True)
+        self._remember(y)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        (y,) = self._recall()
+        dy = self._check_grad_output(dy, y.shape)
+        return y * (dy - (dy * y).sum(axis=self.dim, keepdims=True))

@@ -1,0 +1,184 @@
+"""The layer protocol every convnp layer follows.
+
+A layer is one differentiable step of a network (SPEC §1, Caffe's split):
+
+* ``params``: dict of learnable arrays, e.g. ``{"weight": ..., "bias": ...}``.
+* ``grads``: dict with the same keys and shapes; ``grads[k]`` holds ∂E/∂params[k].
+* ``buffers``: dict of non-learned state that is saved with the model (e.g. batch-norm
+  running statistics); empty for most layers.
+* ``forward(x)`` computes y and caches exactly what ``backward`` needs.
+* ``backward(dy)`` takes dy = ∂E/∂y, writes ∂E/∂θ into ``grads`` and returns dx = ∂E/∂x.
+
+Naming rule used throughout convnp: for any quantity q, ``dq`` means ∂E/∂q.
+
+Decisions, made once here for every layer:
+
+1. **Overwrite, don't accumulate.** ``backward`` assigns ``grads[k][...] = ...``. The batch
+   sum of per-sample gradients happens inside one vectorised backward, so there is no
+   ``zero_grad()`` to forget and a second backward cannot double-count.
+2. **Arrays are allocated once and changed in place.** ``params`` and ``grads`` get their
+   final shapes in ``__init__``; optimizers update ``param -= step`` in place and may hold
+   references. ``astype()`` is the one documented exception (call it before building the
+   optimizer).
+3. **Shapes are known at construction.** ``in_channels`` etc. are required; nothing is
+   created lazily on the first forward.
+4. **One-slot cache.** ``forward`` stores what backward needs with ``_remember`` (overwriting
+   the previous call's); in eval mode nothing is stored. ``backward`` before ``forward``
+   raises ``RuntimeError``.
+5. **Activations are separate layers**, so a layer's equation and its gradient check stay
+   local: Bouvrie's x = f(u) spans a conv/subsample layer (u) and an activation layer (f).
+6. **Errors name the problem**: ``_check_input`` raises ``ValueError`` naming the layer,
+   the expected shape and the shape it got; NumPy broadcast errors never surface.
+7. **Layers never update their parameters**: optimizers do (``convnp.optim``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+DEFAULT_DTYPE = np.float32
+
+
+class Layer:
+    """Base class: holds params/grads/buffers, the cache slot and input validation."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.training: bool = True
+        self._cache: Any = None
+
+    # -- the protocol -------------------------------------------------------------------
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-serialisable) that rebuild this layer; see ``io``."""
+        return {}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{key}={value!r}" for key, value in self.config().items())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def train(self, mode: bool = True) -> Layer:
+        """Training mode (the default): forward caches what backward needs."""
+        self.training = mode
+        return self
+
+    def eval(self) -> Layer:
+        """Evaluation mode: forward caches nothing (and dropout/batch-norm act as at test)."""
+        return self.train(False)
+
+    # -- parameters ---------------------------------------------------------------------
+    def _add_param(self, name: str, value: np.ndarray) -> None:
+        """Register a learnable array and its gradient slot (same shape and dtype)."""
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """dtype of the parameters, or None for a parameter-free layer."""
+        for value in self.params.values():
+            return value.dtype
+        return None
+
+    def astype(self, dtype: Any) -> Layer:
+        """Convert params, grads and buffers to ``dtype`` (rebinds them: build optimizers after)."""
+        dtype = np.dtype(dtype)
+        for store in (self.params, self.grads, self.buffers):
+            for key in store:
+                store[key] = store[key].astype(dtype)
+        self._cache = None
+        return self
+
+    def num_parameters(self) -> int:
+        return int(sum(value.size for value in self.params.values()))
+
+    # -- the one-slot cache -------------------------------------------------------------
+    def _remember(self, *values: Any) -> None:
+        """Cache what backward needs; in eval mode nothing is kept (no memory growth)."""
+        self._cache = values if self.training else None
+
+    def _recall(self) -> tuple:
+        if self._cache is None:
+            raise RuntimeError(
+                f"{self!r}: backward() called before forward() "
+                "(or the last forward ran in eval mode, which caches nothing)"
+            )
+        return self._cache
+
+    # -- input validation ---------------------------------------------------------------
+    def _check_input(
+        self,
+        x: Any,
+        *,
+        ndim: int | Sequence[int] | None = None,
+        layout: str = "",
+        channels: int | None = None,
+        channel_axis: int = 1,
+    ) -> np.ndarray:
+        """Validate x and return it; raise ValueError naming this layer and the shapes.
+
+        ``layout`` (e.g. "(N, 3, H, W)") is only used to word the message.
+        """
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"{self!r}: expected a NumPy array, got {type(x).__name__}")
+        expected = layout or f"{ndim}-D input"
+        if ndim is not None:
+            allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+            if x.ndim not in allowed:
+                raise ValueError(f"{self!r}: expected input {expected}, got shape {x.shape}")
+        if channels is not None and x.shape[channel_axis] != channels:
+            raise ValueError(f"{self!r}: expected input {expected}, got shape {x.shape}")
+        if x.dtype.kind != "f":
+            raise ValueError(
+                f"{self!r}: expected a floating-point input, got dtype {x.dtype} "
+                "(convert images with x.astype(np.float32) / 255)"
+            )
+        own = self.dtype
+        if own is not None and x.dtype != own:
+            raise ValueError(
+                f"{self!r}: input dtype {x.dtype} does not match parameter dtype {own}; "
+                f"convert the input or call .astype({x.dtype}) on the model"
+            )
+        if x.size and not (np.isfinite(x.max()) and np.isfinite(x.min())):
+            raise ValueError(f"{self!r}: input of shape {x.shape} contains NaN or inf")
+        return x
+
+    def _check_grad_output(self, dy: Any, expected_shape: tuple[int, ...]) -> np.ndarray:
+        if not isinstance(dy, np.ndarray) or dy.shape != tuple(expected_shape):
+            got = dy.shape if isinstance(dy, np.ndarray) else type(dy).__name__
+            raise ValueError(
+                f"{self!r}: backward expected dy of shape {tuple(expected_shape)}, got {got}"
+            )
+        return dy
+
+
+def as_tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
+    """Expand an int to an n-tuple (PyTorch's _pair/_triple) and validate the length."""
+    if isinstance(value, (int, np.integer)):
+        return (int(value),) * n
+    result = tuple(int(v) for v in value)
+    if len(result) != n:
+        raise ValueError(f"{name} must be an int or a sequence of {n} ints, got {value!r}")
+    return result
+
+
+def uniform_init(
+    rng: np.random.Generator | None, shape: tuple[int, ...], bound: float | np.ndarray, dtype: Any
+) -> np.ndarray:
+    """PyTorch's default init: U(-bound, bound) with bound = 1/sqrt(fan_in)."""
+    rng = np.random.default_rng() if rng is None else rng
+    return (rng.uniform(-1.0, 1.0, size=shape) * bound).astype(dtype)

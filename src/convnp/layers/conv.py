@@ -1,0 +1,238 @@
+"""Convolution layers: Conv1d, Conv2d, Conv3d over one N-d implementation (SPEC §2, §6)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from convnp.layers import _windows
+from convnp.layers.base import DEFAULT_DTYPE, Layer, as_tuple, uniform_init
+
+_LAYOUTS = {1: "(N, {c}, L)", 2: "(N, {c}, H, W)", 3: "(N, {c}, D, H, W)"}
+
+
+class _ConvNd(Layer):
+    """Convolution combining chosen input maps (SPEC §2; Bouvrie, "Convolution Layers").
+
+    Forward:
+        u_j = Σ_{i ∈ M_j} x_i * k_ij + b_j
+    M_j is the set of input maps output map j combines: all of them, or row j of
+    ``connection_table`` (LeNet-5's C3 table is the classic example). With
+    ``flip_kernel=True`` "*" is true convolution (Bouvrie, MATLAB's convn: the kernel is
+    rotated by 180°); with False it is cross-correlation (PyTorch). The learned kernels of
+    the two differ only by rot180.
+
+    Backward (δ_j = ∂E/∂u_j is the dy this layer receives; f' is a separate layer):
+        ∂E/∂b_j  = Σ_uv δ_j(u,v)
+        ∂E/∂k_ij = Σ_uv δ_j(u,v) · p_i(u,v)      p_i(u,v): the patch of x_i that met k at (u,v)
+        ∂E/∂x_i  = Σ_{j: i ∈ M_j} conv(δ_j, rot180(k_ij), 'full')   (the sum over next maps)
+
+    Implementation ("make it fast", SPEC §5): the patches p are gathered once into a matrix
+    ``cols`` of shape (C·K, N·L) (im2col: C input maps, K kernel offsets, N samples, L output
+    positions), so the forward is one matrix product W(O, C·K) @ cols, the weight gradient
+    one product δ @ colsᵀ, and ∂E/∂cols = Wᵀ @ δ is scattered back to the pixels looping only
+    over the K kernel offsets. Unconnected kernels (outside M_j) are masked in the forward
+    and their gradients are zero, so they stay exactly zero through training. ``groups``
+    is a block-diagonal connection table (depthwise when groups == in_channels).
+    """
+
+    _nd = 0
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | str | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        connection_table: np.ndarray | Sequence[Sequence[bool]] | None = None,
+        flip_kernel: bool = False,
+        dtype: Any = DEFAULT_DTYPE,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        nd = self._nd
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = as_tuple(kernel_size, nd, "kernel_size")
+        self.stride = as_tuple(stride, nd, "stride")
+        self.dilation = as_tuple(dilation, nd, "dilation")
+        self.padding = padding if isinstance(padding, str) else as_tuple(padding, nd, "padding")
+        self.groups = int(groups)
+        self.flip_kernel = bool(flip_kernel)
+        self._pads = _windows.resolve_padding(padding, self.kernel_size, self.dilation)
+        if min(self.kernel_size + self.stride + self.dilation) < 1:
+            raise ValueError(f"{type(self).__name__}: kernel_size, stride, dilation must be >= 1")
+        if self.in_channels < 1 or self.out_channels < 1:
+            raise ValueError(f"{type(self).__name__}: in_channels and out_channels must be >= 1")
+        self._mask = self._build_mask(connection_table)
+        self.has_connection_table = connection_table is not None
+
+        weight_shape = (self.out_channels, self.in_channels, *self.kernel_size)
+        fan_in = self._mask.sum(axis=1) * int(np.prod(self.kernel_size))  # |M_j|·K per map j
+        bound = 1.0 / np.sqrt(np.maximum(fan_in, 1))
+        rng = np.random.default_rng() if rng is None else rng
+        weight = uniform_init(rng, weight_shape, bound.reshape((-1,) + (1,) * (nd + 1)), dtype)
+        self._add_param("weight", weight * self._mask_as(weight))
+        if bias:
+            self._add_param("bias", uniform_init(rng, (self.out_channels,), bound, dtype))
+
+    def _build_mask(self, connection_table: Any) -> np.ndarray:
+        """Boolean (out_channels, in_channels) table of M_j, from the table or from groups."""
+        out_c, in_c, groups = self.out_channels, self.in_channels, self.groups
+        if groups < 1 or in_c % groups or out_c % groups:
+            raise ValueError(
+                f"{type(self).__name__}: groups={groups} must divide in_channels={in_c} "
+                f"and out_channels={out_c}"
+            )
+        if connection_table is not None:
+            if groups != 1:
+                raise ValueError(
+                    f"{type(self).__name__}: give connection_table or groups, not both"
+                )
+            table = np.asarray(connection_table)
+            if table.shape != (out_c, in_c):
+                raise ValueError(
+                    f"{type(self).__name__}: connection_table must have shape "
+                    f"(out_channels, in_channels) = {(out_c, in_c)}, got {table.shape}"
+                )
+            if table.dtype != bool and not np.isin(table, (0, 1)).all():
+                raise ValueError(f"{type(self).__name__}: connection_table must be boolean (0/1)")
+            return table.astype(bool)
+        output_group = np.arange(out_c) // (out_c // groups)
+        input_group = np.arange(in_c) // (in_c // groups)
+        return output_group[:, None] == input_group[None, :]
+
+    def _mask_as(self, weight: np.ndarray) -> np.ndarray:
+        return self._mask.reshape(self._mask.shape + (1,) * self._nd).astype(weight.dtype)
+
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+            "dilation": list(self.dilation),
+            "groups": self.groups,
+            "bias": "bias" in self.params,
+            "flip_kernel": self.flip_kernel,
+        }
+        if self.has_connection_table:
+            config["connection_table"] = self._mask.astype(int).tolist()
+        return config
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+        if self.stride != (1,) * self._nd:
+            text += f", stride={self.stride}"
+        if self.padding != (0,) * self._nd:
+            text += f", padding={self.padding!r}"
+        if self.dilation != (1,) * self._nd:
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if "bias" not in self.params:
+            text += ", bias=False"
+        if self.has_connection_table:
+            text += f", connection_table=<{int(self._mask.sum())} of {self._mask.size} connected>"
+        if self.flip_kernel:
+            text += ", flip_kernel=True"
+        return text
+
+    def _effective_kernel(self) -> np.ndarray:
+        """k_ij as applied to the input: masked to M_j, rotated by 180° for true convolution."""
+        kernel = self.params["weight"]
+        if self.has_connection_table or self.groups != 1:
+            kernel = kernel * self._mask_as(kernel)
+        if self.flip_kernel:
+            kernel = np.flip(kernel, axis=tuple(range(2, 2 + self._nd)))
+        return kernel
+
+    def output_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(
+            _windows.output_size(size, k, s, before, after, d)
+            for size, k, s, (before, after), d in zip(
+                spatial, self.kernel_size, self.stride, self._pads, self.dilation
+            )
+        )
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        nd = self._nd
+        layout = _LAYOUTS[nd].format(c=self.in_channels)
+        x = self._check_input(x, ndim=nd + 2, layout=layout, channels=self.in_channels)
+        spatial = x.shape[2:]
+        out_shape = self.output_shape(spatial)
+        if min(out_shape) < 1:
+            raise ValueError(
+                f"{self!r}: kernel (dilated extent "
+                f"{tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))}) "
+                f"is larger than the padded input; input shape {x.shape}"
+            )
+        n = x.shape[0]
+        x_padded = _windows.pad_spatial(x, self._pads)
+        patches = _windows.windows(
+            x_padded, self.kernel_size, self.stride, self.dilation, out_shape
+        )
+        # (N, C, *out, *k) -> (C, *k, N, *out): rows = (map i, kernel offset), columns = (n, u, v)
+        order = (1, *range(2 + nd, 2 + 2 * nd), 0, *range(2, 2 + nd))
+        cols = patches.transpose(order).reshape(
+            self.in_channels * int(np.prod(self.kernel_size)), -1
+        )
+        kernel = self._effective_kernel().reshape(self.out_channels, -1)
+        u = kernel @ cols  # Σ_i x_i * k_ij
+        if "bias" in self.params:
+            u += self.params["bias"][:, None]  # + b_j
+        self._remember(cols, x_padded.shape, spatial, out_shape)
+        return u.reshape(self.out_channels, n, *out_shape).swapaxes(0, 1)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        cols, padded_shape, spatial, out_shape = self._recall()
+        n = padded_shape[0]
+        dy = self._check_grad_output(dy, (n, self.out_channels, *out_shape))
+        delta = dy.swapaxes(0, 1).reshape(self.out_channels, -1)  # δ_j as (O, N·L)
+        if "bias" in self.params:
+            self.grads["bias"][...] = delta.sum(axis=1)  # ∂E/∂b_j = Σ_uv δ_j
+        dkernel = (delta @ cols.T).reshape(self.params["weight"].shape)  # Σ_uv δ_j · p_i
+        if self.flip_kernel:
+            dkernel = np.flip(dkernel, axis=tuple(range(2, 2 + self._nd)))
+        if self.has_connection_table or self.groups != 1:
+            dkernel = dkernel * self._mask_as(dkernel)  # only i ∈ M_j learn
+        self.grads["weight"][...] = dkernel
+        kernel = self._effective_kernel().reshape(self.out_channels, -1)
+        dcols = kernel.T @ delta  # Σ_j k_ij δ_j per patch
+        nd = self._nd
+        dpatches = dcols.reshape(self.in_channels, *self.kernel_size, n, *out_shape)
+        order = (1 + nd, 0, *range(2 + nd, 2 + 2 * nd), *range(1, 1 + nd))
+        dx_padded = _windows.scatter_windows(
+            dpatches.transpose(order), padded_shape, self.stride, self.dilation
+        )
+        return _windows.crop_spatial(dx_padded, self._pads, spatial)
+
+
+class Conv1d(_ConvNd):
+    """1-D convolution over (N, C, L), e.g. a time-delay network (SPEC §6). See _ConvNd."""
+
+    _nd = 1
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution over (N, C, H, W) with optional connection table M_j (SPEC §2).
+
+    u_j = Σ_{i ∈ M_j} x_i * k_ij + b_j; weight (out_channels, in_channels, kH, kW).
+    Full equations and the implementation are described on ``_ConvNd``.
+    """
+
+    _nd = 2
+
+
+class Conv3d(_ConvNd):
+    """3-D convolution over (N, C, D, H, W): volumes or video (SPEC §6). See _ConvNd."""
+
+    _nd = 3

@@ -1,0 +1,108 @@
+"""Fully connected layers (SPEC §1): Linear and Flatten."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from convnp.layers.base import DEFAULT_DTYPE, Layer, uniform_init
+
+
+class Linear(Layer):
+    """Fully connected layer (SPEC §1; Bouvrie, "Fully Connected Back-propagation").
+
+    Forward:   u = W x + b                  (batched: U = X Wᵀ + b)
+    Backward:  ∂E/∂W = δ xᵀ                 (an outer product, summed over the batch: δᵀ X)
+               ∂E/∂b = δ                    (summed over the batch)
+               ∂E/∂x = Wᵀ δ                 (batched: δ W)
+    where δ = ∂E/∂u is the dy this layer receives (f' is applied by the activation layer).
+
+    Args:
+        in_features: size of x. out_features: size of u. bias: learn b.
+
+    Shape:
+        input (N, in_features) -> output (N, out_features); weight (out_features, in_features).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        dtype: Any = DEFAULT_DTYPE,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        if self.in_features < 1 or self.out_features < 1:
+            raise ValueError("Linear: in_features and out_features must be >= 1")
+        rng = np.random.default_rng() if rng is None else rng
+        bound = 1.0 / np.sqrt(self.in_features)
+        self._add_param(
+            "weight", uniform_init(rng, (self.out_features, self.in_features), bound, dtype)
+        )
+        if bias:
+            self._add_param("bias", uniform_init(rng, (self.out_features,), bound, dtype))
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": "bias" in self.params,
+        }
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_features}, {self.out_features}"
+        return text if "bias" in self.params else text + ", bias=False"
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self._check_input(
+            x, ndim=2, layout=f"(N, {self.in_features})", channels=self.in_features
+        )
+        u = x @ self.params["weight"].T  # W x
+        if "bias" in self.params:
+            u += self.params["bias"]  # + b
+        self._remember(x)
+        return u
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        (x,) = self._recall()
+        delta = self._check_grad_output(dy, (x.shape[0], self.out_features))
+        self.grads["weight"][...] = delta.T @ x  # ∂E/∂W = Σ_n δ xᵀ
+        if "bias" in self.params:
+            self.grads["bias"][...] = delta.sum(axis=0)  # ∂E/∂b = Σ_n δ
+        return delta @ self.params["weight"]  # ∂E/∂x = Wᵀ δ
+
+
+class Flatten(Layer):
+    """Reshape (N, d1, d2, ...) to (N, d1·d2·...) from ``start_dim`` on (C order, as PyTorch).
+
+    Bouvrie's network feeds the concatenated maps of the last subsampling layer to the
+    fully connected layer; backward only reshapes the gradient back.
+    """
+
+    def __init__(self, start_dim: int = 1) -> None:
+        super().__init__()
+        if start_dim < 1:
+            raise ValueError(
+                f"Flatten: start_dim must be >= 1 (the batch axis stays), got {start_dim}"
+            )
+        self.start_dim = int(start_dim)
+
+    def config(self) -> dict[str, Any]:
+        return {"start_dim": self.start_dim}
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self._check_input(x)
+        if x.ndim <= self.start_dim:
+            raise ValueError(f"{self!r}: input shape {x.shape} has no axis {self.start_dim}")
+        self._remember(x.shape)
+        return x.reshape(*x.shape[: self.start_dim], -1)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        (shape,) = self._recall()
+        flat_shape = (*shape[: self.start_dim], int(np.prod(shape[self.start_dim :])))
+        return self._check_grad_output(dy, flat_shape).reshape(shape)

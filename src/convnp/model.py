@@ -1,0 +1,169 @@
+"""Sequential: a network as an ordered list of layers (SPEC §1: back-propagation runs the
+layers' backward passes in reverse order, each turning ∂E/∂y into ∂E/∂x)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from convnp.layers.base import Layer
+
+
+class Sequential:
+    """Runs layers in order forward and in reverse order backward.
+
+    Parameters are named like PyTorch's ``state_dict``: ``"<index>.<key>"``, e.g.
+    ``"0.weight"``; those names key the optimizer state and the model files.
+    """
+
+    def __init__(self, *layers: Layer) -> None:
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(
+                    f"Sequential: item {index} is {type(layer).__name__}, not a convnp Layer"
+                )
+        self.layers: list[Layer] = list(layers)
+        self.training = True
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int) -> Layer:
+        return self.layers[index]
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __repr__(self) -> str:
+        lines = [f"  ({index}): {layer!r}" for index, layer in enumerate(self.layers)]
+        return "Sequential(\n" + "\n".join(lines) + "\n)"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """Forward in eval mode, in batches (memory stays bounded), restoring the mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            outputs = [self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        finally:
+            self.train(was_training)
+        return np.concatenate(outputs) if outputs else np.empty((0,))
+
+    # -- parameters and state -----------------------------------------------------------
+    def parameters(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """Yield (dotted name, param, grad) for every learnable array."""
+        for index, layer in enumerate(self.layers):
+            for key, param in layer.params.items():
+                yield f"{index}.{key}", param, layer.grads[key]
+
+    def num_parameters(self) -> int:
+        return sum(layer.num_parameters() for layer in self.layers)
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        for layer in self.layers:
+            if layer.dtype is not None:
+                return layer.dtype
+        return None
+
+    def train(self, mode: bool = True) -> Sequential:
+        self.training = mode
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def eval(self) -> Sequential:
+        return self.train(False)
+
+    def astype(self, dtype: Any) -> Sequential:
+        """Convert every layer (rebinds params: build the optimizer afterwards)."""
+        for layer in self.layers:
+            layer.astype(dtype)
+        return self
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of all params and buffers, keyed "<index>.<key>"."""
+        state = {}
+        for index, layer in enumerate(self.layers):
+            for store in (layer.params, layer.buffers):
+                for key, value in store.items():
+                    state[f"{index}.{key}"] = value.copy()
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy values into the existing arrays (in place); names and shapes must match."""
+        expected = {}
+        for index, layer in enumerate(self.layers):
+            for store in (layer.params, layer.buffers):
+                for key, value in store.items():
+                    expected[f"{index}.{key}"] = value
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
+            )
+        for name, target in expected.items():
+            value = np.asarray(state[name])
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"load_state_dict: '{name}' has shape {value.shape}, "
+                    f"model expects {target.shape}"
+                )
+            target[...] = value
+
+    # -- inspection ---------------------------------------------------------------------
+    def output_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Per-layer output shapes (without the batch axis) for one input of ``input_shape``."""
+        dtype = self.dtype or np.float32
+        x = np.zeros((1, *input_shape), dtype=dtype)
+        shapes = []
+        was_training = self.training
+        self.eval()
+        try:
+            for layer in self.layers:
+                x = layer.forward(x)
+                shapes.append(tuple(x.shape[1:]))
+        finally:
+            self.train(was_training)
+        return shapes
+
+    def summary(self, input_shape: tuple[int, ...], *, print_fn: Any = print) -> str:
+        """Table of each layer's output shape and parameter count; printed and returned.
+
+        ``input_shape`` excludes the batch axis, e.g. (1, 28, 28); a fully convolutional
+        network can be summarised at any spatial size.
+        """
+        shapes = self.output_shapes(tuple(input_shape))
+        rows = [("#", "layer", "output shape", "params")]
+        rows.append(("", "input", str(tuple(input_shape)), ""))
+        for index, (layer, shape) in enumerate(zip(self.layers, shapes)):
+            rows.append((str(index), repr(layer), str(shape), f"{layer.num_parameters():,}"))
+        widths = [max(len(row[col]) for row in rows) for col in range(4)]
+        aligns = (">", "<", "<", ">")
+        lines = [
+            "  ".join(f"{cell:{align}{width}}" for cell, align, width in zip(row, aligns, widths))
+            for row in rows
+        ]
+        rule = "-" * len(lines[0])
+        lines.insert(1, rule)
+        lines.append(rule)
+        lines.append(f"total parameters: {self.num_parameters():,}   dtype: {self.dtype}")
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return text

@@ -1,0 +1,92 @@
+"""Activations: finite differences, PyTorch parity, f' from the stored output, behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import assert_gradients_match_numeric, assert_matches_torch
+
+from convnp.layers import ELU, GELU, LeakyReLU, ReLU, ScaledTanh, Sigmoid, Softmax, Tanh
+
+SHAPES = [(1, 1), (3, 7), (2, 3, 4, 5)]
+
+
+def _kink_free(rng, shape):
+    """Inputs with |x| > 1e-3 so finite differences never straddle a kink at 0."""
+    x = rng.standard_normal(shape)
+    return np.where(np.abs(x) < 1e-3, 0.5, x)
+
+
+def _twins(torch):
+    return {
+        Sigmoid: (Sigmoid, torch.nn.Sigmoid()),
+        Tanh: (Tanh, torch.nn.Tanh()),
+        ScaledTanh: (ScaledTanh, lambda x, p: 1.7159 * torch.tanh(2.0 / 3.0 * x)),
+        ReLU: (ReLU, torch.nn.ReLU()),
+        LeakyReLU: (lambda: LeakyReLU(0.2), torch.nn.LeakyReLU(0.2)),
+        ELU: (lambda: ELU(0.7), torch.nn.ELU(0.7)),
+        GELU: (GELU, torch.nn.GELU(approximate="tanh")),
+        Softmax: (Softmax, torch.nn.Softmax(dim=1)),
+    }
+
+
+ALL = [Sigmoid, Tanh, ScaledTanh, ReLU, LeakyReLU, ELU, GELU, Softmax]
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gradients_match_finite_differences(cls, shape, rng):
+    layer = {LeakyReLU: lambda: LeakyReLU(0.2), ELU: lambda: ELU(0.7)}.get(cls, cls)()
+    assert_gradients_match_numeric(layer, _kink_free(rng, shape))
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", SHAPES[1:])
+def test_matches_torch(cls, dtype, shape, rng):
+    torch = pytest.importorskip("torch")
+    make, twin = _twins(torch)[cls]
+    x = (3 * _kink_free(rng, shape)).astype(dtype)
+    assert_matches_torch(make(), twin, x, rng)
+
+
+def test_derivatives_come_from_the_stored_output(rng):
+    """SPEC §5: sigmoid f' = y(1 − y), tanh f' = 1 − y², scaled tanh f' = (B/A)(A² − y²)."""
+    x = rng.standard_normal((4, 5))
+    dy = rng.standard_normal((4, 5))
+    for layer, derivative in [
+        (Sigmoid(), lambda y: y * (1 - y)),
+        (Tanh(), lambda y: 1 - y**2),
+        (ScaledTanh(), lambda y: (2 / 3) / 1.7159 * (1.7159**2 - y**2)),
+    ]:
+        y = layer.forward(x)
+        np.testing.assert_allclose(layer.backward(dy), dy * derivative(y), atol=1e-14)
+
+
+def test_scaled_tanh_maps_one_to_about_one():
+    y = ScaledTanh().forward(np.array([[-1.0, 1.0]]))
+    np.testing.assert_allclose(y, [[-1.0, 1.0]], atol=2e-4)
+
+
+def test_extreme_inputs_do_not_overflow():
+    x = np.array([[-1e4, 0.0, 1e4]], np.float32)
+    with np.errstate(over="raise", invalid="raise"):
+        np.testing.assert_allclose(Sigmoid().forward(x), [[0.0, 0.5, 1.0]])
+        np.testing.assert_allclose(Softmax().forward(x), [[0.0, 0.0, 1.0]])
+
+
+def test_dtype_preserved_repr_and_errors(rng):
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    for cls in ALL:
+        layer = cls()
+        assert layer.forward(x).dtype == np.float32
+        assert layer.backward(np.ones((2, 3), np.float32)).dtype == np.float32
+        with pytest.raises(ValueError, match="floating-point"):
+            layer.forward(np.zeros((2, 3), np.int64))
+        with pytest.raises(RuntimeError, match="before forward"):
+            cls().backward(x)
+    assert repr(LeakyReLU(0.2)) == "LeakyReLU(negative_slope=0.2)"
+    assert repr(ReLU()) == "ReLU()"
+    relu = ReLU().eval()
+    relu.forward(x)
+    assert relu._cache is None

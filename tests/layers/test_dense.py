@@ -1,0 +1,63 @@
+"""Linear and Flatten: finite differences, PyTorch parity, behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import assert_gradients_match_numeric, assert_matches_torch
+
+from convnp.layers import Flatten, Linear
+
+
+@pytest.mark.parametrize("batch,fan_in,fan_out,bias", [(1, 1, 1, True), (5, 7, 3, True), (4, 12, 10, False)])
+def test_linear_gradients_match_finite_differences(batch, fan_in, fan_out, bias, rng):
+    layer = Linear(fan_in, fan_out, bias, dtype=np.float64, rng=rng)
+    assert_gradients_match_numeric(layer, rng.standard_normal((batch, fan_in)))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("batch,fan_in,fan_out,bias", [(1, 3, 2, True), (6, 20, 9, True), (3, 5, 4, False)])
+def test_linear_matches_torch(batch, fan_in, fan_out, bias, dtype, rng):
+    torch = pytest.importorskip("torch")
+    layer = Linear(fan_in, fan_out, bias, dtype=dtype, rng=rng)
+    twin = torch.nn.Linear(fan_in, fan_out, bias)
+    assert_matches_torch(layer, twin, rng.standard_normal((batch, fan_in)).astype(dtype), rng)
+
+
+def test_linear_gradient_is_outer_product_summed_over_batch(rng):
+    """∂E/∂W = Σ_n δ_n x_nᵀ (SPEC §1: an outer product, not a cross product)."""
+    layer = Linear(3, 2, dtype=np.float64, rng=rng)
+    x = rng.standard_normal((4, 3))
+    layer.forward(x)
+    delta = rng.standard_normal((4, 2))
+    layer.backward(delta)
+    expected = sum(np.outer(delta[n], x[n]) for n in range(4))
+    np.testing.assert_allclose(layer.grads["weight"], expected, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["bias"], delta.sum(axis=0), atol=1e-12)
+
+
+def test_linear_errors_and_repr(rng):
+    layer = Linear(192, 10, rng=rng)
+    assert repr(layer) == "Linear(192, 10)"
+    assert repr(Linear(3, 2, bias=False)) == "Linear(3, 2, bias=False)"
+    with pytest.raises(ValueError, match=r"Linear\(192, 10\): expected input \(N, 192\), got shape \(2, 191\)"):
+        layer.forward(np.zeros((2, 191), np.float32))
+    with pytest.raises(RuntimeError, match="before forward"):
+        Linear(2, 2).backward(np.zeros((1, 2), np.float32))
+
+
+@pytest.mark.parametrize("start_dim,shape", [(1, (2, 3, 4, 5)), (2, (2, 3, 4, 5)), (1, (1, 7))])
+def test_flatten_matches_torch_and_round_trips(start_dim, shape, rng):
+    torch = pytest.importorskip("torch")
+    layer = Flatten(start_dim)
+    x = rng.standard_normal(shape)
+    assert_gradients_match_numeric(layer, x)
+    assert_matches_torch(layer, torch.nn.Flatten(start_dim), x, rng)
+    assert layer.forward(x).shape == torch.flatten(torch.tensor(x), start_dim).shape
+
+
+def test_flatten_errors():
+    with pytest.raises(ValueError, match="start_dim"):
+        Flatten(0)
+    with pytest.raises(ValueError, match="has no axis 2"):
+        Flatten(2).forward(np.zeros((3, 4), np.float32))
