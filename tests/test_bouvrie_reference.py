@@ -77,7 +77,9 @@ def test_matches_deeplearntoolbox_for_several_steps(rng):
         np.testing.assert_allclose(error, reference.L, rtol=TOL, err_msg=f"step {step}: loss")
         np.testing.assert_allclose(h, reference.o.T, atol=TOL)
         for ours, layer_index in [(1, 1), (2, 2), (4, 3), (5, 4)]:
-            for ours_map, their_map in zip(_as_matlab(activations[ours]), reference.layers[layer_index]["a"]):
+            for ours_map, their_map in zip(
+                _as_matlab(activations[ours]), reference.layers[layer_index]["a"]
+            ):
                 np.testing.assert_allclose(ours_map, their_map, atol=TOL, err_msg=f"step {step}")
         for conv_index, layer_index in [(0, 1), (3, 3)]:
             dk = reference.layers[layer_index]["dk"]

@@ -37,7 +37,9 @@ def test_float32_is_refused(rng):
 
 
 def test_sampled_checks_and_numerical_gradient(rng):
-    errors = gradcheck(Linear(30, 20, dtype=np.float64, rng=rng), rng.standard_normal((2, 30)), max_checks=10)
+    errors = gradcheck(
+        Linear(30, 20, dtype=np.float64, rng=rng), rng.standard_normal((2, 30)), max_checks=10
+    )
     assert max(errors.values()) < 1e-8
     a = rng.standard_normal(5)
     numeric = numerical_gradient(lambda: float(np.sum(a**2)), a)

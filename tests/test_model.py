@@ -66,7 +66,9 @@ def test_load_state_dict_errors_name_keys_and_shapes(rng):
     model = _small_model(rng)
     state = model.state_dict()
     state["0.weight"] = np.zeros((9, 9))
-    with pytest.raises(ValueError, match=r"'0.weight' has shape \(9, 9\), model expects \(2, 1, 3, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"'0.weight' has shape \(9, 9\), model expects \(2, 1, 3, 3\)"
+    ):
         model.load_state_dict(state)
     del state["0.weight"]
     with pytest.raises(ValueError, match=r"missing keys \['0.weight'\]"):
@@ -100,4 +102,7 @@ def test_rejects_non_layers():
 
 
 def test_repr_is_nested(rng):
-    assert repr(Sequential(ReLU(), Flatten())) == "Sequential(\n  (0): ReLU()\n  (1): Flatten(start_dim=1)\n)"
+    assert (
+        repr(Sequential(ReLU(), Flatten()))
+        == "Sequential(\n  (0): ReLU()\n  (1): Flatten(start_dim=1)\n)"
+    )

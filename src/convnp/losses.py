@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from convnp.layers.base import NonFiniteInputError
+
 _REDUCTIONS = ("mean", "sum")
 
 
@@ -116,8 +118,9 @@ class _Loss:
             raise ValueError(f"{self!r}: expected an output of shape (N, ...), got {y.shape}")
         if y.dtype.kind != "f":
             raise ValueError(f"{self!r}: expected a floating-point output, got dtype {y.dtype}")
-        if not np.isfinite(y).all():
-            raise ValueError(f"{self!r}: output of shape {y.shape} contains NaN or inf")
+        if not (np.isfinite(y.max()) and np.isfinite(y.min())):
+            # the network diverged: the training loop catches this subclass to stop cleanly
+            raise NonFiniteInputError(f"{self!r}: output of shape {y.shape} contains NaN or inf")
         return y
 
     def _dense_target(
@@ -225,7 +228,9 @@ class CrossEntropyLoss(_Loss):
 
     @property
     def probabilities(self) -> np.ndarray:
-        return self._recall()[0]
+        if self._cache is None:
+            raise RuntimeError(f"{self!r}: no probabilities before the first forward()")
+        return self._cache[0]
 
     def forward(self, y: np.ndarray, target: Any) -> float:
         logits = self._check_output(y, exact_ndim=2)

@@ -20,7 +20,9 @@ SHAPES_2D = [
 
 
 def _conv2d(batch, cin, cout, spatial, kernel, stride, padding, dilation, rng, **kwargs):
-    layer = Conv2d(cin, cout, kernel, stride, padding, dilation, dtype=np.float64, rng=rng, **kwargs)
+    layer = Conv2d(
+        cin, cout, kernel, stride, padding, dilation, dtype=np.float64, rng=rng, **kwargs
+    )
     x = rng.standard_normal((batch, cin, *spatial))
     return layer, x
 
@@ -33,7 +35,11 @@ def _torch_padding(layer):
 def _torch_twin(layer):
     """conv over explicitly padded input, with our mask and flip built from torch primitives."""
     torch = pytest.importorskip("torch")
-    conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
+    conv = {
+        1: torch.nn.functional.conv1d,
+        2: torch.nn.functional.conv2d,
+        3: torch.nn.functional.conv3d,
+    }
     nd = layer._nd
     mask = torch.tensor(layer._mask.reshape(layer._mask.shape + (1,) * nd), dtype=torch.float64)
 
@@ -105,7 +111,9 @@ def test_groups_is_a_block_connection_table_and_matches_torch(rng):
     twin = torch.nn.Conv2d(4, 6, 3, padding=1, groups=2).double()
     y = layer.forward(x)
     # torch keeps only the in-group slice of each kernel: (6, 2, 3, 3)
-    grouped = np.stack([layer.params["weight"][o, (o // 3) * 2 : (o // 3) * 2 + 2] for o in range(6)])
+    grouped = np.stack(
+        [layer.params["weight"][o, (o // 3) * 2 : (o // 3) * 2 + 2] for o in range(6)]
+    )
     with torch.no_grad():
         twin.weight.copy_(torch.tensor(grouped))
         twin.bias.copy_(torch.tensor(layer.params["bias"]))
@@ -142,7 +150,9 @@ def test_conv1d_conv3d_gradients_and_torch(cls, spatial, kernel, stride, padding
     layer = cls(2, 3, kernel, stride, padding, dilation, dtype=np.float64, rng=rng)
     x = rng.standard_normal((2, 2, *spatial))
     assert_gradients_match_numeric(layer, x)
-    twin = {Conv1d: torch.nn.Conv1d, Conv3d: torch.nn.Conv3d}[cls](2, 3, kernel, stride, padding, dilation)
+    twin = {Conv1d: torch.nn.Conv1d, Conv3d: torch.nn.Conv3d}[cls](
+        2, 3, kernel, stride, padding, dilation
+    )
     assert_matches_torch(layer, twin, x, rng)
     assert_matches_torch(layer.astype(np.float32), twin, x.astype(np.float32), rng)
 
@@ -168,7 +178,9 @@ def test_torch_default_init_bounds(rng):
 
 def test_bad_inputs_name_the_layer_and_shapes(rng):
     layer = Conv2d(3, 6, 5, rng=rng)
-    with pytest.raises(ValueError, match=r"Conv2d\(3, 6.*expected input \(N, 3, H, W\).*\(8, 1, 28, 28\)"):
+    with pytest.raises(
+        ValueError, match=r"Conv2d\(3, 6.*expected input \(N, 3, H, W\).*\(8, 1, 28, 28\)"
+    ):
         layer.forward(np.zeros((8, 1, 28, 28), np.float32))
     with pytest.raises(ValueError, match="expected input"):
         layer.forward(np.zeros((3, 28, 28), np.float32))

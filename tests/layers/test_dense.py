@@ -9,14 +9,18 @@ from helpers import assert_gradients_match_numeric, assert_matches_torch
 from convnp.layers import Flatten, Linear
 
 
-@pytest.mark.parametrize("batch,fan_in,fan_out,bias", [(1, 1, 1, True), (5, 7, 3, True), (4, 12, 10, False)])
+@pytest.mark.parametrize(
+    "batch,fan_in,fan_out,bias", [(1, 1, 1, True), (5, 7, 3, True), (4, 12, 10, False)]
+)
 def test_linear_gradients_match_finite_differences(batch, fan_in, fan_out, bias, rng):
     layer = Linear(fan_in, fan_out, bias, dtype=np.float64, rng=rng)
     assert_gradients_match_numeric(layer, rng.standard_normal((batch, fan_in)))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("batch,fan_in,fan_out,bias", [(1, 3, 2, True), (6, 20, 9, True), (3, 5, 4, False)])
+@pytest.mark.parametrize(
+    "batch,fan_in,fan_out,bias", [(1, 3, 2, True), (6, 20, 9, True), (3, 5, 4, False)]
+)
 def test_linear_matches_torch(batch, fan_in, fan_out, bias, dtype, rng):
     torch = pytest.importorskip("torch")
     layer = Linear(fan_in, fan_out, bias, dtype=dtype, rng=rng)
@@ -40,7 +44,9 @@ def test_linear_errors_and_repr(rng):
     layer = Linear(192, 10, rng=rng)
     assert repr(layer) == "Linear(192, 10)"
     assert repr(Linear(3, 2, bias=False)) == "Linear(3, 2, bias=False)"
-    with pytest.raises(ValueError, match=r"Linear\(192, 10\): expected input \(N, 192\), got shape \(2, 191\)"):
+    with pytest.raises(
+        ValueError, match=r"Linear\(192, 10\): expected input \(N, 192\), got shape \(2, 191\)"
+    ):
         layer.forward(np.zeros((2, 191), np.float32))
     with pytest.raises(RuntimeError, match="before forward"):
         Linear(2, 2).backward(np.zeros((1, 2), np.float32))

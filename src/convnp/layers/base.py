@@ -40,6 +40,12 @@ from typing import Any
 import numpy as np
 
 DEFAULT_DTYPE = np.float32
+# How error messages spell an input layout, by number of spatial dimensions.
+LAYOUTS = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
+
+
+class NonFiniteInputError(ValueError):
+    """A layer received NaN or inf; training catches it to stop cleanly (``convnp.train``)."""
 
 
 class Layer:
@@ -154,7 +160,7 @@ class Layer:
                 f"convert the input or call .astype({x.dtype}) on the model"
             )
         if x.size and not (np.isfinite(x.max()) and np.isfinite(x.min())):
-            raise ValueError(f"{self!r}: input of shape {x.shape} contains NaN or inf")
+            raise NonFiniteInputError(f"{self!r}: input of shape {x.shape} contains NaN or inf")
         return x
 
     def _check_grad_output(self, dy: Any, expected_shape: tuple[int, ...]) -> np.ndarray:

@@ -8,9 +8,7 @@ from typing import Any
 import numpy as np
 
 from convnp.layers import _windows
-from convnp.layers.base import DEFAULT_DTYPE, Layer, as_tuple, uniform_init
-
-_LAYOUTS = {1: "(N, {c}, L)", 2: "(N, {c}, H, W)", 3: "(N, {c}, D, H, W)"}
+from convnp.layers.base import DEFAULT_DTYPE, LAYOUTS, Layer, as_tuple, uniform_init
 
 
 class _ConvNd(Layer):
@@ -165,7 +163,7 @@ class _ConvNd(Layer):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         nd = self._nd
-        layout = _LAYOUTS[nd].format(c=self.in_channels)
+        layout = LAYOUTS[nd].replace("C", str(self.in_channels))
         x = self._check_input(x, ndim=nd + 2, layout=layout, channels=self.in_channels)
         spatial = x.shape[2:]
         out_shape = self.output_shape(spatial)

@@ -1,0 +1,405 @@
+"""The ``convnp`` command line: train, evaluate, predict, summary, gradcheck.
+
+Each ``cmd_*`` function is a thin call into the library. User mistakes (a bad option value,
+a missing or corrupt file) end with one ``convnp: error: ...`` line and exit code 2, never
+a traceback; a diverged run exits 1 and keeps its last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convnp import architectures, io, schedules, train, zoo
+from convnp.data import DATASETS, DataLoader, load_dataset
+from convnp.gradcheck import gradcheck
+from convnp.losses import CrossEntropyLoss, SquaredErrorLoss
+from convnp.model import Sequential
+from convnp.optim import SGD, Adam, Optimizer
+
+DEFAULT_MODEL = "bouvrie"
+DEFAULT_DATA = "mnist5k"
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for: reported in one line, exit code 2."""
+
+
+# -- building blocks shared by the subcommands ------------------------------------------
+def _make_loss(kind: str) -> Any:
+    if kind == "squared_error":
+        return SquaredErrorLoss(reduction="mean")
+    return CrossEntropyLoss(reduction="mean")
+
+
+def _make_optimizer(args: argparse.Namespace, recipe: zoo.Recipe, model: Sequential) -> Optimizer:
+    name = args.optimizer or recipe.optimizer
+    lr = args.lr if args.lr is not None else recipe.lr
+    momentum = args.momentum if args.momentum is not None else recipe.momentum
+    decay = args.weight_decay if args.weight_decay is not None else recipe.weight_decay
+    if name == "sgd":
+        return SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=decay, nesterov=args.nesterov
+        )
+    return Adam(model.parameters(), lr=lr, weight_decay=decay)
+
+
+def _make_schedule(name: str, lr: float, total_steps: int, warmup: int) -> schedules.Schedule:
+    options = {"warmup_steps": warmup}
+    if name == "constant":
+        return schedules.ConstantLR(lr, **options)
+    if name == "step":
+        return schedules.StepLR(lr, step_size=max(total_steps // 3, 1), gamma=0.1, **options)
+    if name == "exponential":
+        return schedules.ExponentialLR(lr, gamma=0.01 ** (1 / max(total_steps, 1)), **options)
+    if name == "inv":
+        return schedules.InvLR(lr, gamma=1e-4, power=0.75, **options)
+    return schedules.CosineLR(lr, total_steps=max(total_steps - warmup, 1), **options)
+
+
+def _loaders(dataset: Any, batch_size: int, normalize: str, seed: int) -> tuple[Any, Any]:
+    train_loader = DataLoader(
+        dataset.train_images,
+        dataset.train_labels,
+        batch_size=batch_size,
+        shuffle=True,
+        seed=seed,
+        normalize=normalize,
+    )
+    test_loader = DataLoader(
+        dataset.test_images,
+        dataset.test_labels,
+        batch_size=1000,
+        shuffle=False,
+        normalize=normalize,
+        mean=train_loader.mean,
+        std=train_loader.std,
+    )
+    return train_loader, test_loader
+
+
+def _build_model(
+    args: argparse.Namespace, input_shape: tuple[int, ...], classes: int, rng: np.random.Generator
+) -> tuple[Sequential, zoo.Recipe]:
+    recipe = zoo.get_recipe(args.model or DEFAULT_MODEL)
+    if args.arch:
+        model = architectures.from_string(args.arch, input_shape, classes, rng=rng)
+        uses_sigmoid_output = type(model[-1]).__name__ == "Sigmoid"
+        custom = dict(name="custom", architecture=args.arch, description=args.arch)
+        custom.update(loss="squared_error" if uses_sigmoid_output else "cross_entropy")
+        if not args.model:
+            recipe = zoo.Recipe(**{**zoo.RECIPES["modern"].__dict__, **custom})
+        return model, recipe
+    if args.config:
+        model = architectures.from_toml(args.config, rng=rng)
+        return model, zoo.Recipe(**{**zoo.RECIPES["modern"].__dict__, "name": "custom"})
+    return recipe.build(input_shape, classes, rng=rng), recipe
+
+
+def _run_info(
+    args: argparse.Namespace, dataset: Any, recipe: zoo.Recipe, optimizer: Optimizer
+) -> dict[str, Any]:
+    """Everything a resume, ``evaluate`` or ``predict`` needs to know about this run."""
+    return {
+        "dataset": dataset.name,
+        "model": recipe.name,
+        "input_shape": list(dataset.train_images.shape[1:]),
+        "class_names": list(dataset.class_names),
+        "loss": recipe.loss,
+        "normalize": {"kind": recipe.normalize},
+        "batch_size": args.batch_size or recipe.batch_size,
+        "epochs": args.epochs or recipe.epochs,
+        "seed": args.seed,
+        "schedule": args.schedule or recipe.schedule,
+        "warmup": args.warmup,
+        "base_lr": optimizer.lr,
+    }
+
+
+# -- subcommands --------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    out = Path(args.out)
+    if args.resume:
+        model, optimizer, history, info = train.resume(args.resume)
+        dataset = load_dataset(info["dataset"], data_dir=args.data_dir)
+        print(f"resuming {args.resume} after epoch {len(history)}")
+    else:
+        dataset = load_dataset(args.data, data_dir=args.data_dir)
+        rng = np.random.default_rng(args.seed)
+        input_shape = dataset.train_images.shape[1:]
+        model, recipe = _build_model(args, input_shape, dataset.num_classes, rng)
+        optimizer = _make_optimizer(args, recipe, model)
+        history, info = [], _run_info(args, dataset, recipe, optimizer)
+    epochs = args.epochs or info["epochs"]
+    train_loader, test_loader = _loaders(
+        dataset, info["batch_size"], info["normalize"]["kind"], info["seed"]
+    )
+    info["normalize"].update(mean=train_loader.mean, std=train_loader.std)
+    total_steps = epochs * len(train_loader)
+    schedule = _make_schedule(info["schedule"], info["base_lr"], total_steps, info["warmup"])
+    loss = _make_loss(info["loss"])
+    print(
+        f"training {info['model']} on {dataset.name}: {len(dataset.train_labels)} images, "
+        f"{epochs} epochs, batch {info['batch_size']}, {optimizer!r}; output in {out}"
+    )
+    try:
+        history = train.fit(
+            model,
+            loss,
+            optimizer,
+            train_loader,
+            epochs=epochs,
+            val=test_loader,
+            schedule=schedule,
+            out_dir=out,
+            history=history,
+            info=info,
+            progress=not args.quiet,
+        )
+    except train.TrainingDiverged as error:
+        print(f"convnp: training stopped: {error}", file=sys.stderr)
+        print(
+            f"convnp: the last good checkpoint is in {out / train.CHECKPOINT_NAME}", file=sys.stderr
+        )
+        return 1
+    result = train.evaluate(model, test_loader, loss, dataset.num_classes)
+    info["test_accuracy"] = result["accuracy"]
+    io.save(model, out / train.MODEL_NAME, info)
+    print(
+        f"test accuracy {result['accuracy']:.4f} (loss {result['loss']:.4f}) on "
+        f"{result['count']} {dataset.name} test images after {len(history)} epochs "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
+    print(f"model saved to {out / train.MODEL_NAME}")
+    return 0
+
+
+def _load_model(path: str) -> tuple[Sequential, dict[str, Any]]:
+    return io.load(path), io.read_info(path)
+
+
+def _normalise_like_training(images: np.ndarray, info: dict[str, Any], dtype: Any) -> np.ndarray:
+    x = images.astype(dtype) / 255.0
+    settings = info.get("normalize") or {}
+    if settings.get("kind") == "standardize":
+        x = (x - settings["mean"]) / settings["std"]
+    return x.astype(dtype)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model, info = _load_model(args.model_file)
+    dataset = load_dataset(args.data or info.get("dataset", DEFAULT_DATA), data_dir=args.data_dir)
+    settings = info.get("normalize") or {}
+    loader = DataLoader(
+        dataset.test_images,
+        dataset.test_labels,
+        batch_size=1000,
+        shuffle=False,
+        normalize=settings.get("kind", "unit"),
+        mean=settings.get("mean"),
+        std=settings.get("std"),
+        dtype=model.dtype,
+    )
+    result = train.evaluate(
+        model, loader, _make_loss(info.get("loss", "cross_entropy")), dataset.num_classes
+    )
+    print(
+        f"{dataset.name} test set: accuracy {result['accuracy']:.4f}, "
+        f"loss {result['loss']:.4f}, {result['count']} images"
+    )
+    print("confusion matrix (rows: true class, columns: predicted):")
+    names = dataset.class_names
+    width = max(len(str(n)) for n in names)
+    for name, row in zip(names, result["confusion"]):
+        print(f"  {str(name):>{width}} " + " ".join(f"{v:5d}" for v in row))
+    return 0
+
+
+def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """An image file as uint8-range (C, H, W) at the model's input size."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    channels, height, width = shape
+    if path.suffix.lower() == ".npy":
+        array = np.load(path, allow_pickle=False)
+        array = array.reshape(array.shape[-2:]) if array.ndim > 2 else array
+        if array.shape != (height, width):
+            raise UsageError(
+                f"{path}: array of shape {array.shape}, model expects {height}x{width}"
+            )
+        if array.dtype.kind == "f" and array.max() <= 1.0:
+            array = array * 255.0
+        return array.reshape(1, height, width).astype(np.float64)
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise UsageError("reading PNG/JPEG needs Pillow: pip install 'convnp[image]'") from None
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError) as error:
+        raise UsageError(f"{path}: cannot read image ({error})") from None
+    if image.mode != "L" and channels == 1:
+        print(f"note: {path.name}: converted from {image.mode} to greyscale")
+        image = image.convert("L")
+    if image.size != (width, height):
+        print(
+            f"note: {path.name}: resized from {image.size[0]}x{image.size[1]} to {width}x{height}"
+        )
+        image = image.resize((width, height))
+    return np.asarray(image, dtype=np.float64).reshape(channels, height, width)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    model, info = _load_model(args.model_file)
+    shape = tuple(info.get("input_shape", (1, 28, 28)))
+    names = info.get("class_names") or [str(i) for i in range(10)]
+    images = np.stack([_read_image(Path(p), shape) for p in args.images])
+    y = model.predict(_normalise_like_training(images, info, model.dtype))
+    if info.get("loss", "cross_entropy") == "cross_entropy":
+        shifted = np.exp(y - y.max(axis=1, keepdims=True))
+        scores, label = shifted / shifted.sum(axis=1, keepdims=True), "probabilities"
+    else:
+        scores, label = y, "outputs"
+    for path, row in zip(args.images, scores):
+        best = int(row.argmax())
+        print(
+            f"{path}: {names[best]} ({label}: "
+            + ", ".join(f"{names[i]}={row[i]:.3f}" for i in np.argsort(-row)[:3])
+            + ")"
+        )
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    if args.model_file:
+        model, info = _load_model(args.model_file)
+        shape = tuple(info.get("input_shape", (1, 28, 28)))
+    else:
+        model = zoo.get_recipe(args.model or DEFAULT_MODEL).build()
+        shape = (1, 28, 28)
+    print(model)
+    model.summary(shape)
+    return 0
+
+
+def cmd_gradcheck(args: argparse.Namespace) -> int:
+    rng = np.random.default_rng(args.seed)
+    model = zoo.get_recipe(args.model).build(dtype=np.float64, rng=rng)
+    x = rng.random((2, 1, 28, 28))
+    worst = 0.0
+    print(
+        f"finite-difference check of {args.model} in float64 "
+        f"(relative error, {args.samples} sampled entries per array):"
+    )
+    for index, layer in enumerate(model):
+        errors = gradcheck(layer, x, max_checks=args.samples, rng=rng)
+        x = layer.forward(x)
+        text = ", ".join(f"{name} {error:.1e}" for name, error in errors.items())
+        print(f"  {index:>2} {layer!r}: {text}")
+        worst = max(worst, *errors.values())
+    print(f"worst relative error {worst:.1e}: {'PASS' if worst < 1e-7 else 'FAIL'} (< 1e-7)")
+    return 0 if worst < 1e-7 else 1
+
+
+# -- argument parsing ---------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convnp",
+        description="Train and run convolutional networks on NumPy (hand-derived backprop).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (default: bouvrie on the bundled mnist5k)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--model", choices=list(zoo.RECIPES), help="built-in model (default bouvrie)"
+    )
+    group.add_argument("--arch", help="architecture string, e.g. 32c3p1-relu-2m-128f-relu")
+    group.add_argument("--config", help="TOML file listing [[layers]]")
+    p.add_argument(
+        "--data", default=DEFAULT_DATA, choices=DATASETS, help="dataset (default mnist5k)"
+    )
+    p.add_argument("--data-dir", help="folder holding the dataset's IDX files")
+    p.add_argument("--epochs", type=_positive_int, help="epochs (default: the model's recipe)")
+    p.add_argument("--batch-size", type=_positive_int, help="batch size (default: recipe)")
+    p.add_argument("--lr", type=_positive_float, help="learning rate (default: recipe)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], help="default: recipe")
+    p.add_argument("--momentum", type=float, help="SGD momentum (default: recipe)")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
+    p.add_argument("--weight-decay", type=float, help="L2 weight decay (default: recipe)")
+    p.add_argument(
+        "--schedule",
+        choices=["constant", "step", "exponential", "inv", "cosine"],
+        help="learning-rate schedule (default: recipe)",
+    )
+    p.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
+    p.add_argument("--seed", type=int, default=0, help="random seed (init and shuffling)")
+    p.add_argument("--out", default="runs/latest", help="output folder (default runs/latest)")
+    p.add_argument("--resume", help="checkpoint file or run folder to continue from")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy, loss and confusion matrix of a saved model")
+    p.add_argument("model_file", metavar="MODEL")
+    p.add_argument("--data", choices=DATASETS, help="dataset (default: the one it trained on)")
+    p.add_argument("--data-dir")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify images (.png/.jpg need Pillow, or .npy)")
+    p.add_argument("model_file", metavar="MODEL")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("summary", help="layers, output shapes and parameter counts")
+    p.add_argument("model_file", nargs="?", metavar="MODEL")
+    p.add_argument("--model", choices=list(zoo.RECIPES), help="a built-in model instead")
+    p.set_defaults(handler=cmd_summary)
+
+    p = sub.add_parser("gradcheck", help="finite-difference check of a model's layers")
+    p.add_argument("--model", choices=list(zoo.RECIPES), default=DEFAULT_MODEL)
+    p.add_argument("--samples", type=_positive_int, default=20, help="entries checked per array")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_gradcheck)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except (UsageError, ValueError, FileNotFoundError) as error:
+        print(f"convnp: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convnp: interrupted; checkpoints written so far are intact", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

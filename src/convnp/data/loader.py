@@ -1,0 +1,231 @@
+"""Mini-batches of float images and int64 labels, each epoch replayable from (seed, epoch).
+
+Images stay in their stored dtype (uint8 for every convnp data set); each batch is
+gathered with one fancy index and converted on its own, so an epoch never copies the
+whole data set.
+
+Replay: epoch e uses ``np.random.default_rng([seed, e])`` for its permutation and then
+for its ``transform`` calls, so the batches of epoch e are a pure function of
+(seed, e, data). A run resumed at epoch e (``loader.set_epoch(e)``, or
+``loader.batches(e)``) sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import numpy as np
+
+Normalize = Literal["unit", "standardize"] | None
+Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+_NORMALIZE = ("unit", "standardize", None)
+
+
+def channel_stats(images: np.ndarray, *, chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) standard deviation of (N, C, H, W) images.
+
+    Streams over chunks of ``chunk_size`` images in float64, merging each chunk's mean
+    and sum of squared deviations M2 with Chan et al.'s pairwise update
+        δ = mean_b − mean_a,  mean = mean_a + δ·n_b/n,  M2 = M2_a + M2_b + δ²·n_a·n_b/n,
+    so memory stays bounded and no E[x²] − E[x]² cancellation occurs.
+
+    Returns:
+        (mean, std), float64 arrays of shape (C,), in the images' own units
+        (0..255 for uint8).
+    """
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"channel_stats: expected non-empty (N, C, H, W), got {images.shape}")
+    channels = images.shape[1]
+    count = 0
+    mean = np.zeros(channels)
+    m2 = np.zeros(channels)
+    for start in range(0, len(images), chunk_size):
+        chunk = images[start : start + chunk_size].astype(np.float64)
+        n_b = chunk.size // channels
+        mean_b = chunk.mean(axis=(0, 2, 3))
+        m2_b = np.square(chunk - mean_b[:, None, None]).sum(axis=(0, 2, 3))
+        delta = mean_b - mean
+        total = count + n_b
+        mean += delta * (n_b / total)
+        m2 += m2_b + np.square(delta) * (count * n_b / total)
+        count = total
+    return mean, np.sqrt(m2 / count)
+
+
+class DataLoader:
+    """Iterate over (x, labels) mini-batches: x is ``dtype`` (B, C, H, W), labels int64 (B,).
+
+    Args:
+        images: (N, C, H, W) array, usually uint8; kept as is (not copied).
+        labels: (N,) integer class indices.
+        batch_size: images per batch; the last batch is smaller unless ``drop_last``.
+        shuffle: visit the images in a fresh permutation each epoch.
+        rng: draws ``seed`` when ``seed`` is None (once, at construction).
+        seed: epoch e's permutation and transform randomness come from
+            ``np.random.default_rng([seed, e])``; record it to replay a run.
+        drop_last: skip the final incomplete batch.
+        normalize: ``"unit"`` maps uint8 0..255 to [0, 1]; ``"standardize"`` computes
+            (x − mean) / std per channel, zero mean and unit variance, which speeds up
+            convergence (SPEC §1; LeCun et al., "Efficient BackProp"); None only casts.
+        mean, std: per-channel statistics for ``"standardize"`` in the images' units.
+            Left None, they are computed from ``images`` with ``channel_stats``; pass
+            the training loader's ``mean``/``std`` to the test loader.
+        dtype: float dtype of x (torch's name).
+        transform: optional per-batch augmentation ``f(x, rng) -> x`` applied after
+            normalisation, with the epoch's generator; it must keep B and dtype.
+
+    Each ``iter(loader)`` runs epoch ``loader.epoch`` and advances it by one;
+    ``set_epoch`` moves it (e.g. when resuming), ``batches(e)`` runs epoch e without
+    touching it. ``len(loader)`` is the number of batches per epoch.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int = 64,
+        *,
+        shuffle: bool = True,
+        rng: np.random.Generator | None = None,
+        seed: int | None = None,
+        drop_last: bool = False,
+        normalize: Normalize = "unit",
+        mean: Any = None,
+        std: Any = None,
+        dtype: Any = np.float32,
+        transform: Transform | None = None,
+    ) -> None:
+        _check_data(images, labels)
+        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
+        if normalize not in _NORMALIZE:
+            raise ValueError(
+                f"DataLoader: normalize must be one of {_NORMALIZE}, got {normalize!r}"
+            )
+        if not np.issubdtype(np.dtype(dtype), np.floating):
+            raise ValueError(f"DataLoader: dtype must be a float dtype, got {np.dtype(dtype)}")
+        if seed is None:
+            seed = int((rng or np.random.default_rng()).integers(2**63))
+        if not isinstance(seed, int | np.integer) or seed < 0:
+            raise ValueError(f"DataLoader: seed must be a non-negative int, got {seed!r}")
+        self.images = images
+        self.labels = labels.astype(np.int64, copy=False)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.normalize = normalize
+        self.dtype = np.dtype(dtype)
+        self.transform = transform
+        self.epoch = 0
+        self.mean, self.std = self._statistics(mean, std)
+        self._shift, self._divisor = self._affine()
+
+    def _statistics(self, mean: Any, std: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Per-channel (mean, std) for ``"standardize"``, float64 (C,); (None, None) otherwise."""
+        if self.normalize != "standardize":
+            if mean is not None or std is not None:
+                raise ValueError(
+                    f"DataLoader: mean/std apply only to normalize='standardize', "
+                    f"not {self.normalize!r}"
+                )
+            return None, None
+        if (mean is None) != (std is None):
+            raise ValueError("DataLoader: give both mean and std, or neither (computed)")
+        if mean is None:
+            mean, std = channel_stats(self.images)
+        channels = self.images.shape[1]
+        mean = np.broadcast_to(np.asarray(mean, dtype=np.float64), (channels,)).copy()
+        std = np.broadcast_to(np.asarray(std, dtype=np.float64), (channels,)).copy()
+        if not np.all(std > 0):
+            raise ValueError(f"DataLoader: std must be positive in every channel, got {std}")
+        return mean, std
+
+    def _affine(self) -> tuple[np.ndarray | None, np.ndarray | float | None]:
+        """x ← (x − shift) / divisor per channel, in ``dtype``; None skips a step."""
+        if self.normalize == "unit":
+            if self.images.dtype != np.uint8:
+                raise ValueError(
+                    f"DataLoader: normalize='unit' maps uint8 0..255 to [0, 1]; images are "
+                    f"{self.images.dtype} (use normalize=None or 'standardize')"
+                )
+            return None, 255.0  # divide, not multiply by 1/255: 255 maps to exactly 1.0
+        if self.normalize == "standardize":
+            per_channel = (1, -1, 1, 1)
+            shift = self.mean.astype(self.dtype).reshape(per_channel)
+            return shift, self.std.astype(self.dtype).reshape(per_channel)
+        return None, None
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter(loader)`` run epoch ``epoch`` (counted from 0)."""
+        if not isinstance(epoch, int | np.integer) or epoch < 0:
+            raise ValueError(f"DataLoader: epoch must be a non-negative int, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        epoch = self.epoch
+        self.epoch += 1
+        return self.batches(epoch)
+
+    def batches(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The batches of epoch ``epoch``: a pure function of (seed, epoch, data)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        n = len(self.labels)
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            x = self.images[index].astype(self.dtype)  # the only copy: this batch
+            if self._shift is not None:
+                x -= self._shift
+            if self._divisor is not None:
+                x /= self._divisor
+            if self.transform is not None:
+                x = self._apply_transform(x, rng)
+            yield x, self.labels[index]
+
+    def _apply_transform(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        out = self.transform(x, rng)
+        if not isinstance(out, np.ndarray) or len(out) != len(x) or out.dtype != self.dtype:
+            got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise ValueError(
+                f"DataLoader: transform must return a {self.dtype} array with {len(x)} "
+                f"images, got {got}"
+            )
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"DataLoader(n={len(self.labels)}, batch_size={self.batch_size}, "
+            f"shuffle={self.shuffle}, drop_last={self.drop_last}, "
+            f"normalize={self.normalize!r}, dtype={self.dtype.name}, seed={self.seed})"
+        )
+
+
+def _check_data(images: Any, labels: Any) -> None:
+    if not isinstance(images, np.ndarray) or not isinstance(labels, np.ndarray):
+        raise ValueError(
+            f"DataLoader: images and labels must be NumPy arrays, got "
+            f"{type(images).__name__} and {type(labels).__name__}"
+        )
+    if images.ndim != 4 or not (
+        np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)
+    ):
+        raise ValueError(
+            f"DataLoader: images must be numeric (N, C, H, W), got {images.dtype} "
+            f"{images.shape} (add a channel axis with images[:, None])"
+        )
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"DataLoader: labels must be integer (N,), got {labels.dtype} {labels.shape}"
+        )
+    if len(images) != len(labels):
+        raise ValueError(
+            f"DataLoader: {len(images)} images {images.shape} but {len(labels)} labels "
+            f"{labels.shape}"
+        )

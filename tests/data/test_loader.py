@@ -1,0 +1,240 @@
+"""DataLoader: batches, normalisation, replayable epochs, transforms and input checks."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from convnp.data.loader import DataLoader, channel_stats
+
+N = 50
+
+
+@pytest.fixture
+def data() -> tuple[np.ndarray, np.ndarray]:
+    """Image i is filled with the value 5*i (all distinct uint8), label i identifies it."""
+    images = np.broadcast_to(
+        (5 * np.arange(N, dtype=np.uint8))[:, None, None, None], (N, 1, 3, 2)
+    ).copy()
+    return images, np.arange(N)
+
+
+def _epoch(loader: DataLoader, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    xs, ts = zip(*loader.batches(epoch))
+    return np.concatenate(xs), np.concatenate(ts)
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "drop_last", "sizes"),
+    [
+        (16, False, [16, 16, 16, 2]),
+        (16, True, [16, 16, 16]),
+        (50, False, [50]),
+        (64, False, [50]),
+        (64, True, []),
+        (1, False, [1] * 50),
+    ],
+)
+def test_batch_sizes_and_len(data, batch_size, drop_last, sizes):
+    loader = DataLoader(*data, batch_size=batch_size, drop_last=drop_last, seed=0)
+    batches = list(loader)
+    assert [len(t) for _, t in batches] == sizes
+    assert len(loader) == len(sizes)
+    for x, t in batches:
+        assert x.dtype == np.float32 and x.shape == (len(t), 1, 3, 2)
+        assert t.dtype == np.int64 and t.shape == (len(t),)
+
+
+def test_each_epoch_visits_every_image_once_with_its_label(data):
+    images, labels = data
+    loader = DataLoader(images, labels, batch_size=7, seed=3)
+    x, t = _epoch(loader, 0)
+    assert sorted(t) == list(range(N)) and not np.array_equal(t, np.arange(N))
+    np.testing.assert_array_equal(x, images[t].astype(np.float32) / np.float32(255))
+
+
+def test_no_shuffle_keeps_the_order(data):
+    x, t = _epoch(DataLoader(*data, batch_size=8, shuffle=False, seed=0), 4)
+    np.testing.assert_array_equal(t, np.arange(N))
+
+
+def test_unit_maps_0_and_255_exactly():
+    images = np.array([0, 1, 128, 254, 255], np.uint8).reshape(5, 1, 1, 1)
+    for dtype in (np.float32, np.float64):
+        ((x, _),) = DataLoader(images, np.zeros(5, int), batch_size=5, shuffle=False, dtype=dtype)
+        assert x.dtype == dtype
+        assert x.min() == 0.0 and x.max() == 1.0
+        np.testing.assert_array_equal(x.ravel(), images.ravel().astype(dtype) / dtype(255))
+
+
+def test_permutation_is_a_pure_function_of_seed_and_epoch(data):
+    loader = DataLoader(*data, batch_size=10, seed=42)
+    for epoch in (0, 1, 7):
+        expected = np.random.default_rng([42, epoch]).permutation(N)  # the documented rule
+        np.testing.assert_array_equal(_epoch(loader, epoch)[1], expected)
+    assert not np.array_equal(_epoch(loader, 0)[1], _epoch(loader, 1)[1])
+
+
+def test_iteration_advances_the_epoch_and_resume_replays_it(data):
+    def jitter(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return x + rng.standard_normal(x.shape, dtype=x.dtype)
+
+    uninterrupted = DataLoader(*data, batch_size=9, seed=7, transform=jitter)
+    epochs = [[(x.copy(), t.copy()) for x, t in uninterrupted] for _ in range(3)]
+    assert uninterrupted.epoch == 3
+    resumed = DataLoader(*data, batch_size=9, seed=7, transform=jitter)
+    resumed.set_epoch(2)
+    for (x0, t0), (x1, t1) in zip(epochs[2], resumed, strict=True):
+        np.testing.assert_array_equal(t0, t1)
+        np.testing.assert_array_equal(x0, x1)  # augmentation replayed too
+    assert resumed.epoch == 3
+    assert not np.array_equal(epochs[0][0][0], epochs[1][0][0])
+
+
+def test_seed_is_drawn_from_rng_when_not_given(data):
+    a = DataLoader(*data, rng=np.random.default_rng(1))
+    b = DataLoader(*data, rng=np.random.default_rng(1))
+    c = DataLoader(*data, rng=np.random.default_rng(2))
+    assert a.seed == b.seed != c.seed
+    np.testing.assert_array_equal(_epoch(a, 0)[1], _epoch(b, 0)[1])
+
+
+def test_channel_stats_match_numpy_across_chunks(rng):
+    images = 1e6 + rng.standard_normal((37, 3, 4, 5)) * np.array([1.0, 2.0, 3.0])[:, None, None]
+    mean, std = channel_stats(images, chunk_size=7)  # 6 merges, values far from 0
+    np.testing.assert_allclose(mean, images.mean(axis=(0, 2, 3)), rtol=1e-14)
+    np.testing.assert_allclose(std, images.std(axis=(0, 2, 3)), rtol=1e-9)
+    u8 = rng.integers(0, 256, (100, 2, 6, 6), dtype=np.uint8)
+    mean, std = channel_stats(u8, chunk_size=32)
+    np.testing.assert_allclose(mean, u8.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(std, u8.std(axis=(0, 2, 3)), rtol=1e-12)
+
+
+def test_standardize_gives_zero_mean_unit_variance_per_channel(rng):
+    images = rng.integers(0, 256, (64, 3, 5, 5), dtype=np.uint8)
+    images[:, 1] //= 4  # channels with different statistics
+    loader = DataLoader(
+        images, np.zeros(64, int), batch_size=10, normalize="standardize", dtype=np.float64, seed=0
+    )
+    x, _ = _epoch(loader, 0)
+    np.testing.assert_allclose(x.mean(axis=(0, 2, 3)), 0.0, atol=1e-12)
+    np.testing.assert_allclose(x.std(axis=(0, 2, 3)), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(loader.mean, images.mean(axis=(0, 2, 3)), rtol=1e-12)
+
+
+def test_test_loader_uses_the_training_statistics(rng):
+    train = rng.integers(0, 256, (40, 1, 4, 4), dtype=np.uint8)
+    test = rng.integers(0, 100, (12, 1, 4, 4), dtype=np.uint8)
+    fitted = DataLoader(train, np.zeros(40, int), normalize="standardize", seed=0)
+    loader = DataLoader(
+        test,
+        np.zeros(12, int),
+        batch_size=12,
+        shuffle=False,
+        normalize="standardize",
+        mean=fitted.mean,
+        std=fitted.std,
+    )
+    ((x, _),) = loader
+    expected = (test.astype(np.float32) - np.float32(fitted.mean[0])) / np.float32(fitted.std[0])
+    np.testing.assert_allclose(x, expected, rtol=1e-6)
+    assert abs(x.mean()) > 0.5  # the test set's own statistics were not used
+
+
+def test_transform_gets_the_float_batch_and_a_generator(data):
+    seen = []
+
+    def flip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        seen.append((x.dtype, x.max() <= 1.0, isinstance(rng, np.random.Generator)))
+        return x[..., ::-1] * np.float32(2)
+
+    x, t = _epoch(DataLoader(*data, batch_size=20, seed=0, transform=flip), 0)
+    assert seen == [(np.dtype(np.float32), True, True)] * 3
+    np.testing.assert_array_equal(x, data[0][t].astype(np.float32) / np.float32(255) * 2)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda x, rng: x.astype(np.float64),
+        lambda x, rng: x[1:],
+        lambda x, rng: list(x),
+    ],
+    ids=["dtype", "length", "not-array"],
+)
+def test_transform_output_is_checked(data, bad):
+    with pytest.raises(ValueError, match="transform must return a float32 array"):
+        next(iter(DataLoader(*data, transform=bad)))
+
+
+def test_an_epoch_copies_only_a_batch_at_a_time():
+    images = np.zeros((20000, 1, 28, 28), np.uint8)  # 15.7 MB; 63 MB as float32
+    loader = DataLoader(images, np.zeros(20000, np.int64), batch_size=100, seed=0)
+    tracemalloc.start()
+    try:
+        for _ in loader:
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "kwargs", "message"),
+    [
+        (np.zeros((4, 1, 2, 2)), np.zeros(3, int), {}, r"4 images \(4, 1, 2, 2\) but 3 labels"),
+        (
+            np.zeros((4, 2, 2), np.uint8),
+            np.zeros(4, int),
+            {},
+            r"\(N, C, H, W\), got uint8 \(4, 2, 2\)",
+        ),
+        (np.zeros((4, 1, 2, 2), np.uint8), np.zeros(4), {}, r"labels must be integer .* float64"),
+        (np.zeros((4, 1, 2, 2), np.uint8), np.zeros((4, 1), int), {}, r"labels must be integer"),
+        (np.zeros((4, 1, 2, 2), bool), np.zeros(4, int), {}, "images must be numeric"),
+        ([[0]], np.zeros(1, int), {}, "must be NumPy arrays, got list"),
+        (np.zeros((4, 1, 2, 2), np.float32), np.zeros(4, int), {}, "normalize='unit' maps uint8"),
+        (np.zeros((4, 1, 2, 2), np.uint8), np.zeros(4, int), {"batch_size": 0}, "batch_size"),
+        (np.zeros((4, 1, 2, 2), np.uint8), np.zeros(4, int), {"normalize": "minmax"}, "normalize"),
+        (np.zeros((4, 1, 2, 2), np.uint8), np.zeros(4, int), {"dtype": np.int32}, "float dtype"),
+        (np.zeros((4, 1, 2, 2), np.uint8), np.zeros(4, int), {"seed": -1}, "non-negative"),
+        (np.zeros((4, 1, 2, 2), np.uint8), np.zeros(4, int), {"mean": 0.5}, "only to normalize"),
+        (
+            np.zeros((4, 1, 2, 2), np.uint8),
+            np.zeros(4, int),
+            {"normalize": "standardize", "mean": 0.5},
+            "both mean and std",
+        ),
+        (
+            np.zeros((4, 1, 2, 2), np.uint8),
+            np.zeros(4, int),
+            {"normalize": "standardize"},
+            "std must be positive",
+        ),
+        (
+            np.zeros((4, 2, 2, 2), np.uint8),
+            np.zeros(4, int),
+            {"normalize": "standardize", "mean": [1, 2], "std": [1, 0]},
+            "std must be positive",
+        ),
+    ],
+)
+def test_bad_arguments_raise_value_error(images, labels, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DataLoader(images, labels, **kwargs)
+
+
+def test_set_epoch_validates(data):
+    loader = DataLoader(*data)
+    with pytest.raises(ValueError, match="epoch"):
+        loader.set_epoch(-1)
+
+
+def test_repr(data):
+    assert repr(DataLoader(*data, batch_size=8, seed=5)) == (
+        "DataLoader(n=50, batch_size=8, shuffle=True, drop_last=False, normalize='unit', "
+        "dtype=float32, seed=5)"
+    )
