@@ -53,6 +53,11 @@ class Sequential:
             dy = layer.backward(dy)
         return dy
 
+    def apply_regularizers(self) -> float:
+        """Run every layer's attached penalties (after backward): each adds its gradient to
+        the layer's grads; the summed penalty value is returned for the reported loss."""
+        return float(sum(penalty(layer) for layer in self.layers for penalty in layer.regularizers))
+
     def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         """Forward in eval mode, in batches (memory stays bounded), restoring the mode."""
         was_training = self.training

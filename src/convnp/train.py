@@ -44,6 +44,7 @@ def _train_step(model: Sequential, loss: Any, optimizer: Optimizer, x: np.ndarra
     y = model.forward(x)  # x^L: the network's output
     error = loss.forward(y, t)  # E
     model.backward(loss.backward())  # δ^L = ∂E/∂y, then every layer's backward in reverse
+    error += model.apply_regularizers()  # attached penalties add their value and gradient
     _stop_if_not_finite(model, x, error)
     optimizer.step()  # the solver turns gradients into updates
     return y, error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,13 +16,15 @@ from convnp.model import Sequential
 class Recipe:
     """A named architecture plus its recommended training set-up.
 
-    ``loss``: "squared_error" (sigmoid outputs, one-of-c targets, SPEC §1) or
-    "cross_entropy" (logits). ``optimizer``: "sgd" or "adam".
+    ``architecture``: a string in ``convnp.architectures``' notation, or a function
+    ``(input_shape, num_classes, *, dtype, rng) -> Sequential`` for networks the notation
+    cannot express. ``loss``: "squared_error" (sigmoid outputs, one-of-c targets, SPEC §1)
+    or "cross_entropy" (logits). ``optimizer``: "sgd" or "adam".
     """
 
     name: str
     description: str
-    architecture: str
+    architecture: str | Callable[..., Sequential]
     loss: str
     optimizer: str
     lr: float
@@ -41,6 +44,8 @@ class Recipe:
         dtype: Any = np.float32,
         rng: np.random.Generator | None = None,
     ) -> Sequential:
+        if callable(self.architecture):
+            return self.architecture(input_shape, num_classes, dtype=dtype, rng=rng)
         return architectures.from_string(
             self.architecture, input_shape, num_classes, dtype=dtype, rng=rng
         )
@@ -60,7 +65,7 @@ RECIPES: dict[str, Recipe] = {
             optimizer="sgd",
             lr=1.0,
             batch_size=50,
-            epochs=30,
+            epochs=40,
         ),
         Recipe(
             name="lenet5",

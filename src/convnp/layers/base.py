@@ -30,11 +30,16 @@ Decisions, made once here for every layer:
 6. **Errors name the problem**: ``_check_input`` raises ``ValueError`` naming the layer,
    the expected shape and the shape it got; NumPy broadcast errors never surface.
 7. **Layers never update their parameters**: optimizers do (``convnp.optim``).
+8. **Penalties are attached, not special-cased.** ``regularizers`` holds callables
+   ``penalty(layer) -> float`` that add ∂penalty/∂θ into ``layer.grads`` and return the
+   penalty's value; ``Sequential.apply_regularizers()`` runs them after backward, and the
+   training loop adds the returned value to the reported loss (e.g. the sparsity penalties
+   on learned feature-map combinations, SPEC §4).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,6 +61,7 @@ class Layer:
         self.grads: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}
         self.training: bool = True
+        self.regularizers: list[Callable[[Layer], float]] = []
         self._cache: Any = None
 
     # -- the protocol -------------------------------------------------------------------
