@@ -141,7 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_loader, test_loader = _loaders(
         dataset, info["batch_size"], info["normalize"]["kind"], info["seed"]
     )
-    info["normalize"].update(mean=train_loader.mean, std=train_loader.std)
+    statistics = {"mean": train_loader.mean, "std": train_loader.std}
+    info["normalize"].update({k: None if v is None else v.tolist() for k, v in statistics.items()})
     total_steps = epochs * len(train_loader)
     schedule = _make_schedule(info["schedule"], info["base_lr"], total_steps, info["warmup"])
     loss = _make_loss(info["loss"])
@@ -185,21 +186,14 @@ def _load_model(path: str) -> tuple[Sequential, dict[str, Any]]:
     return io.load(path), io.read_info(path)
 
 
-def _normalise_like_training(images: np.ndarray, info: dict[str, Any], dtype: Any) -> np.ndarray:
-    x = images.astype(dtype) / 255.0
+def _loader_like_training(
+    images: np.ndarray, labels: np.ndarray, info: dict[str, Any], model: Sequential
+) -> DataLoader:
+    """Batches normalised exactly as the model's training data was (recorded in its info)."""
     settings = info.get("normalize") or {}
-    if settings.get("kind") == "standardize":
-        x = (x - settings["mean"]) / settings["std"]
-    return x.astype(dtype)
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    model, info = _load_model(args.model_file)
-    dataset = load_dataset(args.data or info.get("dataset", DEFAULT_DATA), data_dir=args.data_dir)
-    settings = info.get("normalize") or {}
-    loader = DataLoader(
-        dataset.test_images,
-        dataset.test_labels,
+    return DataLoader(
+        images,
+        labels,
         batch_size=1000,
         shuffle=False,
         normalize=settings.get("kind", "unit"),
@@ -207,6 +201,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         std=settings.get("std"),
         dtype=model.dtype,
     )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model, info = _load_model(args.model_file)
+    dataset = load_dataset(args.data or info.get("dataset", DEFAULT_DATA), data_dir=args.data_dir)
+    loader = _loader_like_training(dataset.test_images, dataset.test_labels, info, model)
     result = train.evaluate(
         model, loader, _make_loss(info.get("loss", "cross_entropy")), dataset.num_classes
     )
@@ -223,7 +223,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    """An image file as uint8-range (C, H, W) at the model's input size."""
+    """An image file as uint8 (C, H, W) at the model's input size (as the training data)."""
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     channels, height, width = shape
@@ -236,7 +236,7 @@ def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
             )
         if array.dtype.kind == "f" and array.max() <= 1.0:
             array = array * 255.0
-        return array.reshape(1, height, width).astype(np.float64)
+        return np.clip(np.rint(array), 0, 255).astype(np.uint8).reshape(1, height, width)
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
@@ -254,7 +254,7 @@ def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
             f"note: {path.name}: resized from {image.size[0]}x{image.size[1]} to {width}x{height}"
         )
         image = image.resize((width, height))
-    return np.asarray(image, dtype=np.float64).reshape(channels, height, width)
+    return np.asarray(image, dtype=np.uint8).reshape(channels, height, width)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -262,7 +262,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     shape = tuple(info.get("input_shape", (1, 28, 28)))
     names = info.get("class_names") or [str(i) for i in range(10)]
     images = np.stack([_read_image(Path(p), shape) for p in args.images])
-    y = model.predict(_normalise_like_training(images, info, model.dtype))
+    labels = np.zeros(len(images), dtype=np.int64)
+    ((x, _),) = _loader_like_training(images, labels, info, model)
+    y = model.predict(x)
     if info.get("loss", "cross_entropy") == "cross_entropy":
         shifted = np.exp(y - y.max(axis=1, keepdims=True))
         scores, label = shifted / shifted.sum(axis=1, keepdims=True), "probabilities"

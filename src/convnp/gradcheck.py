@@ -75,7 +75,7 @@ def gradcheck(
             "gradcheck needs float64 inputs and parameters (float32 round-off swamps finite "
             "differences); call .astype(np.float64) on the model and the input first"
         )
-    x = np.array(x, dtype=np.float64, copy=True)
+    x = np.array(x, dtype=np.float64, order="C", copy=True)
     module.train()
     y = module.forward(x)
     r = rng.standard_normal(y.shape) if dy is None else np.asarray(dy, dtype=np.float64)

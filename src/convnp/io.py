@@ -108,7 +108,8 @@ def save_tensors(
     path: str | os.PathLike[str], tensors: dict[str, np.ndarray], metadata: dict[str, str]
 ) -> None:
     """Atomically write a safetensors file (tensors made contiguous first)."""
-    contiguous = {name: np.ascontiguousarray(value) for name, value in tensors.items()}
+    # np.require keeps 0-d arrays 0-d (np.ascontiguousarray would make them 1-d)
+    contiguous = {name: np.require(value, requirements="C") for name, value in tensors.items()}
     write_atomic(path, safetensors.numpy.save(contiguous, metadata=metadata))
 
 

@@ -72,7 +72,7 @@ def _first_non_finite_output(model: Sequential, x: np.ndarray) -> str:
             if not np.isfinite(x).all():
                 return f"layer {index} ({layer!r}) is the first to output NaN or inf"
     except NonFiniteInputError as error:
-        return str(error)
+        return f"the input batch is not finite: {error}" if index == 0 else str(error)
     finally:
         model.train(was_training)
     return "every layer's output is finite, so the loss itself overflowed"
@@ -161,9 +161,12 @@ def fit(
             if schedule is not None:
                 optimizer.lr = schedule(optimizer.step_count)
             try:
-                y, error = _train_step(model, loss, optimizer, x, labels)
-            except NonFiniteInputError as cause:
-                raise TrainingDiverged(f"epoch {epoch + 1}: {cause}") from None
+                # overflow is detected and reported below; NumPy's warnings would only add noise
+                with np.errstate(over="ignore", invalid="ignore"):
+                    y, error = _train_step(model, loss, optimizer, x, labels)
+            except NonFiniteInputError:
+                where = _first_non_finite_output(model, x)
+                raise TrainingDiverged(f"epoch {epoch + 1}: {where}") from None
             except TrainingDiverged as cause:
                 raise TrainingDiverged(f"epoch {epoch + 1}: {cause}") from None
             total_loss += error * _loss_weight(loss, len(x))
