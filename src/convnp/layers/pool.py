@@ -155,11 +155,10 @@ class _MaxPoolNd(_PoolNd):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         argmax, padded_shape, spatial = self._recall()
         dy = self._check_grad_output(dy, argmax.shape)
-        tables = [  # padded coordinate of kernel cell k in window o: o·s + k·d
-            np.arange(o)[:, None] * s + np.arange(k) * d
-            for o, k, s, d in zip(argmax.shape[2:], self.kernel_size, self.stride, self.dilation)
-        ]
-        return self._crop(_windows.route_to_argmax(dy, argmax, tables, padded_shape), spatial)
+        dx_padded = _windows.scatter_to_argmax(
+            dy, argmax, padded_shape, self.kernel_size, self.stride, self.dilation
+        )
+        return self._crop(dx_padded, spatial)
 
 
 class _AvgPoolNd(_PoolNd):
