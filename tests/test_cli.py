@@ -93,3 +93,15 @@ def test_help_everywhere():
     for command in ([], ["train"], ["evaluate"], ["predict"], ["summary"], ["gradcheck"]):
         result = run(*command, "--help")
         assert result.returncode == 0 and "usage: convnp" in result.stdout
+
+
+def test_export_writes_an_onnx_file_that_runs(trained, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    out, _ = trained
+    target = tmp_path / "model.onnx"
+    result = run("export", str(out / "model.safetensors"), str(target))
+    assert result.returncode == 0, result.stderr
+    assert "ONNX opset" in result.stdout
+    session = ort.InferenceSession(str(target))
+    x = np.zeros((3, 1, 28, 28), np.float32)
+    assert session.run(None, {"input": x})[0].shape == (3, 10)

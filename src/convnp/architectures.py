@@ -10,14 +10,22 @@ The string grammar follows DeepLearnToolbox and Ciresan et al.: layers joined by
     <K>m[s<S>]       max pooling K×K, stride S (default K)                 MaxPool2d
     <N>f             fully connected, N units (flattens first if needed)   Linear
     sigm tanh stanh relu   activation (stanh = 1.7159·tanh(2x/3))          Sigmoid, Tanh, ...
+    bn               batch normalisation of maps, or of features after f   BatchNorm2d/1d
+    d<P>             dropout with probability P, e.g. d0.25                Dropout
+    gap              global average pooling of each map (SPEC §3)          GlobalAvgPool2d
 
-The output layer, Linear(num_classes), is always appended. If the string names no
-activation at all it is read as DeepLearnToolbox does: a sigmoid after every conv and fully
-connected layer and on the output, and true convolution (flip_kernel=True), so
+The output layer, Linear(num_classes), is appended (except after a final ``gap``). If the
+string names no activation at all it is read as DeepLearnToolbox does: a sigmoid after every
+conv and fully connected layer and on the output, and true convolution (flip_kernel=True), so
 ``6c5-2s-12c5-2s`` is exactly the classic network of Bouvrie's notes (SPEC §2, §3).
 Otherwise activations sit only where written and the output is raw scores (logits).
+A string that ends in ``gap`` is a fully convolutional classifier (SPEC §3, variable-size
+inputs): its last convolution must have one map per class, the global averages of those
+maps are the output scores, and no Linear is appended, so it accepts any input size.
 
-Examples: ``6c5-2s-12c5-2s``, ``32c3p1-relu-2m-64c3p1-relu-2m-128f-relu``.
+Examples: ``6c5-2s-12c5-2s``, ``32c3p1-relu-2m-64c3p1-relu-2m-128f-relu``,
+``32c3p1-bn-relu-2m-d0.25-64c3p1-bn-relu-2m-256f-bn-relu-d0.5`` and the fully
+convolutional ``16c3p1-relu-2m-32c3p1-relu-10c1-gap``.
 
 A TOML file lists layers with their constructor arguments:
 
@@ -40,8 +48,12 @@ import numpy as np
 from convnp import io
 from convnp.layers import (
     AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
     Conv2d,
+    Dropout,
     Flatten,
+    GlobalAvgPool2d,
     Layer,
     Linear,
     MaxPool2d,
@@ -67,7 +79,9 @@ ACTIVATIONS: dict[str, type[Layer]] = {
 _CONV = re.compile(r"(\d+)c(\d+)(?:p(\d+))?(?:s(\d+))?")
 _POOL = re.compile(r"(\d+)([sbm])(?:s(\d+))?")
 _DENSE = re.compile(r"(\d+)f")
-GRAMMAR = "<N>c<K>[p<P>][s<S>], <K>s, <K>b, <K>m[s<S>], <N>f, " + ", ".join(ACTIVATIONS)
+_DROPOUT = re.compile(r"d(\d*\.?\d+)")
+_TOKENS = "<N>c<K>[p<P>][s<S>], <K>s, <K>b, <K>m[s<S>], <N>f, bn, d<P>, gap"
+GRAMMAR = _TOKENS + ", " + ", ".join(ACTIVATIONS)
 
 
 class _ShapeTracker:
@@ -147,13 +161,29 @@ def from_string(
                 add_classic_sigmoid()
             elif token in ACTIVATIONS:
                 tracker.add(ACTIVATIONS[token]())
+            elif token == "bn":
+                norm = BatchNorm2d if len(tracker.shape) == 3 else BatchNorm1d
+                tracker.add(norm(tracker.shape[0], dtype=dtype))
+            elif match := _DROPOUT.fullmatch(token):
+                # its own generator, so each dropout layer's state is saved and resumed alone
+                tracker.add(Dropout(float(match[1]), rng=rng.spawn(1)[0]))
+            elif token == "gap":
+                if len(tracker.shape) != 3:
+                    raise ValueError("global average pooling needs (C, H, W) maps, not features")
+                if index == len(tokens) - 1 and tracker.shape[0] != num_classes:
+                    raise ValueError(
+                        f"a fully convolutional classifier needs {num_classes} maps (one per "
+                        f"class) before the final gap, got {tracker.shape[0]}"
+                    )
+                tracker.add(GlobalAvgPool2d())
             else:
                 raise ValueError("unknown token")
         except ValueError as error:
             raise _error(text, tokens, index, str(error).splitlines()[0]) from None
     if len(tracker.shape) != 1:
         tracker.add(Flatten())
-    tracker.add(Linear(tracker.shape[0], num_classes, dtype=dtype, rng=rng))
+    if tokens[-1] != "gap":
+        tracker.add(Linear(tracker.shape[0], num_classes, dtype=dtype, rng=rng))
     add_classic_sigmoid()
     return Sequential(*tracker.layers)
 

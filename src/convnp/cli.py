@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from convnp import architectures, io, schedules, train, zoo
+from convnp import architectures, export, io, schedules, train, zoo
 from convnp.data import DATASETS, DataLoader, load_dataset
 from convnp.gradcheck import gradcheck
 from convnp.losses import CrossEntropyLoss, SquaredErrorLoss
@@ -311,6 +311,22 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     return 0 if worst < 1e-7 else 1
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    model, info = _load_model(args.model_file)
+    shape = tuple(args.input_shape or info.get("input_shape", (1, 28, 28)))
+    kept = ("dataset", "class_names", "normalize", "loss")
+    metadata = {key: info[key] for key in kept if key in info}
+    try:
+        export.to_onnx(model, args.out, shape, opset=args.opset, metadata=metadata)
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    print(
+        f"wrote {args.out}: ONNX opset {args.opset}, input '{export.INPUT_NAME}' "
+        f"(batch, {', '.join(map(str, shape))}), output '{export.OUTPUT_NAME}'"
+    )
+    return 0
+
+
 # -- argument parsing ---------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -370,6 +386,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_positive_int, default=20, help="entries checked per array")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=cmd_gradcheck)
+
+    p = sub.add_parser("export", help="write a saved model as an ONNX file (needs convnp[onnx])")
+    p.add_argument("model_file", metavar="MODEL")
+    p.add_argument("out", metavar="OUT.onnx")
+    p.add_argument(
+        "--input-shape",
+        type=_positive_int,
+        nargs="+",
+        metavar="N",
+        help="one input without the batch axis, e.g. 1 28 28 (default: as trained)",
+    )
+    p.add_argument(
+        "--opset", type=int, default=export.OPSET, help=f"ONNX opset (>= {export.OPSET})"
+    )
+    p.set_defaults(handler=cmd_export)
     return parser
 
 

@@ -254,3 +254,65 @@ class CrossEntropyLoss(_Loss):
         dlogits = a * target.sum(axis=1, keepdims=True) - target  # ∂L/∂v = a·Σ_i y_i − y
         dlogits *= scale
         return dlogits
+
+
+class RBFEnergyLoss(_Loss):
+    """LeCun et al.'s loss for Euclidean RBF outputs (1998, eq. 9; SPEC §6's output layer).
+
+    The network outputs energies y_i ≥ 0 (``EuclideanRBF``: small means "looks like class
+    i"). Per sample, with correct class D and a positive constant j:
+        E = y_D + ln(e^(−j) + Σ_i e^(−y_i))           (the sum runs over every class)
+    The first term pulls the correct energy down. On its own it has a trivial minimum
+    where every centre and every output collapse onto one point (all y_i = 0); the second,
+    competitive term pushes the other energies up, and j caps that push: classes whose
+    energy is already well above j are left alone. E is exactly cross-entropy over the
+    scores (−y_0, ..., −y_{C−1}, −j): class i has posterior e^(−y_i)/Z and a fictitious
+    "rubbish" class, never the target, has e^(−j)/Z, with Z = e^(−j) + Σ_i e^(−y_i).
+    Backward:
+        ∂E/∂y_i = [i = D] − e^(−y_i) / Z
+    then E = s · Σ_n E_n and ∂E/∂y = s · (...), s = 1/N for "mean" and 1 for "sum". A target
+    distribution t (N, C) generalises [i = D] to t_i (E = Σ_i t_i y_i + (Σ_i t_i) ln Z).
+    The log-sum-exp subtracts m = min(j, min_i y_i) first, so no exponent is positive.
+
+    Prediction: the class with the smallest energy (``predictions``), not the largest.
+
+    Args:
+        reduction: "mean" (default) or "sum".
+        rubbish_energy: j > 0, the constant energy of the rubbish class.
+
+    Shape:
+        energies (N, C) with labels (N,) or target distributions (N, C).
+    """
+
+    def __init__(self, reduction: str = "mean", rubbish_energy: float = 1.0) -> None:
+        super().__init__(reduction)
+        if not (np.isfinite(rubbish_energy) and rubbish_energy > 0):
+            raise ValueError(f"RBFEnergyLoss: rubbish_energy must be > 0, got {rubbish_energy}")
+        self.rubbish_energy = float(rubbish_energy)
+
+    def config(self) -> dict[str, Any]:
+        return {"reduction": self.reduction, "rubbish_energy": self.rubbish_energy}
+
+    @staticmethod
+    def predictions(y: np.ndarray) -> np.ndarray:
+        """The decided class per sample: argmin_i y_i (the best-matching RBF centre)."""
+        return y.argmin(axis=1)
+
+    def forward(self, y: np.ndarray, target: Any) -> float:
+        energies = self._check_output(y, exact_ndim=2)
+        target = self._dense_target(energies, target, 0.0, 1.0)
+        j = energies.dtype.type(self.rubbish_energy)
+        m = np.minimum(energies.min(axis=1, keepdims=True), j)  # shift: every exponent ≤ 0
+        exp_energies = np.exp(m - energies)  # e^(−y_i) · e^m
+        normaliser = np.exp(m - j) + exp_energies.sum(axis=1, keepdims=True)  # Z · e^m ≥ 1
+        log_z = np.log(normaliser) - m  # ln Z
+        mass = target.sum(axis=1, keepdims=True)  # Σ_i t_i (1 for a label)
+        scale = self._batch_scale(energies.shape[0])
+        self._cache = (exp_energies / normaliser, target, mass, scale)
+        return scale * float(np.sum(target * energies) + np.sum(mass * log_z))
+
+    def backward(self) -> np.ndarray:
+        posterior, target, mass, scale = self._recall()
+        denergies = target - mass * posterior  # ∂E/∂y_i = t_i − (Σ t) e^(−y_i)/Z
+        denergies *= scale
+        return denergies

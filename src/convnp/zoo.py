@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from convnp import architectures
+from convnp.layers import Conv2d, EuclideanRBF, Flatten, Linear, ScaledTanh, Subsample2d
 from convnp.model import Sequential
 
 
@@ -19,7 +20,8 @@ class Recipe:
     ``architecture``: a string in ``convnp.architectures``' notation, or a function
     ``(input_shape, num_classes, *, dtype, rng) -> Sequential`` for networks the notation
     cannot express. ``loss``: "squared_error" (sigmoid outputs, one-of-c targets, SPEC §1)
-    or "cross_entropy" (logits). ``optimizer``: "sgd" or "adam".
+    or "cross_entropy" (logits), or "rbf" (EuclideanRBF energies, ``RBFEnergyLoss``).
+    ``optimizer``: "sgd" or "adam".
     """
 
     name: str
@@ -49,6 +51,66 @@ class Recipe:
         return architectures.from_string(
             self.architecture, input_shape, num_classes, dtype=dtype, rng=rng
         )
+
+
+# LeCun et al. (1998), Table I, drawn as printed: row i = S2 map i, column j = C3 map j,
+# "X" where C3 map j combines S2 map i (60 of the 96 pairs).
+_LENET5_TABLE_I = (
+    "X   XXX  XXXX XX",
+    "XX   XXX  XXXX X",
+    "XXX   XXX  X XXX",
+    " XXX  XXXX  X XX",
+    "  XXX  XXXX XX X",
+    "   XXX  XXXX XXX",
+)
+#: LeNet-5's C3 connection table as Conv2d's ``connection_table``: (16, 6), [j][i] = i ∈ M_j.
+LENET5_C3_TABLE: tuple[tuple[bool, ...], ...] = tuple(
+    tuple(row[j] == "X" for row in _LENET5_TABLE_I) for j in range(16)
+)
+
+
+def lenet5_classic(
+    input_shape: tuple[int, ...] = (1, 28, 28),
+    num_classes: int = 10,
+    *,
+    dtype: Any = np.float32,
+    rng: np.random.Generator | None = None,
+) -> Sequential:
+    """LeNet-5 as published (LeCun et al. 1998), with Bouvrie's trained subsampling.
+
+    C1 6@5x5 on the input padded by 2 (28x28 -> 32x32), S2 β·down()+b (2x2), C3 16@5x5
+    with Table I's connections (``LENET5_C3_TABLE``), S4, C5 120@5x5, F6 84, every one
+    followed by LeCun's scaled tanh, then 84 -> ``num_classes`` Euclidean RBF units
+    (energies; train with ``RBFEnergyLoss``). S2 and S4 start at β = 1/4 (an average, not
+    a sum, of each 2x2 block) so the following tanh starts unsaturated.
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    channels, height, width = input_shape
+    if min(height, width) < 28 or height % 4 or width % 4:
+        raise ValueError(
+            f"lenet5-classic needs H and W multiples of 4 and at least 28, got {input_shape}"
+        )
+    c5_size = [(size // 2 - 4) // 2 - 4 for size in (height, width)]  # C1 keeps the size
+    s2 = Subsample2d(6, 2, dtype=dtype)
+    s4 = Subsample2d(16, 2, dtype=dtype)
+    for subsample in (s2, s4):
+        subsample.params["beta"][...] = 0.25
+    return Sequential(
+        Conv2d(channels, 6, 5, padding=2, dtype=dtype, rng=rng),
+        ScaledTanh(),
+        s2,
+        ScaledTanh(),
+        Conv2d(6, 16, 5, connection_table=LENET5_C3_TABLE, dtype=dtype, rng=rng),
+        ScaledTanh(),
+        s4,
+        ScaledTanh(),
+        Conv2d(16, 120, 5, dtype=dtype, rng=rng),
+        ScaledTanh(),
+        Flatten(),
+        Linear(120 * c5_size[0] * c5_size[1], 84, dtype=dtype, rng=rng),
+        ScaledTanh(),
+        EuclideanRBF(84, num_classes, dtype=dtype, rng=rng),
+    )
 
 
 RECIPES: dict[str, Recipe] = {
@@ -88,6 +150,44 @@ RECIPES: dict[str, Recipe] = {
             lr=1e-3,
             batch_size=128,
             epochs=5,
+            normalize="standardize",
+        ),
+        Recipe(
+            name="fashion",
+            description=(
+                "Two conv-maxpool-BN-ReLU blocks (32, 64 maps), 256 BN-ReLU units with "
+                "dropout; SGD momentum, cosine lr, flips and 2-pixel shifts (Fashion-MNIST)"
+            ),
+            architecture="32c3p1-2m-bn-relu-64c3p1-2m-bn-relu-256f-bn-relu-d0.5",
+            loss="cross_entropy",
+            optimizer="sgd",
+            lr=0.05,
+            momentum=0.9,
+            weight_decay=5e-4,
+            batch_size=128,
+            epochs=12,
+            schedule="cosine",
+            normalize="standardize",
+            extra={
+                "augment": [
+                    {"type": "RandomHorizontalFlip", "config": {"p": 0.5}},
+                    {"type": "RandomTranslate", "config": {"max_shift": 2, "padding_mode": "edge"}},
+                ]
+            },
+        ),
+        Recipe(
+            name="lenet5-classic",
+            description=(
+                "LeNet-5 as published: Table I's C3 connections, trained subsampling, scaled "
+                "tanh, Euclidean RBF output with LeCun's energy loss (argmin decides)"
+            ),
+            architecture=lenet5_classic,
+            loss="rbf",
+            optimizer="sgd",
+            lr=0.003,
+            momentum=0.9,
+            batch_size=64,
+            epochs=10,
             normalize="standardize",
         ),
     )

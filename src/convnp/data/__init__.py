@@ -1,5 +1,8 @@
-"""Data: IDX files, the bundled and downloadable data sets, and mini-batch loading."""
+"""Data: IDX files, the bundled and downloadable data sets, mini-batch loading and
+augmentation."""
 
+from convnp.data import augment
+from convnp.data.augment import Compose, RandomErasing, RandomHorizontalFlip, RandomTranslate
 from convnp.data.datasets import (
     DATASETS,
     SOURCES,
@@ -13,6 +16,11 @@ from convnp.data.idx import read_idx, write_idx
 from convnp.data.loader import DataLoader, channel_stats
 
 __all__ = [
+    "augment",
+    "Compose",
+    "RandomErasing",
+    "RandomHorizontalFlip",
+    "RandomTranslate",
     "DATASETS",
     "SOURCES",
     "DataLoader",

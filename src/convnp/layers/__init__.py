@@ -12,8 +12,12 @@ from convnp.layers.adaptive_pool import (
     GlobalMaxPool2d,
 )
 from convnp.layers.base import Layer
+from convnp.layers.combine import FeatureMapCombination
 from convnp.layers.conv import Conv1d, Conv2d, Conv3d
 from convnp.layers.dense import Flatten, Linear
+from convnp.layers.dropout import Dropout, Dropout2d
+from convnp.layers.local import LocallyConnected2d
+from convnp.layers.normalization import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from convnp.layers.pool import (
     AvgPool1d,
     AvgPool2d,
@@ -26,6 +30,7 @@ from convnp.layers.pool import (
     MaxPool3d,
     WeightedAvgPool2d,
 )
+from convnp.layers.rbf import EuclideanRBF
 from convnp.layers.subsample import Subsample2d
 
 __all__ = [
@@ -34,6 +39,9 @@ __all__ = [
     "Conv1d",
     "Conv2d",
     "Conv3d",
+    "LocallyConnected2d",
+    # learned combinations of feature maps (SPEC §4)
+    "FeatureMapCombination",
     # pooling and subsampling (SPEC §3)
     "Subsample2d",
     "MaxPool1d",
@@ -57,6 +65,8 @@ __all__ = [
     # fully connected (SPEC §1)
     "Linear",
     "Flatten",
+    # LeNet-5's Euclidean RBF output (SPEC §6)
+    "EuclideanRBF",
     # activations (SPEC §1)
     "Sigmoid",
     "Tanh",
@@ -66,4 +76,10 @@ __all__ = [
     "ELU",
     "GELU",
     "Softmax",
+    # regularisation and normalisation
+    "Dropout",
+    "Dropout2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
 ]

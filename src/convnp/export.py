@@ -1,0 +1,481 @@
+"""ONNX export: a convnp Sequential as a standard ONNX graph (opset ``OPSET``).
+
+Each layer class maps to one small converter function in ``CONVERTERS``; a converter
+receives the graph being built, the layer, the name of its input tensor and the input's
+shape without the batch axis, and returns the name of its output tensor. Adding a layer
+to the exporter is adding one function and one table entry.
+
+The exported graph computes the layer's *eval-mode* forward exactly as convnp does, in
+float32 (or float64), with a dynamic batch axis ("batch"). Where an ONNX operator's
+conventions differ from convnp's in an edge case (a ``ceil_mode`` window hanging past the
+border, a divisor override, Gaussian weights, odd or fractional L^p powers) the converter
+spells the layer out with elementary operators instead, so the numbers always agree.
+Initializers are named like ``Sequential.state_dict()`` ("0.weight"), so a file can be
+traced back to the model.
+
+``onnx`` is an optional dependency (``pip install 'convnp[onnx]'``), imported only when
+a function here runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import convnp
+from convnp import io
+from convnp import layers as L
+from convnp.layers.base import Layer
+from convnp.layers.combine import FeatureMapCombination
+from convnp.layers.dropout import Dropout, Dropout2d
+from convnp.layers.local import LocallyConnected2d
+from convnp.layers.normalization import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from convnp.layers.pool import _AvgPoolNd, _PoolNd
+from convnp.layers.rbf import EuclideanRBF
+from convnp.model import Sequential
+
+OPSET = 17  # ONNX 1.12+ and onnxruntime 1.12+ run it; every operator used here exists in it
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+
+
+class ExportError(ValueError):
+    """A layer (or a layer at this input size) has no exact ONNX form; the message says why."""
+
+
+def _require_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError(
+            "ONNX export needs the optional package onnx: pip install 'convnp[onnx]'"
+        ) from None
+    return onnx
+
+
+class _Graph:
+    """The nodes and initializers of the graph being built, with unique tensor names."""
+
+    def __init__(self, onnx: Any, dtype: np.dtype) -> None:
+        self.onnx = onnx
+        self.dtype = dtype
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+        self.prefix = ""  # "<layer index>." while a layer is converted
+        self._count = 0
+        self._constants: set[str] = set()
+
+    def _name(self, hint: str) -> str:
+        self._count += 1
+        return f"{self.prefix}{hint}_{self._count}"
+
+    def constant(self, value: Any, name: str = "const", *, integer: bool = False) -> str:
+        """Add an initializer (in the graph's dtype, or int64 for shapes); return its name,
+        "<layer index>.<name>" (a counter is appended if the layer already used it)."""
+        array = np.asarray(value, dtype=np.int64 if integer else self.dtype)
+        name = self._name(name) if f"{self.prefix}{name}" in self._constants else self.prefix + name
+        self._constants.add(name)
+        self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], **attributes: Any) -> str:
+        """Append one operator node; return the name of its (single) output."""
+        output = self._name(op)
+        self.nodes.append(
+            self.onnx.helper.make_node(op, inputs, [output], name=output, **attributes)
+        )
+        return output
+
+
+Converter = Callable[[_Graph, Layer, str, tuple[int, ...]], str]
+
+
+# -- convolution ------------------------------------------------------------------------
+def _conv_node(
+    g: _Graph,
+    x: str,
+    kernel: np.ndarray,
+    bias: Any,
+    *,
+    stride: tuple[int, ...],
+    pads: tuple[tuple[int, int], ...],
+    dilation: tuple[int, ...] | None = None,
+    groups: int = 1,
+) -> str:
+    """A Conv node; ``pads`` are convnp's (before, after) per axis, possibly asymmetric."""
+    inputs = [x, g.constant(kernel, "weight")]
+    if bias is not None:
+        inputs.append(g.constant(bias, "bias"))
+    before, after = zip(*pads)
+    return g.node(
+        "Conv",
+        inputs,
+        kernel_shape=list(kernel.shape[2:]),
+        strides=list(stride),
+        dilations=list(dilation or (1,) * len(stride)),
+        pads=[*before, *after],
+        group=groups,
+    )
+
+
+def grouped_weight(weight: np.ndarray, groups: int) -> np.ndarray:
+    """convnp's full (O, C, *k) weight of a grouped conv (zero off the diagonal blocks) in
+    the (O, C/groups, *k) layout of ONNX and PyTorch: only the diagonal blocks are kept."""
+    out_channels, in_channels, *kernel = weight.shape
+    blocks = weight.reshape(groups, out_channels // groups, groups, in_channels // groups, *kernel)
+    return blocks[np.arange(groups), :, np.arange(groups)].reshape(out_channels, -1, *kernel)
+
+
+def _conv(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    """Conv; flip_kernel and connection tables are already in ``_effective_kernel``
+    (rot180, unconnected kernels zero). Plain ``groups`` export as a grouped Conv."""
+    kernel = layer._effective_kernel()
+    groups = 1 if layer.has_connection_table else layer.groups
+    if groups > 1:
+        kernel = grouped_weight(kernel, groups)
+    geometry = {"stride": layer.stride, "pads": layer._pads, "dilation": layer.dilation}
+    return _conv_node(g, x, kernel, layer.params.get("bias"), groups=groups, **geometry)
+
+
+def _feature_map_combination(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    """u_j = Σ_i α_ij (x_i * k_ij) + b_j = Σ_i x_i * (α_ij k_ij) + b_j: one Conv whose kernel
+    is α_ij·k_ij (per_input kernels k_i are shared by every j), rotated if flip_kernel."""
+    conv = layer._conv
+    kernel = layer.params["weight"]
+    if layer.kernels == "per_input":  # stored as a depthwise conv's weight (C_in, 1, kH, kW)
+        kernel = kernel[:, 0][None]
+    kernel = layer.alpha[:, :, None, None] * kernel  # α_ij k_ij
+    if conv.flip_kernel:
+        kernel = kernel[:, :, ::-1, ::-1]
+    geometry = {"stride": conv.stride, "pads": conv._pads, "dilation": conv.dilation}
+    return _conv_node(g, x, kernel, layer.params.get("bias"), **geometry)
+
+
+def _locally_connected(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    """u_j(p,q) = Σ_i Σ_ab k_ij^{pq}(a,b)·x_i(p·s + a, q·s + b) + b_j(p,q), without Unfold.
+
+    A Conv with one-hot kernels copies each patch into C·K channels (exact: every output
+    is one product with 1), then one MatMul batched over the L = H_out·W_out positions
+    applies each position's own (C·K → O) matrix, as the layer's forward does.
+    """
+    taps = layer.in_channels * math.prod(layer.kernel_size)  # C·K
+    one_hot = np.eye(taps).reshape(taps, layer.in_channels, *layer.kernel_size)
+    patches = _conv_node(g, x, one_hot, None, stride=layer.stride, pads=layer._pads)
+    positions = math.prod(layer.output_size)
+    columns = g.node("Reshape", [patches, _shape(g, 0, taps, positions)])  # (N, C·K, L)
+    by_position = g.node("Transpose", [columns], perm=[2, 0, 1])  # (L, N, C·K)
+    kernels = layer.params["weight"].reshape(positions, layer.out_channels, taps)
+    u = g.node("MatMul", [by_position, g.constant(kernels.transpose(0, 2, 1), "weight")])
+    u = g.node("Transpose", [u], perm=[1, 2, 0])  # (N, O, L)
+    u = g.node("Reshape", [u, _shape(g, 0, layer.out_channels, *layer.output_size)])
+    if "bias" not in layer.params:
+        return u
+    return g.node("Add", [u, g.constant(layer.params["bias"], "bias")])  # + b_j(p,q)
+
+
+# -- pooling ----------------------------------------------------------------------------
+def window_pads(layer: _PoolNd, spatial: tuple[int, ...]) -> tuple[list[int], bool]:
+    """Padding [befores..., afters...] (ONNX's ``pads`` order) under which floor rounding
+    gives the layer's windows at input size ``spatial``, and whether any window hangs past
+    the padded border (ceil_mode). Mirrors ``_PoolNd._pad``; also used by ``interop``."""
+    out_shape = layer.output_shape(spatial)
+    ends = [
+        (o - 1) * s + d * (k - 1) + 1 - size - p
+        for size, o, k, s, p, d in zip(
+            spatial, out_shape, layer.kernel_size, layer.stride, layer.padding, layer.dilation
+        )
+    ]
+    overhang = any(end > p for end, p in zip(ends, layer.padding))
+    return [*layer.padding, *(max(p, end) for p, end in zip(layer.padding, ends))], overhang
+
+
+def _window_attributes(layer: _PoolNd, pads: list[int]) -> dict[str, Any]:
+    return {"kernel_shape": list(layer.kernel_size), "strides": list(layer.stride), "pads": pads}
+
+
+def _max_pool(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    """MaxPool ignores pad cells, as −∞ padding does; ceil_mode becomes explicit end pads."""
+    pads, _ = window_pads(layer, shape[1:])
+    attributes = _window_attributes(layer, pads)
+    return g.node("MaxPool", [x], dilations=list(layer.dilation), **attributes)
+
+
+def _window_average(g: _Graph, layer: _AvgPoolNd, x: str, shape: tuple[int, ...]) -> str:
+    """y(o) = Σ_k w_k x_pad(o·s + k) / D(o) with the layer's weights and divisor.
+
+    AveragePool when its divisor is D: uniform weights, no override, and pad cells either
+    counted with no ceil_mode overhang (which ONNX would count too) or not counted at all.
+    Otherwise a depthwise Conv with the weights w, divided by the constant map D(o).
+    """
+    spatial = shape[1:]
+    pads, overhang = window_pads(layer, spatial)
+    attributes = _window_attributes(layer, pads)
+    uniform = layer._axis_weights() is None and layer.divisor_override is None
+    if uniform and not (overhang and layer.count_include_pad):
+        include_pad = int(layer.count_include_pad)
+        return g.node("AveragePool", [x], count_include_pad=include_pad, **attributes)
+    weights = layer._kernel_weights(g.dtype)
+    if weights is None:
+        weights = np.ones(layer.kernel_size, dtype=g.dtype)
+    channels = shape[0]
+    kernel = np.broadcast_to(weights, (channels, 1, *layer.kernel_size))  # one w per map
+    window_sum = g.node("Conv", [x, g.constant(kernel, "window")], group=channels, **attributes)
+    divisor = layer._divisor(spatial, layer.output_shape(spatial))  # D(o)
+    return g.node("Div", [window_sum, g.constant(divisor, "divisor")])
+
+
+def _lp_pool(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    """LpPool for an even integer p without ceil_mode overhang (then |x|^p = x^p and ONNX's
+    window is convnp's); otherwise y = (K · avg(x^p))^(1/p) spelled out, as convnp does."""
+    p = layer.norm_type
+    pads, overhang = window_pads(layer, shape[1:])
+    if p.is_integer() and p % 2 == 0 and not overhang:
+        return g.node("LpPool", [x], p=int(p), **_window_attributes(layer, pads))
+    powered = g.node("Pow", [x, g.constant(p)])
+    average = _window_average(g, layer, powered, shape)
+    total = g.node("Mul", [average, g.constant(math.prod(layer.kernel_size))])  # K · avg(x^p)
+    return g.node("Pow", [total, g.constant(1.0 / p)])
+
+
+def _adaptive_pool(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...], kind: str) -> str:
+    """Adaptive pooling is plain pooling when every output size divides its input size."""
+    spatial = shape[1:]
+    out_shape = layer.output_shape(spatial)
+    if any(size % out for size, out in zip(spatial, out_shape)):
+        raise ExportError(
+            f"input size {spatial} is not a multiple of output size {out_shape}, so its bins "
+            "overlap or differ in size and no standard pooling operator reproduces them; "
+            "export at an input size that is a multiple, or use a fixed pooling layer"
+        )
+    if all(out == 1 for out in out_shape):
+        return g.node(f"Global{kind}Pool", [x])
+    kernel = [size // out for size, out in zip(spatial, out_shape)]
+    return g.node(f"{kind}Pool", [x], kernel_shape=kernel, strides=kernel)
+
+
+def _subsample(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    """x_j = β_j · down(x_j) + b_j with down() = n² · AveragePool (blocks tile the input)."""
+    n = list(layer.kernel_size)
+    mean = g.node("AveragePool", [x], kernel_shape=n, strides=n)
+    per_map = (-1, 1, 1)
+    scale = (layer.params["beta"] * math.prod(n)).reshape(per_map)  # β_j · n², folded
+    scaled = g.node("Mul", [mean, g.constant(scale, "beta")])
+    return g.node("Add", [scaled, g.constant(layer.params["bias"].reshape(per_map), "bias")])
+
+
+# -- dense, reshaping, normalisation ----------------------------------------------------
+def _linear(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    inputs = [x, g.constant(layer.params["weight"], "weight")]
+    if "bias" in layer.params:
+        inputs.append(g.constant(layer.params["bias"], "bias"))
+    return g.node("Gemm", inputs, transB=1)  # x Wᵀ + b
+
+
+def _shape(g: _Graph, *sizes: int) -> str:
+    """A Reshape target; 0 copies the input's axis, which keeps the batch axis dynamic."""
+    return g.constant(sizes, "shape", integer=True)
+
+
+def _flatten(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    if layer.start_dim == 1:
+        return g.node("Flatten", [x], axis=1)
+    return g.node("Reshape", [x, _shape(g, *[0] * layer.start_dim, -1)])
+
+
+def _euclidean_rbf(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    """y_i = Σ_j (x_j − w_ij)² with the differences formed explicitly, as the layer does:
+    ‖x‖² − 2x·w_i + ‖w_i‖² would lose digits to cancellation when x is near a centre."""
+    rows = g.node("Unsqueeze", [x, g.constant([1], "axes", integer=True)])  # (N, 1, J)
+    difference = g.node("Sub", [rows, g.constant(layer.params["weight"][None], "weight")])
+    squares = g.node("Mul", [difference, difference])
+    return g.node("ReduceSum", [squares, g.constant([2], "sum_axes", integer=True)], keepdims=0)
+
+
+def _batch_norm(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    """BatchNormalization with the running statistics (eval mode)."""
+    if not layer.track_running_stats:
+        raise ExportError(
+            "track_running_stats=False normalises with each batch's own statistics even in "
+            "eval mode, so an output depends on the rest of its batch; retrain with running "
+            "statistics to export"
+        )
+    channels = layer.num_features
+    gamma = layer.params["weight"] if layer.affine else np.ones(channels)
+    beta = layer.params["bias"] if layer.affine else np.zeros(channels)
+    inputs = [
+        x,
+        g.constant(gamma, "weight"),
+        g.constant(beta, "bias"),
+        g.constant(layer.buffers["running_mean"], "running_mean"),
+        g.constant(layer.buffers["running_var"], "running_var"),
+    ]
+    return g.node("BatchNormalization", inputs, epsilon=layer.eps)
+
+
+def _identity_in_eval(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    """Dropout is the identity in eval mode: no node at all."""
+    return x
+
+
+# -- activations ------------------------------------------------------------------------
+def _operator(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...], op: str) -> str:
+    return g.node(op, [x])
+
+
+def _leaky_relu(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    return g.node("LeakyRelu", [x], alpha=layer.negative_slope)
+
+
+def _elu(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    return g.node("Elu", [x], alpha=layer.alpha)
+
+
+def _scaled_tanh(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    inner = g.node("Mul", [x, g.constant(layer.B)])  # B·u
+    return g.node("Mul", [g.node("Tanh", [inner]), g.constant(layer.A)])  # A·tanh(B·u)
+
+
+def _gelu(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    """u/2 · (1 + tanh(√(2/π)·(u + 0.044715·u³))) from elementary operators (ONNX's Gelu
+    needs opset 20)."""
+    cube = g.node("Mul", [g.node("Mul", [x, x]), x])
+    inner = g.node("Add", [x, g.node("Mul", [cube, g.constant(layer._K)])])
+    t = g.node("Tanh", [g.node("Mul", [inner, g.constant(layer._C)])])
+    half_x = g.node("Mul", [x, g.constant(0.5)])
+    return g.node("Mul", [half_x, g.node("Add", [t, g.constant(1.0)])])
+
+
+def _softmax(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    return g.node("Softmax", [x], axis=layer.dim)
+
+
+# The table: exact layer class -> converter. A subclass is not assumed to compute what
+# its parent does, so it needs its own entry.
+CONVERTERS: dict[type[Layer], Converter] = {
+    **dict.fromkeys((L.Conv1d, L.Conv2d, L.Conv3d), _conv),
+    **dict.fromkeys((L.MaxPool1d, L.MaxPool2d, L.MaxPool3d), _max_pool),
+    **dict.fromkeys((L.AvgPool1d, L.AvgPool2d, L.AvgPool3d), _window_average),
+    L.WeightedAvgPool2d: _window_average,
+    **dict.fromkeys((L.LPPool1d, L.LPPool2d, L.LPPool3d), _lp_pool),
+    **dict.fromkeys(
+        (L.AdaptiveAvgPool1d, L.AdaptiveAvgPool2d, L.AdaptiveAvgPool3d, L.GlobalAvgPool2d),
+        functools.partial(_adaptive_pool, kind="Average"),
+    ),
+    **dict.fromkeys(
+        (L.AdaptiveMaxPool1d, L.AdaptiveMaxPool2d, L.AdaptiveMaxPool3d, L.GlobalMaxPool2d),
+        functools.partial(_adaptive_pool, kind="Max"),
+    ),
+    FeatureMapCombination: _feature_map_combination,
+    LocallyConnected2d: _locally_connected,
+    L.Subsample2d: _subsample,
+    L.Linear: _linear,
+    L.Flatten: _flatten,
+    EuclideanRBF: _euclidean_rbf,
+    **dict.fromkeys((BatchNorm1d, BatchNorm2d, BatchNorm3d), _batch_norm),
+    Dropout: _identity_in_eval,
+    Dropout2d: _identity_in_eval,
+    L.Sigmoid: functools.partial(_operator, op="Sigmoid"),
+    L.Tanh: functools.partial(_operator, op="Tanh"),
+    L.ReLU: functools.partial(_operator, op="Relu"),
+    L.LeakyReLU: _leaky_relu,
+    L.ELU: _elu,
+    L.ScaledTanh: _scaled_tanh,
+    L.GELU: _gelu,
+    L.Softmax: _softmax,
+}
+
+
+def _converter(layer: Layer, index: int) -> Converter:
+    try:
+        return CONVERTERS[type(layer)]
+    except KeyError:
+        exportable = ", ".join(sorted(cls.__name__ for cls in CONVERTERS))
+        raise ExportError(
+            f"layer {index} ({layer!r}): {type(layer).__name__} cannot be exported to ONNX "
+            f"(no converter); exportable layers: {exportable}"
+        ) from None
+
+
+def to_onnx(
+    model: Sequential,
+    path: str | Path | None,
+    input_shape: tuple[int, ...],
+    *,
+    opset: int = OPSET,
+    dtype: Any = np.float32,
+    metadata: Mapping[str, Any] | None = None,
+) -> Any:
+    """Convert ``model`` (its eval-mode forward) to an ONNX model and write it to ``path``.
+
+    Args:
+        model: the network; its parameters are copied, the model is not changed.
+        path: output file (written atomically), or None to only return the model.
+        input_shape: one input without the batch axis, e.g. (1, 28, 28); the batch axis
+            of the exported graph is dynamic.
+        opset: ONNX opset to declare (>= 17: the operators used here exist since then).
+        dtype: element type of the graph: float32 (default, what runtimes accelerate,
+            whatever the model's dtype) or float64 (valid ONNX, but onnxruntime's CPU
+            provider has no float64 Conv).
+        metadata: extra key/value pairs stored in the file's ``metadata_props`` (values
+            that are not strings are stored as JSON), e.g. class names and normalisation.
+
+    Returns:
+        The ``onnx.ModelProto``, checked with ``onnx.checker``.
+
+    Raises:
+        ExportError: naming the first layer that has no exact ONNX form.
+        ImportError: if the optional ``onnx`` package is missing.
+    """
+    onnx = _require_onnx()
+    if opset < OPSET:
+        raise ValueError(f"to_onnx: opset must be >= {OPSET}, got {opset}")
+    input_shape = tuple(int(size) for size in input_shape)
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"to_onnx: dtype must be float32 or float64, got {dtype}")
+    converters = [_converter(layer, index) for index, layer in enumerate(model)]
+    output_shapes = model.output_shapes(input_shape)
+    g = _Graph(onnx, dtype)
+    x = INPUT_NAME
+    for index, (layer, convert) in enumerate(zip(model, converters)):
+        g.prefix = f"{index}."
+        shape = output_shapes[index - 1] if index else input_shape
+        try:
+            x = convert(g, layer, x, shape)
+        except ExportError as error:
+            raise ExportError(f"layer {index} ({layer!r}): {error}") from None
+    if x == INPUT_NAME:  # nothing but identities: the output still needs its own name
+        x = g.node("Identity", [x])
+    g.nodes[-1].output[0] = OUTPUT_NAME
+    element = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+    final_shape = output_shapes[-1] if output_shapes else input_shape
+    graph = onnx.helper.make_graph(
+        g.nodes,
+        "convnp",
+        [onnx.helper.make_tensor_value_info(INPUT_NAME, element, ["batch", *input_shape])],
+        [onnx.helper.make_tensor_value_info(OUTPUT_NAME, element, ["batch", *final_shape])],
+        initializer=g.initializers,
+    )
+    proto = onnx.helper.make_model(
+        graph,
+        opset_imports=[onnx.helper.make_opsetid("", opset)],
+        producer_name="convnp",
+        producer_version=convnp.__version__,
+        doc_string=repr(model),
+    )
+    # the oldest IR that can hold this opset, so older runtimes read the file too
+    proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import))
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key = str(key)
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+    onnx.checker.check_model(proto, full_check=True)
+    if path is not None:
+        io.write_atomic(Path(path), proto.SerializeToString())
+    return proto

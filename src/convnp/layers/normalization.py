@@ -1,0 +1,165 @@
+"""Batch normalisation (Ioffe & Szegedy, 2015), with PyTorch's arguments and semantics.
+
+Not in Bouvrie's notes; it is what lets a small CNN train fast and far on a CPU budget
+(the ``fashion`` recipe). Statistics are per channel c, over every axis except C: the
+batch and, for maps, all spatial positions (m values per channel).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from convnp.layers.base import DEFAULT_DTYPE, Layer
+
+
+class _BatchNorm(Layer):
+    """Normalise each channel by batch statistics, then scale and shift.
+
+    Forward (training; μ_c, σ²_c over the m = N·(spatial size) values of channel c):
+        μ_c = (1/m) Σ x,   σ²_c = (1/m) Σ (x − μ_c)²              (biased, for normalising)
+        x̂ = (x − μ_c) / σ_c,   σ_c = √(σ²_c + eps)
+        y = γ_c x̂ + β_c
+    Running statistics (buffers, used in eval mode), PyTorch's update:
+        running_mean ← (1 − momentum)·running_mean + momentum·μ_c
+        running_var  ← (1 − momentum)·running_var  + momentum·σ²_c · m/(m − 1)   (unbiased)
+    Eval mode normalises with the running statistics instead (an affine map per channel).
+
+    Backward (training mode; δ = dy, sums over the m values of channel c):
+        ∂E/∂γ_c = Σ dy·x̂,   ∂E/∂β_c = Σ dy
+        ∂E/∂x = (1/m)·(γ_c/σ_c)·(m·dy − Σ dy − x̂·Σ(dy·x̂))
+    The compact form follows from x̂ depending on x directly and through μ_c and σ_c:
+    ∂x̂_i/∂x_j = (1/σ)(δ_ij − 1/m − x̂_i x̂_j/m).
+
+    Args:
+        num_features: number of channels C.
+        eps: added to σ² before the square root.
+        momentum: weight of the newest batch in the running statistics.
+        affine: learn γ ("weight", init 1) and β ("bias", init 0).
+        track_running_stats: keep running_mean/running_var buffers and use them in eval
+            mode; if False, eval mode also normalises with the batch's own statistics.
+    """
+
+    _layouts: dict[int, str] = {}
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        dtype: Any = DEFAULT_DTYPE,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if int(num_features) < 1:
+            raise ValueError(f"{name}: num_features must be >= 1, got {num_features}")
+        if not eps > 0 or not 0 <= momentum <= 1:
+            raise ValueError(f"{name}: need eps > 0 and 0 <= momentum <= 1")
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        if self.affine:
+            self._add_param("weight", np.ones(self.num_features, dtype=dtype))  # γ
+            self._add_param("bias", np.zeros(self.num_features, dtype=dtype))  # β
+        if self.track_running_stats:
+            self.buffers["running_mean"] = np.zeros(self.num_features, dtype=dtype)
+            self.buffers["running_var"] = np.ones(self.num_features, dtype=dtype)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "num_features": self.num_features,
+            "eps": self.eps,
+            "momentum": self.momentum,
+            "affine": self.affine,
+            "track_running_stats": self.track_running_stats,
+        }
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}" + "".join(
+            f", {key}=False" for key in ("affine", "track_running_stats") if not getattr(self, key)
+        )
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        layout = " or ".join(self._layouts.values()).replace("C", str(self.num_features))
+        x = self._check_input(
+            x, ndim=tuple(self._layouts), layout=layout, channels=self.num_features
+        )
+        # (N, C, L) view, L = all spatial positions: per-channel sums become one einsum
+        x3 = x.reshape(x.shape[0], self.num_features, -1)
+        m = x3.shape[0] * x3.shape[2]
+        if self.training or not self.track_running_stats:
+            if m < 2:
+                raise ValueError(
+                    f"{self!r}: batch statistics need more than one value per channel, "
+                    f"got input shape {x.shape}"
+                )
+            mean = np.einsum("ncl->c", x3) / m  # μ_c
+            x_hat = x3 - _column(mean)
+            var = np.einsum("ncl,ncl->c", x_hat, x_hat) / m  # σ²_c, biased
+            if self.training and self.track_running_stats:
+                self._update_running_stats(mean, var, m)
+        else:
+            mean = self.buffers["running_mean"].astype(x.dtype, copy=False)
+            var = self.buffers["running_var"].astype(x.dtype, copy=False)
+            x_hat = x3 - _column(mean)
+        inv_std = 1 / np.sqrt(var + x.dtype.type(self.eps))  # 1/σ_c
+        x_hat *= _column(inv_std)  # x̂ = (x − μ)/σ
+        self._remember(x_hat, inv_std, x.shape)
+        if not self.affine:
+            return x_hat.reshape(x.shape)
+        y = x_hat * _column(self.params["weight"])  # γ x̂
+        y += _column(self.params["bias"])  # + β
+        return y.reshape(x.shape)
+
+    def _update_running_stats(self, mean: np.ndarray, var: np.ndarray, m: int) -> None:
+        momentum = self.momentum
+        running_mean = self.buffers["running_mean"]
+        running_var = self.buffers["running_var"]
+        running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+        running_var[...] = (1 - momentum) * running_var + momentum * var * (m / (m - 1))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        x_hat, inv_std, x_shape = self._recall()
+        dy = self._check_grad_output(dy, x_shape).reshape(x_hat.shape)
+        m = x_hat.shape[0] * x_hat.shape[2]
+        sum_dy = np.einsum("ncl->c", dy)  # Σ dy
+        sum_dy_x_hat = np.einsum("ncl,ncl->c", dy, x_hat)  # Σ dy·x̂
+        scale = inv_std / m
+        if self.affine:
+            self.grads["weight"][...] = sum_dy_x_hat  # ∂E/∂γ
+            self.grads["bias"][...] = sum_dy  # ∂E/∂β
+            scale = scale * self.params["weight"]  # (1/m)·γ/σ
+        dx = x_hat * _column(-sum_dy_x_hat)  # −x̂·Σ(dy·x̂)
+        dx += m * dy  # + m·dy
+        dx -= _column(sum_dy)  # − Σ dy
+        dx *= _column(scale)
+        return dx.reshape(x_shape)
+
+
+def _column(values: np.ndarray) -> np.ndarray:
+    """A per-channel (C,) vector shaped (1, C, 1) to broadcast against (N, C, L)."""
+    return values[None, :, None]
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm of features (N, C) or of 1-D maps (N, C, L), per channel. See _BatchNorm."""
+
+    _layouts = {2: "(N, C)", 3: "(N, C, L)"}
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm of 2-D maps (N, C, H, W), per channel. See _BatchNorm."""
+
+    _layouts = {4: "(N, C, H, W)"}
+
+
+class BatchNorm3d(_BatchNorm):
+    """Batch norm of 3-D maps (N, C, D, H, W), per channel. See _BatchNorm."""
+
+    _layouts = {5: "(N, C, D, H, W)"}
