@@ -50,13 +50,13 @@ def _peak_rss_mb() -> float:
 
 class _ConvnpRunner:
     def __init__(self, name: str, batch_size: int, seed: int) -> None:
-        from convnp import cli, zoo
+        from convnp import zoo
         from convnp.data import DataLoader
 
         recipe = zoo.get_recipe(name)
         self.model = recipe.build(rng=np.random.default_rng(seed))
-        self.loss = cli._make_loss(recipe.loss)
-        self.optimizer = _convnp_optimizer(recipe, self.model)
+        self.loss = recipe.make_loss()
+        self.optimizer = recipe.make_optimizer(self.model)
         data = _dataset()
         self.loader = DataLoader(
             data.train_images,
@@ -128,14 +128,6 @@ class _ConvnpRunner:
             }
             for i, layer in enumerate(self.model)
         ]
-
-
-def _convnp_optimizer(recipe: Any, model: Any) -> Any:
-    from convnp.optim import SGD, Adam
-
-    if recipe.optimizer == "sgd":
-        return SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
-    return Adam(model.parameters(), lr=recipe.lr)
 
 
 class _TorchRunner(_ConvnpRunner):

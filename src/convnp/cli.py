@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 
 from convnp import architectures, export, io, schedules, train, zoo
-from convnp.data import DATASETS, DataLoader, load_dataset
+from convnp.data import DATASETS, DataLoader, augment, load_dataset
 from convnp.gradcheck import gradcheck
-from convnp.losses import CrossEntropyLoss, SquaredErrorLoss
 from convnp.model import Sequential
-from convnp.optim import SGD, Adam, Optimizer
+from convnp.optim import Optimizer
 
 DEFAULT_MODEL = "bouvrie"
 DEFAULT_DATA = "mnist5k"
@@ -32,22 +31,10 @@ class UsageError(Exception):
 
 
 # -- building blocks shared by the subcommands ------------------------------------------
-def _make_loss(kind: str) -> Any:
-    if kind == "squared_error":
-        return SquaredErrorLoss(reduction="mean")
-    return CrossEntropyLoss(reduction="mean")
-
-
 def _make_optimizer(args: argparse.Namespace, recipe: zoo.Recipe, model: Sequential) -> Optimizer:
-    name = args.optimizer or recipe.optimizer
-    lr = args.lr if args.lr is not None else recipe.lr
-    momentum = args.momentum if args.momentum is not None else recipe.momentum
-    decay = args.weight_decay if args.weight_decay is not None else recipe.weight_decay
-    if name == "sgd":
-        return SGD(
-            model.parameters(), lr=lr, momentum=momentum, weight_decay=decay, nesterov=args.nesterov
-        )
-    return Adam(model.parameters(), lr=lr, weight_decay=decay)
+    return recipe.make_optimizer(model, optimizer=args.optimizer, lr=args.lr,
+                                 momentum=args.momentum, weight_decay=args.weight_decay,
+                                 nesterov=args.nesterov)  # fmt: skip
 
 
 def _make_schedule(name: str, lr: float, total_steps: int, warmup: int) -> schedules.Schedule:
@@ -63,21 +50,24 @@ def _make_schedule(name: str, lr: float, total_steps: int, warmup: int) -> sched
     return schedules.CosineLR(lr, total_steps=max(total_steps - warmup, 1), **options)
 
 
-def _loaders(dataset: Any, batch_size: int, normalize: str, seed: int) -> tuple[Any, Any]:
+def _loaders(dataset: Any, info: dict[str, Any]) -> tuple[Any, Any]:
+    """Shuffled, augmented (if the recipe says so) training batches; plain test batches."""
+    spec = info.get("augment")
     train_loader = DataLoader(
         dataset.train_images,
         dataset.train_labels,
-        batch_size=batch_size,
+        batch_size=info["batch_size"],
         shuffle=True,
-        seed=seed,
-        normalize=normalize,
+        seed=info["seed"],
+        normalize=info["normalize"]["kind"],
+        transform=None if spec is None else augment.build(spec),
     )
     test_loader = DataLoader(
         dataset.test_images,
         dataset.test_labels,
         batch_size=1000,
         shuffle=False,
-        normalize=normalize,
+        normalize=info["normalize"]["kind"],
         mean=train_loader.mean,
         std=train_loader.std,
     )
@@ -119,6 +109,7 @@ def _run_info(
         "schedule": args.schedule or recipe.schedule,
         "warmup": args.warmup,
         "base_lr": optimizer.lr,
+        "augment": recipe.extra.get("augment"),
     }
 
 
@@ -138,14 +129,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         optimizer = _make_optimizer(args, recipe, model)
         history, info = [], _run_info(args, dataset, recipe, optimizer)
     epochs = args.epochs or info["epochs"]
-    train_loader, test_loader = _loaders(
-        dataset, info["batch_size"], info["normalize"]["kind"], info["seed"]
-    )
+    train_loader, test_loader = _loaders(dataset, info)
     statistics = {"mean": train_loader.mean, "std": train_loader.std}
     info["normalize"].update({k: None if v is None else v.tolist() for k, v in statistics.items()})
     total_steps = epochs * len(train_loader)
     schedule = _make_schedule(info["schedule"], info["base_lr"], total_steps, info["warmup"])
-    loss = _make_loss(info["loss"])
+    loss = zoo.make_loss(info["loss"])
     print(
         f"training {info['model']} on {dataset.name}: {len(dataset.train_labels)} images, "
         f"{epochs} epochs, batch {info['batch_size']}, {optimizer!r}; output in {out}"
@@ -208,7 +197,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data or info.get("dataset", DEFAULT_DATA), data_dir=args.data_dir)
     loader = _loader_like_training(dataset.test_images, dataset.test_labels, info, model)
     result = train.evaluate(
-        model, loader, _make_loss(info.get("loss", "cross_entropy")), dataset.num_classes
+        model, loader, zoo.make_loss(info.get("loss", "cross_entropy")), dataset.num_classes
     )
     print(
         f"{dataset.name} test set: accuracy {result['accuracy']:.4f}, "
@@ -265,18 +254,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     labels = np.zeros(len(images), dtype=np.int64)
     ((x, _),) = _loader_like_training(images, labels, info, model)
     y = model.predict(x)
-    if info.get("loss", "cross_entropy") == "cross_entropy":
-        shifted = np.exp(y - y.max(axis=1, keepdims=True))
-        scores, label = shifted / shifted.sum(axis=1, keepdims=True), "probabilities"
-    else:
+    kind = info.get("loss", "cross_entropy")
+    if kind == "squared_error":
         scores, label = y, "outputs"
-    for path, row in zip(args.images, scores):
-        best = int(row.argmax())
-        print(
-            f"{path}: {names[best]} ({label}: "
-            + ", ".join(f"{names[i]}={row[i]:.3f}" for i in np.argsort(-row)[:3])
-            + ")"
-        )
+    else:  # softmax of the logits, or of minus the RBF energies
+        logits = y if kind == "cross_entropy" else -y
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        scores, label = shifted / shifted.sum(axis=1, keepdims=True), "probabilities"
+    decisions = train.predicted_classes(zoo.make_loss(kind), y)
+    for path, row, best in zip(args.images, scores, decisions):
+        ranked = np.argsort(-row)[:3]
+        print(f"{path}: {names[best]} ({label}: "
+              + ", ".join(f"{names[i]}={row[i]:.3f}" for i in ranked) + ")")  # fmt: skip
     return 0
 
 
@@ -302,6 +291,10 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
         f"(relative error, {args.samples} sampled entries per array):"
     )
     for index, layer in enumerate(model):
+        if hasattr(layer, "rng"):  # dropout redraws its mask every forward
+            print(f"  {index:>2} {layer!r}: random (tested with a fixed mask in the test suite)")
+            x = layer.eval().forward(x)
+            continue
         errors = gradcheck(layer, x, max_checks=args.samples, rng=rng)
         x = layer.forward(x)
         text = ", ".join(f"{name} {error:.1e}" for name, error in errors.items())

@@ -29,18 +29,11 @@ except ImportError as error:  # pragma: no cover - exercised only without scikit
 
 from convnp import architectures, train, zoo
 from convnp.data import DataLoader, channel_stats
-from convnp.losses import CrossEntropyLoss, RBFEnergyLoss, SquaredErrorLoss
 from convnp.model import Sequential
-from convnp.optim import SGD, Adam, Optimizer
+from convnp.optim import Optimizer
 
 Architecture = str | Callable[..., Sequential]
 _NO_TARGET = "no_validation"  # scikit-learn's marker for "validate X only"
-
-_LOSSES = {
-    "cross_entropy": CrossEntropyLoss,
-    "squared_error": SquaredErrorLoss,
-    "rbf": RBFEnergyLoss,
-}
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:
@@ -183,7 +176,7 @@ class ConvNetClassifier(ClassifierMixin, BaseEstimator):
         recipe = self._recipe()
         self.model_ = self._build(recipe)
         self._loss_kind = self._choose_loss(recipe)
-        self.loss_ = _LOSSES[self._loss_kind](reduction="mean")
+        self.loss_ = zoo.make_loss(self._loss_kind)
         self.optimizer_ = self._optimizer(recipe)
         self.history_ = []
 
@@ -213,16 +206,12 @@ class ConvNetClassifier(ClassifierMixin, BaseEstimator):
             kind = (
                 "squared_error" if type(self.model_[-1]).__name__ == "Sigmoid" else "cross_entropy"
             )
-        if kind not in _LOSSES:
+        if kind not in zoo.LOSSES:
             raise ValueError(f"ConvNetClassifier: recipe loss {kind!r} is not supported")
         return kind
 
     def _optimizer(self, recipe: zoo.Recipe) -> Optimizer:
-        lr = recipe.lr if self.lr is None else self.lr
-        parameters, decay = self.model_.parameters(), recipe.weight_decay
-        if recipe.optimizer == "sgd":
-            return SGD(parameters, lr=lr, momentum=recipe.momentum, weight_decay=decay)
-        return Adam(parameters, lr=lr, weight_decay=decay)
+        return recipe.make_optimizer(self.model_, lr=self.lr)
 
     def _loader(self, images: np.ndarray, labels: np.ndarray, **options: Any) -> DataLoader:
         standardize = self.normalize == "standardize"

@@ -9,8 +9,25 @@ from typing import Any
 import numpy as np
 
 from convnp import architectures
+from convnp.data import augment
 from convnp.layers import Conv2d, EuclideanRBF, Flatten, Linear, ScaledTanh, Subsample2d
+from convnp.losses import CrossEntropyLoss, RBFEnergyLoss, SquaredErrorLoss
 from convnp.model import Sequential
+from convnp.optim import SGD, Adam, Optimizer
+
+# The loss kinds a recipe names, each averaged over the batch (reduction="mean").
+LOSSES: dict[str, Callable[[], Any]] = {
+    "squared_error": SquaredErrorLoss,
+    "cross_entropy": CrossEntropyLoss,
+    "rbf": RBFEnergyLoss,
+}
+
+
+def make_loss(kind: str) -> Any:
+    """The loss object for a recipe's loss kind."""
+    if kind not in LOSSES:
+        raise ValueError(f"unknown loss {kind!r}; known: {', '.join(LOSSES)}")
+    return LOSSES[kind]()
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,36 @@ class Recipe:
     schedule: str = "constant"
     normalize: str = "unit"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def make_loss(self) -> Any:
+        return make_loss(self.loss)
+
+    def make_optimizer(
+        self,
+        model: Sequential,
+        *,
+        optimizer: str | None = None,
+        lr: float | None = None,
+        momentum: float | None = None,
+        weight_decay: float | None = None,
+        nesterov: bool = False,
+    ) -> Optimizer:
+        """The recipe's optimizer over ``model.parameters()``; arguments override it."""
+        name = optimizer or self.optimizer
+        lr = self.lr if lr is None else lr
+        decay = self.weight_decay if weight_decay is None else weight_decay
+        if name == "sgd":
+            momentum = self.momentum if momentum is None else momentum
+            return SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=decay,
+                       nesterov=nesterov)  # fmt: skip
+        if name == "adam":
+            return Adam(model.parameters(), lr=lr, weight_decay=decay)
+        raise ValueError(f"unknown optimizer {name!r}; known: sgd, adam")
+
+    def make_augmentation(self) -> Any:
+        """The training-time transform in ``extra["augment"]`` (None if the recipe has none)."""
+        spec = self.extra.get("augment")
+        return None if spec is None else augment.build(spec)
 
     def build(
         self,
