@@ -48,10 +48,18 @@ class Sequential:
             x = layer.forward(x)
         return x
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        for layer in reversed(self.layers):
+    def backward(self, dy: np.ndarray, *, input_grad: bool = True) -> np.ndarray | None:
+        """Back-propagate ∂E/∂y; returns ∂E/∂x, or None with ``input_grad=False`` (training
+        needs only the parameter gradients, so the first layer skips computing dx)."""
+        if not self.layers:
+            return dy if input_grad else None
+        first, *rest = self.layers
+        for layer in reversed(rest):
             dy = layer.backward(dy)
-        return dy
+        if input_grad:
+            return first.backward(dy)
+        first.backward_params(dy)
+        return None
 
     def apply_regularizers(self) -> float:
         """Run every layer's attached penalties (after backward): each adds its gradient to

@@ -43,7 +43,7 @@ def predicted_classes(loss: Any, y: np.ndarray) -> np.ndarray:
 def _train_step(model: Sequential, loss: Any, optimizer: Optimizer, x: np.ndarray, t: Any):
     y = model.forward(x)  # x^L: the network's output
     error = loss.forward(y, t)  # E
-    model.backward(loss.backward())  # δ^L = ∂E/∂y, then every layer's backward in reverse
+    model.backward(loss.backward(), input_grad=False)  # δ^L = ∂E/∂y, layers in reverse
     error += model.apply_regularizers()  # attached penalties add their value and gradient
     _stop_if_not_finite(model, x, error)
     optimizer.step()  # the solver turns gradients into updates
@@ -68,7 +68,8 @@ def _first_non_finite_output(model: Sequential, x: np.ndarray) -> str:
     model.eval()
     try:
         for index, layer in enumerate(model):
-            x = layer.forward(x)
+            with np.errstate(over="ignore", invalid="ignore"):
+                x = layer.forward(x)
             if not np.isfinite(x).all():
                 return f"layer {index} ({layer!r}) is the first to output NaN or inf"
     except NonFiniteInputError as error:

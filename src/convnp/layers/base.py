@@ -71,6 +71,11 @@ class Layer:
     def backward(self, dy: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def backward_params(self, dy: np.ndarray) -> None:
+        """Fill ``grads`` only, for a layer whose ∂E/∂x nobody needs (the first layer of a
+        network). Layers for which dx is costly (conv, linear) skip computing it."""
+        self.backward(dy)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)
 

@@ -175,14 +175,9 @@ class _ConvNd(Layer):
             )
         n = x.shape[0]
         x_padded = _windows.pad_spatial(x, self._pads)
-        patches = _windows.windows(
-            x_padded, self.kernel_size, self.stride, self.dilation, out_shape
-        )
-        # (N, C, *out, *k) -> (C, *k, N, *out): rows = (map i, kernel offset), columns = (n, u, v)
-        order = (1, *range(2 + nd, 2 + 2 * nd), 0, *range(2, 2 + nd))
-        cols = patches.transpose(order).reshape(
-            self.in_channels * int(np.prod(self.kernel_size)), -1
-        )
+        # rows = (map i, kernel offset), columns = (sample n, output position u, v)
+        cols = _windows.im2col(x_padded, self.kernel_size, self.stride, self.dilation, out_shape)
+        cols = cols.reshape(self.in_channels * int(np.prod(self.kernel_size)), -1)
         kernel = self._effective_kernel().reshape(self.out_channels, -1)
         u = kernel @ cols  # Σ_i x_i * k_ij
         if "bias" in self.params:
@@ -191,9 +186,21 @@ class _ConvNd(Layer):
         return u.reshape(self.out_channels, n, *out_shape).swapaxes(0, 1)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        cols, padded_shape, spatial, out_shape = self._recall()
-        n = padded_shape[0]
-        dy = self._check_grad_output(dy, (n, self.out_channels, *out_shape))
+        delta = self._param_grads(dy)
+        _, padded_shape, spatial, out_shape = self._recall()
+        kernel = self._effective_kernel().reshape(self.out_channels, -1)
+        dcols = kernel.T @ delta  # Σ_j k_ij δ_j for every patch
+        dcols = dcols.reshape(self.in_channels, *self.kernel_size, padded_shape[0], *out_shape)
+        dx_padded = _windows.col2im(dcols, padded_shape, self.stride, self.dilation)
+        return _windows.crop_spatial(dx_padded, self._pads, spatial)
+
+    def backward_params(self, dy: np.ndarray) -> None:
+        self._param_grads(dy)
+
+    def _param_grads(self, dy: np.ndarray) -> np.ndarray:
+        """Fill ∂E/∂b and ∂E/∂k; return δ as an (O, N·L) matrix for the input gradient."""
+        cols, padded_shape, _, out_shape = self._recall()
+        dy = self._check_grad_output(dy, (padded_shape[0], self.out_channels, *out_shape))
         delta = dy.swapaxes(0, 1).reshape(self.out_channels, -1)  # δ_j as (O, N·L)
         if "bias" in self.params:
             self.grads["bias"][...] = delta.sum(axis=1)  # ∂E/∂b_j = Σ_uv δ_j
@@ -203,15 +210,7 @@ class _ConvNd(Layer):
         if self.has_connection_table or self.groups != 1:
             dkernel = dkernel * self._mask_as(dkernel)  # only i ∈ M_j learn
         self.grads["weight"][...] = dkernel
-        kernel = self._effective_kernel().reshape(self.out_channels, -1)
-        dcols = kernel.T @ delta  # Σ_j k_ij δ_j per patch
-        nd = self._nd
-        dpatches = dcols.reshape(self.in_channels, *self.kernel_size, n, *out_shape)
-        order = (1 + nd, 0, *range(2 + nd, 2 + 2 * nd), *range(1, 1 + nd))
-        dx_padded = _windows.scatter_windows(
-            dpatches.transpose(order), padded_shape, self.stride, self.dilation
-        )
-        return _windows.crop_spatial(dx_padded, self._pads, spatial)
+        return delta
 
 
 class Conv1d(_ConvNd):
