@@ -202,8 +202,11 @@ def sum_windows(patches: np.ndarray, nd: int, weights: np.ndarray | None = None)
     return total
 
 
-def max_over_windows(patches: np.ndarray, nd: int) -> tuple[np.ndarray, np.ndarray]:
-    """Max over the trailing nd (kernel) axes of (N, C, *out, *k), and the winner's flat index.
+def max_over_windows(
+    patches: np.ndarray, nd: int, with_argmax: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Max over the trailing nd (kernel) axes of (N, C, *out, *k), and the winner's flat index
+    (None when ``with_argmax`` is False: inference needs only the max).
 
     A running max over the K kernel offsets: a later cell takes over only if strictly greater,
     so ties go to the first cell in row-major window order, as in PyTorch's CPU kernels. The
@@ -218,13 +221,16 @@ def max_over_windows(patches: np.ndarray, nd: int) -> tuple[np.ndarray, np.ndarr
     candidate = np.empty_like(argmax)
     for index, offset in enumerate(offsets, start=1):
         cell = patches[(Ellipsis, *offset)]
+        if not with_argmax:
+            np.maximum(y, cell, out=y)
+            continue
         np.greater(cell, y, out=wins)
         # A win sets argmax to index, which exceeds every earlier index, so "argmax = index
         # where wins" is max(argmax, wins·index): branch-free, 5x faster than np.where/copyto.
         np.multiply(wins, argmax.dtype.type(index), out=candidate)
         np.maximum(argmax, candidate, out=argmax)
         np.maximum(y, cell, out=y)
-    return y, argmax
+    return y, argmax if with_argmax else None
 
 
 def scatter_to_argmax(
@@ -242,9 +248,15 @@ def scatter_to_argmax(
     """
     dx_padded = np.zeros(padded_shape, dtype=dy.dtype)
     out_shape = dy.shape[2:]
+    # Windows that do not overlap cover each cell at most once: write in place, no +=.
+    disjoint = all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel_size, stride, dilation))
     offsets = kernel_offsets(kernel_size, stride, dilation, out_shape)
     for index, (_, slices) in enumerate(offsets):
-        dx_padded[(Ellipsis, *slices)] += dy * (argmax == index)
+        target = dx_padded[(Ellipsis, *slices)]
+        if disjoint:
+            np.multiply(dy, argmax == index, out=target)
+        else:
+            target += dy * (argmax == index)
     return dx_padded
 
 

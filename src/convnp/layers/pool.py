@@ -148,7 +148,8 @@ class _MaxPoolNd(_PoolNd):
     def forward(self, x: np.ndarray) -> np.ndarray:
         x, out_shape = self._validated(x)
         x_padded = self._pad(x, out_shape, -np.inf)  # −∞: a pad cell must never win the max
-        y, argmax = _windows.max_over_windows(self._patches(x_padded, out_shape), self._nd)
+        patches = self._patches(x_padded, out_shape)
+        y, argmax = _windows.max_over_windows(patches, self._nd, with_argmax=self.training)
         self._remember(argmax, x_padded.shape, x.shape[2:])
         return y
 
