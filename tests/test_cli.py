@@ -90,7 +90,16 @@ def test_user_mistakes_give_one_line_and_exit_2(args, message, tmp_path):
 
 
 def test_help_everywhere():
-    for command in ([], ["train"], ["evaluate"], ["predict"], ["summary"], ["gradcheck"]):
+    for command in (
+        [],
+        ["train"],
+        ["evaluate"],
+        ["predict"],
+        ["summary"],
+        ["gradcheck"],
+        ["export"],
+        ["plot"],
+    ):
         result = run(*command, "--help")
         assert result.returncode == 0 and "usage: convnp" in result.stdout
 
@@ -105,3 +114,13 @@ def test_export_writes_an_onnx_file_that_runs(trained, tmp_path):
     session = ort.InferenceSession(str(target))
     x = np.zeros((3, 1, 28, 28), np.float32)
     assert session.run(None, {"input": x})[0].shape == (3, 10)
+
+
+def test_plot_writes_figures(trained, tmp_path):
+    pytest.importorskip("matplotlib")
+    out, _ = trained
+    result = run("plot", str(out), str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"learning_curves.png", "kernels.png", "confusion.png"} <= names
+    assert all((tmp_path / name).stat().st_size > 1000 for name in names)

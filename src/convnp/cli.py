@@ -320,6 +320,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    try:
+        from convnp import plot
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    data = load_dataset(args.data, data_dir=args.data_dir) if args.data else None
+    try:
+        written = plot.plot_run(args.run, args.out, image_index=args.image, data=data)
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 # -- argument parsing ---------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -394,6 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--opset", type=int, default=export.OPSET, help=f"ONNX opset (>= {export.OPSET})"
     )
     p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("plot", help="PNG figures of a run: curves, kernels, maps, confusion")
+    p.add_argument("run", metavar="RUN", help="run folder (or model file) from convnp train")
+    p.add_argument("out", metavar="OUT_DIR", nargs="?", default="figures")
+    p.add_argument("--image", type=int, default=0, help="test image for the feature maps")
+    p.add_argument("--data", choices=DATASETS, help="test data (default: as trained)")
+    p.add_argument("--data-dir")
+    p.set_defaults(handler=cmd_plot)
     return parser
 
 
