@@ -27,14 +27,6 @@ import numpy as np
 
 from convnp import io, train, zoo
 from convnp.data import DataLoader, load_dataset
-from convnp.losses import CrossEntropyLoss, RBFEnergyLoss, SquaredErrorLoss
-from convnp.optim import SGD, Adam
-
-LOSSES = {
-    "cross_entropy": CrossEntropyLoss,
-    "rbf": RBFEnergyLoss,
-    "squared_error": SquaredErrorLoss,
-}
 
 
 def run(model_name: str, data_name: str, count: int | None, args: argparse.Namespace) -> dict:
@@ -59,11 +51,8 @@ def run(model_name: str, data_name: str, count: int | None, args: argparse.Names
     model = recipe.build(
         data.train_images.shape[1:], data.num_classes, rng=np.random.default_rng(args.seed)
     )
-    if recipe.optimizer == "sgd":
-        optimizer = SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
-    else:
-        optimizer = Adam(model.parameters(), lr=recipe.lr)
-    loss = LOSSES[recipe.loss]()
+    optimizer = recipe.make_optimizer(model)
+    loss = recipe.make_loss()
     out = Path(args.runs) / f"{model_name}-{data_name}"
     started = time.perf_counter()
     history = train.fit(

@@ -13,7 +13,6 @@ from convnp.data import DataLoader, load_dataset
 from convnp.gradcheck import numerical_gradient, relative_error
 from convnp.layers import Conv2d, EuclideanRBF, Linear, ScaledTanh, Subsample2d
 from convnp.losses import RBFEnergyLoss
-from convnp.optim import SGD
 
 # LeCun et al. (1998), Table I, written column by column: the S2 maps each C3 map combines.
 TABLE_I_COLUMNS = [
@@ -164,7 +163,8 @@ def test_recipe_trains_on_a_slice_of_mnist5k():
     images, labels = data.train_images[::16], data.train_labels[::16]  # 250 images
     loader = DataLoader(images, labels, recipe.batch_size, seed=0, normalize=recipe.normalize)
     model = recipe.build(rng=np.random.default_rng(0))
-    optimizer = SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
-    history = train.fit(model, RBFEnergyLoss(), optimizer, loader, epochs=4, progress=False)
+    assert isinstance(recipe.make_loss(), RBFEnergyLoss)
+    optimizer = recipe.make_optimizer(model)
+    history = train.fit(model, recipe.make_loss(), optimizer, loader, epochs=4, progress=False)
     assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]
     assert history[-1]["train_accuracy"] > 0.6

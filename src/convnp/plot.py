@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from convnp import io, train
+from convnp import io, train, zoo
 from convnp.data import DataLoader, Dataset, channel_stats, load_dataset
 from convnp.layers import (
     AdaptiveAvgPool2d,
@@ -37,7 +37,6 @@ from convnp.layers import (
     Subsample2d,
     WeightedAvgPool2d,
 )
-from convnp.losses import CrossEntropyLoss, RBFEnergyLoss
 from convnp.model import Sequential
 
 #: Layers whose outputs ``plot_feature_maps`` shows (activations are drawn into the next one).
@@ -313,7 +312,7 @@ def plot_run(
     written.append(plot_feature_maps(model, image[0], out / "feature_maps.png", title=caption))
     test = DataLoader(data.test_images, data.test_labels, 1000, **loader_options)
     # the class decision follows the loss the model was trained with (argmin for RBF energies)
-    loss = RBFEnergyLoss() if info.get("loss") == "rbf" else CrossEntropyLoss()
+    loss = zoo.make_loss(info.get("loss", "cross_entropy"))
     result = train.evaluate(model, test, loss, len(data.class_names))
     caption = f"{name}: test accuracy {result['accuracy']:.4f} ({result['count']} images)"
     written.append(
