@@ -2,8 +2,9 @@
 
 The recipe (``convnp.zoo.RECIPES["fashion"]``) names the architecture, SGD settings, cosine
 schedule, input normalisation and, in ``extra["augment"]``, the training augmentation as a
-``convnp.data.augment.build`` description. This script is exactly what
-``convnp train --model fashion --data fashion-mnist`` does with that recipe. Run:
+``convnp.data.augment.build`` description; ``make_loss``, ``make_optimizer`` and
+``make_augmentation`` turn them into objects, as ``convnp train --model fashion --data
+fashion-mnist`` does. Run:
 
     python examples/fashion_recipe.py [--epochs N] [--seed 0] [--out runs/fashion]
 """
@@ -18,8 +19,6 @@ import numpy as np
 
 from convnp import io, schedules, train, zoo
 from convnp.data import DataLoader, augment, load_dataset
-from convnp.losses import CrossEntropyLoss
-from convnp.optim import SGD
 
 
 def main() -> None:
@@ -31,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     data = load_dataset("fashion-mnist")
-    transform = augment.build(recipe.extra["augment"])
+    transform = recipe.make_augmentation()
     train_loader = DataLoader(
         data.train_images,
         data.train_labels,
@@ -50,18 +49,13 @@ def main() -> None:
         std=train_loader.std,
     )
     model = recipe.build((1, 28, 28), 10, rng=np.random.default_rng(args.seed))
-    optimizer = SGD(
-        model.parameters(),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        weight_decay=recipe.weight_decay,
-    )
+    optimizer = recipe.make_optimizer(model)
     schedule = schedules.CosineLR(recipe.lr, total_steps=args.epochs * len(train_loader))
     print(model.summary((1, 28, 28), print_fn=None))
     print(f"augmentation: {transform!r}")
     history = train.fit(
         model,
-        CrossEntropyLoss(),
+        recipe.make_loss(),
         optimizer,
         train_loader,
         epochs=args.epochs,

@@ -59,18 +59,18 @@ def features(rng: np.random.Generator) -> list[Layer]:
         Conv2d(32, 64, 3, padding="full", bias=False, rng=rng),
         ReLU(),
         MaxPool2d(2, ceil_mode=True),
-        Conv2d(64, 128, 3, padding="full", bias=False, rng=rng),
+        Conv2d(64, 64, 3, padding="full", bias=False, rng=rng),
         ReLU(),
     ]
 
 
 def fully_convolutional(rng: np.random.Generator) -> Sequential:
-    one_map_per_class = Conv2d(128, 10, 3, padding="full", bias=False, rng=rng)
+    one_map_per_class = Conv2d(64, 10, 3, padding="full", bias=False, rng=rng)
     return Sequential(*features(rng), one_map_per_class, GlobalAvgPool2d(), Flatten())
 
 
 def adaptive_pooling(rng: np.random.Generator) -> Sequential:
-    return Sequential(*features(rng), AdaptiveAvgPool2d(3), Flatten(), Linear(128 * 9, 10, rng=rng))
+    return Sequential(*features(rng), AdaptiveAvgPool2d(3), Flatten(), Linear(64 * 9, 10, rng=rng))
 
 
 def on_canvas(images: np.ndarray, size: int, rng: np.random.Generator | None = None) -> np.ndarray:

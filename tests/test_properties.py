@@ -6,6 +6,9 @@
   under a one-pixel shift than before it.
 * A locally connected layer keeps the connectivity but not the sharing (SPEC §6), so it is
   not equivariant.
+* Variable-size inputs (SPEC §3): a fully convolutional classifier (one map per class,
+  averaged globally) accepts any input size; built bias-free with "full" padding and
+  ceil-mode pooling, pasting the image onto a bigger zero canvas only rescales its scores.
 """
 
 from __future__ import annotations
@@ -14,7 +17,17 @@ import numpy as np
 import pytest
 
 from convnp.data import load_dataset
-from convnp.layers import Conv1d, Conv2d, Conv3d, LocallyConnected2d, MaxPool2d
+from convnp.layers import (
+    Conv1d,
+    Conv2d,
+    Conv3d,
+    Flatten,
+    GlobalAvgPool2d,
+    LocallyConnected2d,
+    MaxPool2d,
+    ReLU,
+)
+from convnp.model import Sequential
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +121,35 @@ def test_max_pooling_is_approximately_invariant_to_small_shifts(digits, kernel, 
         before = _fraction_unchanged(image, moved)
         after = _fraction_unchanged(pool.forward(image), pool.forward(moved))
         assert after > before + 0.1, (before, after)
+
+
+def test_fully_convolutional_scores_only_rescale_on_a_bigger_canvas(digits, rng):
+    """Bias-free ReLU maps are 0 over pure background, and "full" padding with ceil-mode
+    pooling already computes every position the digit reaches: a canvas 2·4k wider adds only
+    zeros, so the global averages shrink by the area ratio and the argmax cannot change."""
+    model = Sequential(
+        Conv2d(1, 6, 3, padding="full", bias=False, dtype=np.float64, rng=rng),
+        ReLU(),
+        MaxPool2d(2, ceil_mode=True),
+        Conv2d(6, 8, 3, padding="full", bias=False, dtype=np.float64, rng=rng),
+        ReLU(),
+        MaxPool2d(2, ceil_mode=True),
+        Conv2d(8, 10, 3, padding="full", bias=False, dtype=np.float64, rng=rng),
+        GlobalAvgPool2d(),
+        Flatten(),
+    )
+
+    def bigger_at(size: int) -> int:
+        """Number of positions each class map averages over, for a size×size input."""
+        return int(np.prod(model.output_shapes((1, size, size))[-3][1:]))
+
+    scores = model.predict(digits)
+    area = bigger_at(28)
+    for margin in (4, 8):  # a multiple of the total pooling stride 4
+        canvas = np.pad(digits, ((0, 0), (0, 0), (margin, margin), (margin, margin)))
+        rescaled = model.predict(canvas) * bigger_at(28 + 2 * margin) / area
+        np.testing.assert_allclose(rescaled, scores, atol=1e-12)
+    # same 36x36 canvas, offset (3, 5): off the pooling grid, so only approximately equal
+    shifted = np.pad(digits, ((0, 0), (0, 0), (3, 5), (5, 3)))
+    rescaled = model.predict(shifted) * bigger_at(36) / area
+    assert not np.allclose(rescaled, scores, atol=1e-6)

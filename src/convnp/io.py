@@ -75,8 +75,8 @@ def build(
         keywords = _constructor_keywords(cls)
         if "dtype" in keywords:
             config["dtype"] = dtype
-        if "rng" in keywords:
-            config["rng"] = rng
+        if "rng" in keywords:  # a child generator each: layers never share one stream
+            config["rng"] = rng.spawn(1)[0]
         try:
             layers.append(cls(**config))
         except (TypeError, ValueError) as error:

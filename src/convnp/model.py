@@ -44,8 +44,11 @@ class Sequential:
         return self.forward(x)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        for layer in self.layers:
-            x = layer.forward(x)
+        for index, layer in enumerate(self.layers):
+            try:
+                x = layer.forward(x)
+            except ValueError as error:  # say where in the network the bad input arrived
+                raise type(error)(f"layer {index} of {len(self.layers)}: {error}") from None
         return x
 
     def backward(self, dy: np.ndarray, *, input_grad: bool = True) -> np.ndarray | None:

@@ -203,7 +203,7 @@ RECIPES: dict[str, Recipe] = {
             name="fashion",
             description=(
                 "Two conv-maxpool-BN-ReLU blocks (32, 64 maps), 256 BN-ReLU units with "
-                "dropout; SGD momentum, cosine lr, flips and 2-pixel shifts (Fashion-MNIST)"
+                "dropout; SGD momentum, cosine lr, flips and 1-pixel shifts (Fashion-MNIST)"
             ),
             architecture="32c3p1-2m-bn-relu-64c3p1-2m-bn-relu-256f-bn-relu-d0.5",
             loss="cross_entropy",
@@ -218,7 +218,7 @@ RECIPES: dict[str, Recipe] = {
             extra={
                 "augment": [
                     {"type": "RandomHorizontalFlip", "config": {"p": 0.5}},
-                    {"type": "RandomTranslate", "config": {"max_shift": 2, "padding_mode": "edge"}},
+                    {"type": "RandomTranslate", "config": {"max_shift": 1, "padding_mode": "edge"}},
                 ]
             },
         ),

@@ -131,3 +131,16 @@ def test_repr_config_and_model_file_round_trip(rng, tmp_path):
     loaded = io.load(tmp_path / "local.safetensors")
     assert loaded[0].config() == layer.config()
     np.testing.assert_array_equal(loaded[0].params["weight"], layer.params["weight"])
+
+
+def test_backward_params_fills_the_same_gradients_without_dx(rng):
+    """As the first layer of a network, only ∂E/∂k and ∂E/∂b are needed."""
+    layer, x = _layer(2, 2, 3, (6, 5), 3, 2, 1, rng)
+    dy = rng.standard_normal(layer.forward(x).shape)
+    layer.backward(dy)
+    expected = {key: grad.copy() for key, grad in layer.grads.items()}
+    for grad in layer.grads.values():
+        grad[...] = 0
+    assert layer.backward_params(dy) is None
+    for key, grad in layer.grads.items():
+        np.testing.assert_array_equal(grad, expected[key])

@@ -139,6 +139,21 @@ class LocallyConnected2d(Layer):
         return u
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        delta = self._param_grads(dy)
+        cols, padded_shape = self._recall()
+        n = padded_shape[0]
+        dcols = self._kernels().transpose(0, 2, 1) @ delta  # Σ_j k_ij^{pq} δ_j(p,q)
+        dpatches = dcols.reshape(*self.output_size, self.in_channels, *self.kernel_size, n)
+        dx_padded = _windows.scatter_windows(
+            dpatches.transpose(5, 2, 0, 1, 3, 4), padded_shape, self.stride, (1, 1)
+        )
+        return _windows.crop_spatial(dx_padded, self._pads, self.input_size)
+
+    def backward_params(self, dy: np.ndarray) -> None:
+        self._param_grads(dy)
+
+    def _param_grads(self, dy: np.ndarray) -> np.ndarray:
+        """Fill ∂E/∂b and ∂E/∂k; return δ as (L, O, N) for the input gradient."""
         cols, padded_shape = self._recall()
         n = padded_shape[0]
         dy = self._check_grad_output(dy, (n, self.out_channels, *self.output_size))
@@ -147,9 +162,4 @@ class LocallyConnected2d(Layer):
         delta = dy.transpose(2, 3, 1, 0).reshape(-1, self.out_channels, n)  # (L, O, N)
         dkernels = delta @ cols.transpose(0, 2, 1)  # Σ_n δ_j(p,q) · p_i(p,q)
         self.grads["weight"][...] = dkernels.reshape(self.params["weight"].shape)
-        dcols = self._kernels().transpose(0, 2, 1) @ delta  # Σ_j k_ij^{pq} δ_j(p,q)
-        dpatches = dcols.reshape(*self.output_size, self.in_channels, *self.kernel_size, n)
-        dx_padded = _windows.scatter_windows(
-            dpatches.transpose(5, 2, 0, 1, 3, 4), padded_shape, self.stride, (1, 1)
-        )
-        return _windows.crop_spatial(dx_padded, self._pads, self.input_size)
+        return delta
