@@ -183,7 +183,9 @@ class _ConvNd(Layer):
         if "bias" in self.params:
             u += self.params["bias"][:, None]  # + b_j
         self._remember(cols, x_padded.shape, spatial, out_shape)
-        return u.reshape(self.out_channels, n, *out_shape).swapaxes(0, 1)
+        # C-contiguous NCHW: the layers after it stream through memory in order (max pooling
+        # after the first conv of `modern`: 11.5 -> 7.4 ms)
+        return np.ascontiguousarray(u.reshape(self.out_channels, n, *out_shape).swapaxes(0, 1))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         delta = self._param_grads(dy)
