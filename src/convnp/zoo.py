@@ -197,6 +197,7 @@ RECIPES: dict[str, Recipe] = {
             lr=1e-3,
             batch_size=128,
             epochs=5,
+            schedule="cosine",
             normalize="standardize",
         ),
         Recipe(
