@@ -106,3 +106,21 @@ def test_repr_is_nested(rng):
         repr(Sequential(ReLU(), Flatten()))
         == "Sequential(\n  (0): ReLU()\n  (1): Flatten(start_dim=1)\n)"
     )
+
+
+def test_forward_errors_say_which_layer(rng):
+    model = _small_model(rng)
+    with pytest.raises(ValueError, match=r"layer 4 of 5: Linear\(12, 4\): expected input"):
+        model.forward(rng.standard_normal((2, 1, 8, 8)))
+
+
+def test_backward_without_input_gradient_fills_the_same_grads(rng):
+    model = _small_model(rng)
+    x = rng.standard_normal((2, 1, 6, 6))
+    dy = rng.standard_normal(model.forward(x).shape)
+    assert model.backward(dy).shape == x.shape
+    expected = {name: grad.copy() for name, _, grad in model.parameters()}
+    model.forward(x)
+    assert model.backward(dy, input_grad=False) is None
+    for name, _, grad in model.parameters():
+        np.testing.assert_array_equal(grad, expected[name], err_msg=name)
