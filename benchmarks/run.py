@@ -90,7 +90,7 @@ class _ConvnpRunner:
             x, t = next(self.batches)
             y = self.model.forward(x)
             self.loss.forward(y, t)
-            self.model.backward(self.loss.backward())
+            self.model.backward(self.loss.backward(), input_grad=False)  # as train.fit
             self.optimizer.step()
             count += len(x)
         return count / (time.perf_counter() - started)
@@ -186,6 +186,9 @@ class _TorchRunner(_ConvnpRunner):
 
 
 def _worker(framework: str, name: str, batch_size: int, seed: int, conn: Any) -> None:
+    from convnp.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the convnp command does; applied to both frameworks alike
     runner_class = _ConvnpRunner if framework == "convnp" else _TorchRunner
     runner = runner_class(name, batch_size, seed)
     while True:

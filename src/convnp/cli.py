@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from convnp import architectures, export, io, schedules, train, zoo
+from convnp.allocator import keep_freed_memory
 from convnp.data import DATASETS, DataLoader, augment, load_dataset
 from convnp.gradcheck import gradcheck
 from convnp.model import Sequential
@@ -435,6 +436,7 @@ def _positive_float(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_freed_memory()  # reuse each step's large temporaries instead of page-faulting anew
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
