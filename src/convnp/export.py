@@ -181,18 +181,11 @@ def _locally_connected(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) 
 
 # -- pooling ----------------------------------------------------------------------------
 def window_pads(layer: _PoolNd, spatial: tuple[int, ...]) -> tuple[list[int], bool]:
-    """Padding [befores..., afters...] (ONNX's ``pads`` order) under which floor rounding
-    gives the layer's windows at input size ``spatial``, and whether any window hangs past
-    the padded border (ceil_mode). Mirrors ``_PoolNd._pad``; also used by ``interop``."""
-    out_shape = layer.output_shape(spatial)
-    ends = [
-        (o - 1) * s + d * (k - 1) + 1 - size - p
-        for size, o, k, s, p, d in zip(
-            spatial, out_shape, layer.kernel_size, layer.stride, layer.padding, layer.dilation
-        )
-    ]
-    overhang = any(end > p for end, p in zip(ends, layer.padding))
-    return [*layer.padding, *(max(p, end) for p, end in zip(layer.padding, ends))], overhang
+    """The layer's window padding in ONNX's ``pads`` order [befores..., afters...], and
+    whether any window hangs past the padded border (ceil_mode). Also used by ``interop``."""
+    pads = layer.window_pads(spatial)
+    overhang = any(after > p for (_, after), p in zip(pads, layer.padding))
+    return [before for before, _ in pads] + [after for _, after in pads], overhang
 
 
 def _window_attributes(layer: _PoolNd, pads: list[int]) -> dict[str, Any]:

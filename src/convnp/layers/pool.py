@@ -80,15 +80,23 @@ class _PoolNd(Layer):
             )
         return x, out_shape
 
-    def _pad(self, x: np.ndarray, out_shape: tuple[int, ...], fill: float) -> np.ndarray:
-        """Pad by ``padding``, plus on the right whatever ceil_mode's last window overhangs."""
-        pads = tuple(
+    def window_pads(self, spatial: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+        """(before, after) padding per axis under which floor rounding gives this layer's
+        windows: ``padding``, plus on the right whatever ceil_mode's last window overhangs."""
+        return tuple(
             (p, max(p, (o - 1) * s + d * (k - 1) + 1 - size - p))
             for size, o, k, s, p, d in zip(
-                x.shape[2:], out_shape, self.kernel_size, self.stride, self.padding, self.dilation
+                spatial,
+                self.output_shape(spatial),
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                self.dilation,
             )
         )
-        return _windows.pad_spatial(x, pads, fill)
+
+    def _pad(self, x: np.ndarray, fill: float) -> np.ndarray:
+        return _windows.pad_spatial(x, self.window_pads(x.shape[2:]), fill)
 
     def _crop(self, dx_padded: np.ndarray, spatial: tuple[int, ...]) -> np.ndarray:
         return _windows.crop_spatial(dx_padded, tuple((p, p) for p in self.padding), spatial)
@@ -147,7 +155,7 @@ class _MaxPoolNd(_PoolNd):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x, out_shape = self._validated(x)
-        x_padded = self._pad(x, out_shape, -np.inf)  # −∞: a pad cell must never win the max
+        x_padded = self._pad(x, -np.inf)  # −∞: a pad cell must never win the max
         patches = self._patches(x_padded, out_shape)
         y, argmax = _windows.max_over_windows(patches, self._nd, with_argmax=self.training)
         self._remember(argmax, x_padded.shape, x.shape[2:])
@@ -230,7 +238,7 @@ class _AvgPoolNd(_PoolNd):
 
     def _average(self, x: np.ndarray, out_shape: tuple[int, ...]) -> tuple[np.ndarray, tuple]:
         """y(o) = Σ_k w_k x_pad(o·s + k) / D(o), and what ``_average_backward`` needs."""
-        x_padded = self._pad(x, out_shape, 0.0)
+        x_padded = self._pad(x, 0.0)
         divisor = np.asarray(self._divisor(x.shape[2:], out_shape), dtype=x.dtype)
         window_sum = _windows.sum_windows(
             self._patches(x_padded, out_shape), self._nd, self._kernel_weights(x.dtype)
