@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from convnp import schedules, train
+from convnp.data import DataLoader
 from convnp.layers import AdaptiveAvgPool1d, BatchNorm1d, Conv1d, Flatten, Linear, MaxPool1d, ReLU
 from convnp.losses import CrossEntropyLoss
 from convnp.model import Sequential
@@ -67,13 +68,6 @@ def tdnn(rng: np.random.Generator) -> Sequential:
     )
 
 
-def batches(x: np.ndarray, t: np.ndarray, size: int, rng: np.random.Generator):
-    order = rng.permutation(len(x))
-    for start in range(0, len(x), size):
-        index = order[start : start + size]
-        yield x[index], t[index]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=8)
@@ -86,17 +80,15 @@ def main() -> None:
     model = tdnn(rng)
     loss = CrossEntropyLoss()
     optimizer = Adam(model.parameters(), lr=3e-3)
-    steps = args.epochs * -(-len(x_train) // 64)
-    schedule = schedules.CosineLR(3e-3, total_steps=steps)  # decays to 0 at the last step
+    batches = DataLoader(x_train, t_train, batch_size=64, seed=args.seed, normalize=None)
+    test = DataLoader(x_test, t_test, batch_size=1000, shuffle=False, normalize=None)
+    schedule = schedules.CosineLR(3e-3, total_steps=args.epochs * len(batches))
     started = time.perf_counter()
-    for epoch in range(args.epochs):
-        epoch_batches = list(batches(x_train, t_train, 64, rng))
-        train.fit(
-            model, loss, optimizer, epoch_batches, epochs=1, schedule=schedule, progress=False
-        )
-        accuracy = train.evaluate(model, [(x_test, t_test)], loss)["accuracy"]
-        print(f"epoch {epoch + 1}: test accuracy {accuracy:.4f}")
-    result = train.evaluate(model, [(x_test, t_test)], loss, len(CLASSES))
+    history = train.fit(model, loss, optimizer, batches, epochs=args.epochs, val=test,
+                        schedule=schedule, progress=False)  # fmt: skip
+    for record in history:
+        print(f"epoch {record['epoch']}: test accuracy {record['val_accuracy']:.4f}")
+    result = train.evaluate(model, test, loss, len(CLASSES))
     print(f"TDNN on {len(x_test)} noisy waveforms (noise std {args.noise}): accuracy "
           f"{result['accuracy']:.4f} after {args.epochs} epochs, "
           f"{time.perf_counter() - started:.1f}s")  # fmt: skip

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from convnp import schedules, train
+from convnp.data import DataLoader
 from convnp.layers import (
     AdaptiveAvgPool3d,
     BatchNorm3d,
@@ -86,23 +87,16 @@ def main() -> None:
     x_test, t_test = volumes(600, args.noise, rng)
     model = network(rng)
     loss = CrossEntropyLoss()
-    batch_size = 32
     optimizer = Adam(model.parameters(), lr=3e-3)
-    steps = args.epochs * -(-len(x_train) // batch_size)
-    schedule = schedules.CosineLR(3e-3, total_steps=steps)
+    batches = DataLoader(x_train, t_train, batch_size=32, seed=args.seed, normalize=None)
+    test = DataLoader(x_test, t_test, batch_size=1000, shuffle=False, normalize=None)
+    schedule = schedules.CosineLR(3e-3, total_steps=args.epochs * len(batches))
     started = time.perf_counter()
-    for epoch in range(args.epochs):
-        order = rng.permutation(len(x_train))
-        epoch_batches = [
-            (x_train[order[i : i + batch_size]], t_train[order[i : i + batch_size]])
-            for i in range(0, len(x_train), batch_size)
-        ]
-        train.fit(
-            model, loss, optimizer, epoch_batches, epochs=1, schedule=schedule, progress=False
-        )
-        accuracy = train.evaluate(model, [(x_test, t_test)], loss)["accuracy"]
-        print(f"epoch {epoch + 1}: test accuracy {accuracy:.4f}")
-    result = train.evaluate(model, [(x_test, t_test)], loss, len(CLASSES))
+    history = train.fit(model, loss, optimizer, batches, epochs=args.epochs, val=test,
+                        schedule=schedule, progress=False)  # fmt: skip
+    for record in history:
+        print(f"epoch {record['epoch']}: test accuracy {record['val_accuracy']:.4f}")
+    result = train.evaluate(model, test, loss, len(CLASSES))
     print(f"Conv3d on {len(x_test)} noisy {SIZE}^3 volumes: accuracy {result['accuracy']:.4f} "
           f"after {args.epochs} epochs, {time.perf_counter() - started:.1f}s")  # fmt: skip
     print("confusion (rows: true " + "/".join(CLASSES) + ")")

@@ -187,10 +187,10 @@ def test_an_epoch_copies_only_a_batch_at_a_time():
     [
         (np.zeros((4, 1, 2, 2)), np.zeros(3, int), {}, r"4 images \(4, 1, 2, 2\) but 3 labels"),
         (
-            np.zeros((4, 2, 2), np.uint8),
+            np.zeros((4, 4), np.uint8),
             np.zeros(4, int),
             {},
-            r"\(N, C, H, W\), got uint8 \(4, 2, 2\)",
+            r"\(N, C, \*spatial\), got uint8 \(4, 4\)",
         ),
         (np.zeros((4, 1, 2, 2), np.uint8), np.zeros(4), {}, r"labels must be integer .* float64"),
         (np.zeros((4, 1, 2, 2), np.uint8), np.zeros((4, 1), int), {}, r"labels must be integer"),
@@ -238,3 +238,18 @@ def test_repr(data):
         "DataLoader(n=50, batch_size=8, shuffle=True, drop_last=False, normalize='unit', "
         "dtype=float32, seed=5)"
     )
+
+
+@pytest.mark.parametrize("shape", [(6, 2, 5), (6, 2, 3, 4, 5)])
+def test_signals_and_volumes_batch_and_standardize_per_channel(shape):
+    """1-D (N, C, L) and 3-D (N, C, D, H, W) data load like images (Conv1d/Conv3d inputs)."""
+    rng = np.random.default_rng(0)
+    data = rng.normal(loc=[3.0, -2.0], scale=[2.0, 0.5], size=(*shape[:1], *shape[2:], 2))
+    data = np.moveaxis(data, -1, 1)
+    loader = DataLoader(data, np.arange(6), batch_size=4, seed=1, normalize="standardize")
+    batches = list(loader)
+    assert [x.shape for x, _ in batches] == [(4, *shape[1:]), (2, *shape[1:])]
+    x = np.concatenate([x for x, _ in batches])
+    axes = (0, *range(2, len(shape)))
+    np.testing.assert_allclose(x.mean(axis=axes), 0, atol=1e-5)
+    np.testing.assert_allclose(x.std(axis=axes), 1, atol=1e-5)

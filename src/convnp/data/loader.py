@@ -24,7 +24,7 @@ _NORMALIZE = ("unit", "standardize", None)
 
 
 def channel_stats(images: np.ndarray, *, chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and (population) standard deviation of (N, C, H, W) images.
+    """Per-channel mean and (population) standard deviation of (N, C, *spatial) samples.
 
     Streams over chunks of ``chunk_size`` images in float64, merging each chunk's mean
     and sum of squared deviations M2 with Chan et al.'s pairwise update
@@ -35,8 +35,10 @@ def channel_stats(images: np.ndarray, *, chunk_size: int = 1024) -> tuple[np.nda
         (mean, std), float64 arrays of shape (C,), in the images' own units
         (0..255 for uint8).
     """
-    if images.ndim != 4 or len(images) == 0:
-        raise ValueError(f"channel_stats: expected non-empty (N, C, H, W), got {images.shape}")
+    if images.ndim < 3 or len(images) == 0:
+        raise ValueError(f"channel_stats: expected non-empty (N, C, *spatial), got {images.shape}")
+    reduce_axes = (0, *range(2, images.ndim))  # every axis but the channel
+    per_channel = (-1,) + (1,) * (images.ndim - 2)
     channels = images.shape[1]
     count = 0
     mean = np.zeros(channels)
@@ -44,8 +46,8 @@ def channel_stats(images: np.ndarray, *, chunk_size: int = 1024) -> tuple[np.nda
     for start in range(0, len(images), chunk_size):
         chunk = images[start : start + chunk_size].astype(np.float64)
         n_b = chunk.size // channels
-        mean_b = chunk.mean(axis=(0, 2, 3))
-        m2_b = np.square(chunk - mean_b[:, None, None]).sum(axis=(0, 2, 3))
+        mean_b = chunk.mean(axis=reduce_axes)
+        m2_b = np.square(chunk - mean_b.reshape(per_channel)).sum(axis=reduce_axes)
         delta = mean_b - mean
         total = count + n_b
         mean += delta * (n_b / total)
@@ -55,10 +57,12 @@ def channel_stats(images: np.ndarray, *, chunk_size: int = 1024) -> tuple[np.nda
 
 
 class DataLoader:
-    """Iterate over (x, labels) mini-batches: x is ``dtype`` (B, C, H, W), labels int64 (B,).
+    """Iterate over (x, labels) mini-batches: x is ``dtype`` (B, C, *spatial), labels int64 (B,).
+
+    Images are (N, C, H, W); 1-D signals (N, C, L) and volumes (N, C, D, H, W) work alike.
 
     Args:
-        images: (N, C, H, W) array, usually uint8; kept as is (not copied).
+        images: (N, C, *spatial) array, usually uint8; kept as is (not copied).
         labels: (N,) integer class indices.
         batch_size: images per batch; the last batch is smaller unless ``drop_last``.
         shuffle: visit the images in a fresh permutation each epoch.
@@ -153,7 +157,7 @@ class DataLoader:
                 )
             return None, 255.0  # divide, not multiply by 1/255: 255 maps to exactly 1.0
         if self.normalize == "standardize":
-            per_channel = (1, -1, 1, 1)
+            per_channel = (1, -1) + (1,) * (self.images.ndim - 2)
             shift = self.mean.astype(self.dtype).reshape(per_channel)
             return shift, self.std.astype(self.dtype).reshape(per_channel)
         return None, None
@@ -213,11 +217,11 @@ def _check_data(images: Any, labels: Any) -> None:
             f"DataLoader: images and labels must be NumPy arrays, got "
             f"{type(images).__name__} and {type(labels).__name__}"
         )
-    if images.ndim != 4 or not (
+    if images.ndim < 3 or not (
         np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)
     ):
         raise ValueError(
-            f"DataLoader: images must be numeric (N, C, H, W), got {images.dtype} "
+            f"DataLoader: images must be numeric (N, C, *spatial), got {images.dtype} "
             f"{images.shape} (add a channel axis with images[:, None])"
         )
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
