@@ -52,6 +52,24 @@ def test_predict_restores_mode_and_batches(rng):
     assert model.training
 
 
+@pytest.mark.parametrize("block", [1, 3, 7, 100])
+def test_eval_forward_in_blocks_equals_one_pass(rng, block):
+    model = _small_model(rng).eval()
+    x = rng.standard_normal((7, 1, 6, 6))
+    model.inference_block = 1000
+    one_pass = model.forward(x)
+    model.inference_block = block
+    np.testing.assert_allclose(model.forward(x), one_pass, rtol=1e-13, atol=1e-13)
+
+
+def test_training_forward_is_never_split_into_blocks(rng):
+    model = _small_model(rng)
+    model.inference_block = 2
+    model.forward(rng.standard_normal((5, 1, 6, 6)))
+    patches = model[0]._cache[0]
+    assert patches.batch == 5  # backward needs the whole batch's cache
+
+
 def test_state_dict_round_trip_is_exact_and_in_place(rng):
     model = _small_model(rng)
     other = _small_model(np.random.default_rng(1))

@@ -28,9 +28,30 @@ CHECKED = [
 ]
 
 
-@parametrize_with_checks(CHECKED)
+def _expected_failures(estimator) -> dict[str, str]:
+    # sklearn compares at float64 tightness (rtol 1e-7); in float32, OpenBLAS's sgemm may round
+    # a row differently by its position in the batch (edge tiles use other kernels), so a
+    # shuffled batch can differ in the last bit on some CPUs. Checked below at float32 precision.
+    return {
+        "check_methods_sample_order_invariance": "float32 GEMM rounding depends on row position"
+    }
+
+
+@parametrize_with_checks(CHECKED, expected_failed_checks=_expected_failures)
 def test_sklearn_estimator_checks(estimator, check) -> None:
     check(estimator)
+
+
+@pytest.mark.parametrize("estimator", CHECKED, ids=lambda e: e.model)
+def test_predictions_do_not_depend_on_sample_order_at_float32_precision(estimator) -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 6)).astype(np.float32), np.arange(40) % 3
+    fitted = clone(estimator).set_params(epochs=2).fit(x, y)
+    order = rng.permutation(len(x))
+    np.testing.assert_allclose(
+        fitted.predict_proba(x[order]), fitted.predict_proba(x)[order], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_array_equal(fitted.predict(x[order]), fitted.predict(x)[order])
 
 
 SMALL_CONV = "4c5-relu-2m"  # one conv layer: real digits, seconds to train

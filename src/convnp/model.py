@@ -10,6 +10,10 @@ import numpy as np
 
 from convnp.layers.base import Layer
 
+# Samples per block in eval-mode forward. Measured on Fashion-MNIST-sized inputs (2-core
+# machine, batch 1000): 64-128 is best for all built-in models (see benchmarks/run.py).
+INFERENCE_BLOCK = 128
+
 
 class Sequential:
     """Runs layers in order forward and in reverse order backward.
@@ -26,6 +30,7 @@ class Sequential:
                 )
         self.layers: list[Layer] = list(layers)
         self.training = True
+        self.inference_block = INFERENCE_BLOCK
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -44,6 +49,21 @@ class Sequential:
         return self.forward(x)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """Run the layers in order. In eval mode a large batch goes through the whole network
+        in blocks of ``inference_block`` samples, so each layer's output is still in the CPU
+        cache when the next layer reads it (depth-first, as in fused inference engines). Eval
+        layers treat samples independently, so the result is the same as one pass."""
+        block = self.inference_block
+        if self.training or np.ndim(x) == 0 or len(x) <= block:
+            return self._forward_layers(x)
+        first = self._forward_layers(x[:block])
+        y = np.empty((len(x), *first.shape[1:]), dtype=first.dtype)
+        y[:block] = first
+        for start in range(block, len(x), block):
+            y[start : start + block] = self._forward_layers(x[start : start + block])
+        return y
+
+    def _forward_layers(self, x: np.ndarray) -> np.ndarray:
         for index, layer in enumerate(self.layers):
             try:
                 x = layer.forward(x)
