@@ -176,9 +176,18 @@ def scatter_windows(
     out_shape = dwindows.shape[-2 * nd : -nd]
     kernel_size = dwindows.shape[-nd:]
     dx_padded = np.zeros(padded_shape, dtype=dwindows.dtype)
+    overlapping = not _disjoint(kernel_size, stride, dilation)
     for offset, slices in kernel_offsets(kernel_size, stride, dilation, out_shape):
-        dx_padded[(Ellipsis, *slices)] += dwindows[(Ellipsis, *offset)]
+        if overlapping:
+            dx_padded[(Ellipsis, *slices)] += dwindows[(Ellipsis, *offset)]
+        else:  # each cell is in one window at most: a copy, not a read-add-write
+            dx_padded[(Ellipsis, *slices)] = dwindows[(Ellipsis, *offset)]
     return dx_padded
+
+
+def _disjoint(kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> bool:
+    """True when no two windows share a cell (stride at least the dilated kernel extent)."""
+    return all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel_size, stride, dilation))
 
 
 def crop_spatial(x_padded: np.ndarray, pads: Pads, spatial_shape: tuple[int, ...]) -> np.ndarray:
@@ -195,8 +204,11 @@ def sum_windows(patches: np.ndarray, nd: int, weights: np.ndarray | None = None)
     value). NumPy adds K strided images 5-15x faster than it reduces the window view or a
     (..., H/n, n, W/n, n) reshape (measured: 0.45 ms vs 6.5 ms for 64x16x28x28, n = 2).
     """
-    total = np.zeros(patches.shape[:-nd], dtype=patches.dtype)
-    for offset in itertools.product(*(range(k) for k in patches.shape[-nd:])):
+    offsets = itertools.product(*(range(k) for k in patches.shape[-nd:]))
+    first = next(offsets)
+    cell = patches[(Ellipsis, *first)]
+    total = cell.copy() if weights is None else weights[first] * cell  # no zeros pass
+    for offset in offsets:
         cell = patches[(Ellipsis, *offset)]
         total += cell if weights is None else weights[offset] * cell
     return total
@@ -249,7 +261,7 @@ def scatter_to_argmax(
     dx_padded = np.zeros(padded_shape, dtype=dy.dtype)
     out_shape = dy.shape[2:]
     # Windows that do not overlap cover each cell at most once: write in place, no +=.
-    disjoint = all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel_size, stride, dilation))
+    disjoint = _disjoint(kernel_size, stride, dilation)
     offsets = kernel_offsets(kernel_size, stride, dilation, out_shape)
     for index, (_, slices) in enumerate(offsets):
         target = dx_padded[(Ellipsis, *slices)]
