@@ -142,3 +142,14 @@ def test_backward_without_input_gradient_fills_the_same_grads(rng):
     assert model.backward(dy, input_grad=False) is None
     for name, _, grad in model.parameters():
         np.testing.assert_array_equal(grad, expected[name], err_msg=name)
+
+
+def test_eval_blocks_on_threads_report_bad_input_like_one_pass(rng):
+    model = _small_model(rng).eval()
+    model.inference_block = 2
+    x = rng.standard_normal((6, 1, 6, 6))
+    x[5, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="layer 0 of 5"):
+        model.forward(rng.standard_normal((6, 2, 6, 6)))
+    with pytest.raises(ValueError, match="NaN|finite"):
+        model.forward(x)
