@@ -52,11 +52,13 @@ class _ConvnpRunner:
     def __init__(self, name: str, batch_size: int, seed: int) -> None:
         from convnp import zoo
         from convnp.data import DataLoader
+        from convnp.parallel import BatchSplitter
 
         recipe = zoo.get_recipe(name)
         self.model = recipe.build(rng=np.random.default_rng(seed))
         self.loss = recipe.make_loss()
         self.optimizer = recipe.make_optimizer(self.model)
+        self.splitter = BatchSplitter(self.model, self.loss)  # as fit: large batches use all cores
         data = _dataset()
         self.loader = DataLoader(
             data.train_images,
@@ -84,14 +86,13 @@ class _ConvnpRunner:
             yield from self.loader
 
     def train(self, steps: int) -> float:
+        from convnp.train import train_step
+
         count = 0
         started = time.perf_counter()
         for _ in range(steps):
             x, t = next(self.batches)
-            y = self.model.forward(x)
-            self.loss.forward(y, t)
-            self.model.backward(self.loss.backward(), input_grad=False)  # as train.fit
-            self.optimizer.step()
+            train_step(self.model, self.loss, self.optimizer, x, t, self.splitter)  # as fit
             count += len(x)
         return count / (time.perf_counter() - started)
 
@@ -160,6 +161,7 @@ class _TorchRunner(_ConvnpRunner):
             self.torch_optimizer = torch.optim.Adam(self.net.parameters(), lr=config["lr"])
         self.model = None  # free convnp's copy: RSS should be PyTorch's own
         self.optimizer = None
+        self.splitter = None
 
     def train(self, steps: int) -> float:
         torch = self.torch
@@ -264,10 +266,13 @@ def scaling(seed: int) -> dict[str, Any]:
     from convnp import zoo
     from convnp.losses import CrossEntropyLoss
     from convnp.optim import Adam
+    from convnp.parallel import BatchSplitter
+    from convnp.train import train_step
 
     def measure(batch: int, side: int) -> dict[str, float]:
         model = zoo.get_recipe("modern").build((1, side, side), rng=np.random.default_rng(seed))
         loss, optimizer = CrossEntropyLoss(), Adam(model.parameters())
+        splitter = BatchSplitter(model, loss)
         rng = np.random.default_rng(seed)
         x = rng.random((batch, 1, side, side), dtype=np.float32)
         t = rng.integers(0, 10, batch)
@@ -276,9 +281,7 @@ def scaling(seed: int) -> dict[str, Any]:
         for step in range(steps + 1):
             if step == 1:
                 started = time.perf_counter()
-            loss.forward(model.forward(x), t)
-            model.backward(loss.backward())
-            optimizer.step()
+            train_step(model, loss, optimizer, x, t, splitter)
         seconds = time.perf_counter() - started
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()

@@ -1,6 +1,6 @@
 """Training and evaluation: the loop of SPEC §1 and Caffe's solver, in plain sight.
 
-One step is four lines (``_train_step``): forward, loss, backward, optimizer step. Around
+One step is four lines (``train_step``): forward, loss, backward, optimizer step. Around
 them ``fit`` adds what a dependable trainer needs: a progress bar, per-epoch history, a
 clean stop when the loss or a gradient stops being finite (naming the layer), and an
 atomic checkpoint after every epoch from which ``resume`` continues bit-for-bit.
@@ -23,6 +23,7 @@ from convnp import io
 from convnp.layers.base import NonFiniteInputError
 from convnp.model import Sequential
 from convnp.optim import SGD, Adam, Optimizer
+from convnp.parallel import BatchSplitter
 
 CHECKPOINT_FORMAT = "convnp-checkpoint"
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -40,10 +41,26 @@ def predicted_classes(loss: Any, y: np.ndarray) -> np.ndarray:
     return decide(y) if decide is not None else y.argmax(axis=1)
 
 
-def _train_step(model: Sequential, loss: Any, optimizer: Optimizer, x: np.ndarray, t: Any):
-    y = model.forward(x)  # x^L: the network's output
-    error = loss.forward(y, t)  # E
-    model.backward(loss.backward(), input_grad=False)  # δ^L = ∂E/∂y, layers in reverse
+def train_step(
+    model: Sequential,
+    loss: Any,
+    optimizer: Optimizer,
+    x: np.ndarray,
+    t: Any,
+    splitter: BatchSplitter | None = None,
+) -> tuple[np.ndarray, float]:
+    """One step on batch (x, t); returns the network output and the loss E.
+
+    With a ``splitter``, a batch large enough to gain from it runs its forward and backward
+    as sub-batches on all cores (``convnp.parallel.BatchSplitter``): the same three lines on
+    each part, the parts' gradients summed.
+    """
+    if splitter is not None and splitter.worthwhile(x):
+        y, error = splitter.forward_backward(x, t)
+    else:
+        y = model.forward(x)  # x^L: the network's output
+        error = loss.forward(y, t)  # E
+        model.backward(loss.backward(), input_grad=False)  # δ^L = ∂E/∂y, layers in reverse
     error += model.apply_regularizers()  # attached penalties add their value and gradient
     _stop_if_not_finite(model, x, error)
     optimizer.step()  # the solver turns gradients into updates
@@ -132,6 +149,7 @@ def fit(
     history: list[dict[str, Any]] | None = None,
     info: dict[str, Any] | None = None,
     progress: bool = True,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train until ``epochs`` epochs are complete; returns the per-epoch history.
 
@@ -139,9 +157,11 @@ def fit(
     a loader whose shuffling is a function of (seed, epoch) replays the same batches after a
     resume. ``schedule(step)`` sets the optimizer's lr before every step. With ``out_dir``,
     a checkpoint is written atomically after each epoch (plus history.csv/json); ``history``
-    passed back from ``resume`` continues an interrupted run.
+    passed back from ``resume`` continues an interrupted run. ``threads`` caps the cores a
+    large batch is split over (None: all this process may use; 1: never split).
     """
     history = list(history or [])
+    splitter = BatchSplitter(model, loss, threads)
     out = Path(out_dir) if out_dir is not None else None
     for epoch in range(len(history), epochs):
         if hasattr(train, "set_epoch"):
@@ -164,7 +184,7 @@ def fit(
             try:
                 # overflow is detected and reported below; NumPy's warnings would only add noise
                 with np.errstate(over="ignore", invalid="ignore"):
-                    y, error = _train_step(model, loss, optimizer, x, labels)
+                    y, error = train_step(model, loss, optimizer, x, labels, splitter)
             except NonFiniteInputError:
                 where = _first_non_finite_output(model, x)
                 raise TrainingDiverged(f"epoch {epoch + 1}: {where}") from None

@@ -35,6 +35,10 @@ Decisions, made once here for every layer:
    penalty's value; ``Sequential.apply_regularizers()`` runs them after backward, and the
    training loop adds the returned value to the reported loss (e.g. the sparsity penalties
    on learned feature-map combinations, SPEC §4).
+9. **Samples are independent unless a layer says otherwise.** ``samples_independent``
+   (True by default) means a training-mode forward of a batch equals the forwards of its
+   parts, so a large batch may be split across cores (``convnp.parallel.BatchSplitter``).
+   Batch norm (statistics over the batch) and dropout (one random stream) set it False.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ class NonFiniteInputError(ValueError):
 
 class Layer:
     """Base class: holds params/grads/buffers, the cache slot and input validation."""
+
+    samples_independent = True  # decision 9
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}

@@ -29,6 +29,8 @@ class Dropout(Layer):
         any input -> output of the same shape.
     """
 
+    samples_independent = False  # masks come from one random stream
+
     def __init__(self, p: float = 0.5, *, rng: np.random.Generator | None = None) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0:

@@ -41,6 +41,8 @@ class _BatchNorm(Layer):
             mode; if False, eval mode also normalises with the batch's own statistics.
     """
 
+    samples_independent = False  # its statistics span the batch
+
     _layouts: dict[int, str] = {}
 
     def __init__(
