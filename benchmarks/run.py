@@ -28,7 +28,11 @@ import time
 import tracemalloc
 from typing import Any
 
-import numpy as np
+# What `import convnp` sets when it loads before NumPy (see convnp/__init__.py); here NumPy
+# loads first, so set it explicitly. Only OpenBLAS reads it: PyTorch's kernels do not.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 MODELS = {"bouvrie": 50, "lenet5": 64, "modern": 128}  # name -> batch size (the issue's)
 INFERENCE_BATCH = 1000
