@@ -71,7 +71,7 @@ class Linear(Layer):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         (x,) = self._recall()
         delta = self._check_grad_output(dy, (x.shape[0], self.out_features))
-        self.grads["weight"][...] = delta.T @ x  # ∂E/∂W = Σ_n δ xᵀ
+        np.matmul(delta.T, x, out=self.grads["weight"])  # ∂E/∂W = Σ_n δ xᵀ, no temporary
         if "bias" in self.params:
             self.grads["bias"][...] = delta.sum(axis=0)  # ∂E/∂b = Σ_n δ
         return delta @ self.params["weight"]  # ∂E/∂x = Wᵀ δ
