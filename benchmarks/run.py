@@ -109,7 +109,8 @@ class _ConvnpRunner:
         return len(self.test_x) / seconds
 
     def profile(self, repeats: int = 5) -> list[dict[str, Any]]:
-        """Median forward and backward milliseconds of each layer on one training batch."""
+        """Median forward and backward milliseconds of each layer on one training batch,
+        in one pass on the calling thread (a split batch runs these on each part)."""
         x, t = next(self.batches)
         times: list[list[tuple[float, float]]] = []
         for _ in range(repeats):
@@ -120,9 +121,12 @@ class _ConvnpRunner:
                 forward.append(time.perf_counter() - started)
             self.loss.forward(h, t)
             dy, backward = self.loss.backward(), []
-            for layer in reversed(self.model.layers):
-                started = time.perf_counter()
-                dy = layer.backward(dy)
+            for index in reversed(range(len(self.model))):
+                layer, started = self.model[index], time.perf_counter()
+                if index:
+                    dy = layer.backward(dy)
+                else:  # as in training: the first layer computes no input gradient
+                    layer.backward_params(dy)
                 backward.append(time.perf_counter() - started)
             times.append(list(zip(forward, reversed(backward))))
         return [
