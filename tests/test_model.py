@@ -153,3 +153,23 @@ def test_eval_blocks_on_threads_report_bad_input_like_one_pass(rng):
         model.forward(rng.standard_normal((6, 2, 6, 6)))
     with pytest.raises(ValueError, match="NaN|finite"):
         model.forward(x)
+
+
+def test_only_the_network_input_is_scanned_for_nan_and_the_scan_comes_back(rng):
+    from convnp.layers.base import NonFiniteInputError
+
+    class MakesNaN(Sigmoid):  # a layer whose output goes non-finite inside the network
+        def forward(self, x):
+            return super().forward(x) * np.nan
+
+    model = Sequential(Conv2d(1, 2, 3, dtype=np.float64, rng=rng), MakesNaN(), ReLU())
+    y = model.forward(rng.standard_normal((2, 1, 5, 5)))  # inner layers do not re-scan
+    assert np.isnan(y).all()
+    bad = rng.standard_normal((2, 1, 5, 5))
+    bad[0, 0, 0, 0] = np.inf
+    with pytest.raises(NonFiniteInputError, match="layer 0 of 3"):
+        model.forward(bad)  # the network's own input still is
+    with pytest.raises(ValueError, match="layer 0 of 3"):
+        model.forward(rng.standard_normal((2, 3, 5, 5)))
+    with pytest.raises(NonFiniteInputError):  # standalone layers check again afterwards
+        ReLU().forward(np.full((1, 2), np.nan))

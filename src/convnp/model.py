@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from convnp.layers.base import Layer
+from convnp.layers.base import INPUT_IS_INNER, Layer
 from convnp.parallel import available_cores, map_blocks
 
 # Samples per block in eval-mode forward. Measured for the built-in models on 28x28 images,
@@ -67,11 +67,18 @@ class Sequential:
         return np.concatenate(map_blocks(self._forward_layers, blocks, self.inference_threads))
 
     def _forward_layers(self, x: np.ndarray) -> np.ndarray:
-        for index, layer in enumerate(self.layers):
-            try:
-                x = layer.forward(x)
-            except ValueError as error:  # say where in the network the bad input arrived
-                raise type(error)(f"layer {index} of {len(self.layers)}: {error}") from None
+        inner = None  # the first layer checks the network's input for NaN/inf, the rest skip
+        try:
+            for index, layer in enumerate(self.layers):
+                try:
+                    x = layer.forward(x)
+                except ValueError as error:  # say where in the network the bad input arrived
+                    raise type(error)(f"layer {index} of {len(self.layers)}: {error}") from None
+                if inner is None:
+                    inner = INPUT_IS_INNER.set(True)
+        finally:
+            if inner is not None:
+                INPUT_IS_INNER.reset(inner)
         return x
 
     def backward(self, dy: np.ndarray, *, input_grad: bool = True) -> np.ndarray | None:
