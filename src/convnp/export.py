@@ -219,7 +219,7 @@ def _window_average(g: _Graph, layer: _AvgPoolNd, x: str, shape: tuple[int, ...]
     channels = shape[0]
     kernel = np.broadcast_to(weights, (channels, 1, *layer.kernel_size))  # one w per map
     window_sum = g.node("Conv", [x, g.constant(kernel, "window")], group=channels, **attributes)
-    divisor = layer._divisor(spatial, layer.output_shape(spatial))  # D(o)
+    divisor = layer._window_divisor(spatial, layer.output_shape(spatial))  # D(o)
     return g.node("Div", [window_sum, g.constant(divisor, "divisor")])
 
 

@@ -135,7 +135,7 @@ class WeightedAvgPool2d(_Wrapper):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spatial = tuple(x.shape[2:])
         pads, _ = window_pads(self.geometry, spatial)
-        divisor = self.geometry._divisor(spatial, self.geometry.output_shape(spatial))
+        divisor = self.geometry._window_divisor(spatial, self.geometry.output_shape(spatial))
         channels = x.shape[1]
         kernel = self.window.to(x.dtype).expand(channels, 1, *self.window.shape)
         padded = F.pad(x, _torch_pads(zip(pads[:2], pads[2:])))  # pads: befores, then afters

@@ -211,12 +211,23 @@ class _AvgPoolNd(_PoolNd):
         if divisor_override is not None and int(divisor_override) < 1:
             raise ValueError(f"{type(self).__name__}: divisor_override must be a positive int")
         self.divisor_override = None if divisor_override is None else int(divisor_override)
+        self._divisors: dict[tuple, Any] = {}  # D(o) per (input size, output size, dtype)
 
     def _axis_weights(self) -> list[np.ndarray] | None:
         """Per-axis factors of the window weights w (w = their outer product); None: w = 1."""
         return None
 
-    def _divisor(self, spatial: tuple[int, ...], out_shape: tuple[int, ...]) -> Any:
+    def _divisor(self, spatial: tuple[int, ...], out_shape: tuple[int, ...], dtype: Any) -> Any:
+        """D(o) as an array of ``dtype``; computed once per input size (each forward would
+        otherwise spend ~0.1 ms of Python on it), a scalar when every window shares it."""
+        key = (spatial, out_shape, np.dtype(dtype))
+        if key not in self._divisors:
+            divisor = np.asarray(self._window_divisor(spatial, out_shape), dtype=dtype)
+            uniform = divisor.size and (divisor == divisor.flat[0]).all()
+            self._divisors[key] = divisor.flat[0] if uniform else divisor
+        return self._divisors[key]
+
+    def _window_divisor(self, spatial: tuple[int, ...], out_shape: tuple[int, ...]) -> Any:
         """D(o): the sum of w over the window cells that count, a product of per-axis sums."""
         if self.divisor_override is not None:
             return self.divisor_override
@@ -239,7 +250,7 @@ class _AvgPoolNd(_PoolNd):
     def _average(self, x: np.ndarray, out_shape: tuple[int, ...]) -> tuple[np.ndarray, tuple]:
         """y(o) = Σ_k w_k x_pad(o·s + k) / D(o), and what ``_average_backward`` needs."""
         x_padded = self._pad(x, 0.0)
-        divisor = np.asarray(self._divisor(x.shape[2:], out_shape), dtype=x.dtype)
+        divisor = self._divisor(x.shape[2:], out_shape, x.dtype)
         window_sum = _windows.sum_windows(
             self._patches(x_padded, out_shape), self._nd, self._kernel_weights(x.dtype)
         )
