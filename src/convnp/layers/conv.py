@@ -31,9 +31,11 @@ class _ConvNd(Layer):
     ``cols`` of shape (C·K, N·L) (im2col: C input maps, K kernel offsets, N samples, L output
     positions), so the forward is one matrix product W(O, C·K) @ cols, the weight gradient
     one product δ @ colsᵀ, and ∂E/∂cols = Wᵀ @ δ is scattered back to the pixels looping only
-    over the K kernel offsets. Unconnected kernels (outside M_j) are masked in the forward
-    and their gradients are zero, so they stay exactly zero through training. ``groups``
-    is a block-diagonal connection table (depthwise when groups == in_channels).
+    over the K kernel offsets (``_patches``: for stride 1 each offset's patches are one shift
+    of the flat padded images, copied in long contiguous runs). Unconnected kernels (outside
+    M_j) are masked in the forward and their gradients are zero, so they stay exactly zero
+    through training. ``groups`` is a block-diagonal connection table (depthwise when
+    groups == in_channels).
     """
 
     _nd = 0
