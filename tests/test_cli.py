@@ -124,3 +124,15 @@ def test_plot_writes_figures(trained, tmp_path):
     names = {p.name for p in tmp_path.iterdir()}
     assert {"learning_curves.png", "kernels.png", "confusion.png"} <= names
     assert all((tmp_path / name).stat().st_size > 1000 for name in names)
+
+
+def test_bench_passes_its_options_to_the_benchmark_script():
+    result = run("bench", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: run.py" in result.stdout and "--no-scaling" in result.stdout
+
+
+def test_other_commands_still_reject_unknown_options():
+    result = run("summary", "bouvrie", "--bogus")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --bogus" in result.stderr

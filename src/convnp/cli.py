@@ -336,6 +336,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run benchmarks/run.py of this source checkout (it is not part of an installed wheel)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    script = root / "benchmarks" / "run.py"
+    if not script.is_file():
+        raise UsageError(
+            f"convnp bench runs benchmarks/run.py from a source checkout; not found at {script}"
+        )
+    return subprocess.run([sys.executable, str(script), *args.passthrough], cwd=root).returncode
+
+
 # -- argument parsing ---------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -418,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=DATASETS, help="test data (default: as trained)")
     p.add_argument("--data-dir")
     p.set_defaults(handler=cmd_plot)
+
+    p = sub.add_parser(
+        "bench",
+        help="convnp vs PyTorch speed and memory (benchmarks/run.py; options as its --help)",
+        add_help=False,  # --help goes to the benchmark script
+    )
+    p.set_defaults(handler=cmd_bench)  # its options are passed through unparsed
     return parser
 
 
@@ -438,7 +458,11 @@ def _positive_float(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()  # reuse each step's large temporaries instead of page-faulting anew
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.passthrough = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 2
