@@ -51,16 +51,15 @@ class StridedPatches:
         self.matrix = cols.reshape(x.shape[1] * math.prod(kernel_size), -1)
 
     def to_output(self, u: np.ndarray) -> np.ndarray:
-        n = self.padded_shape[0]
         # C-contiguous NCHW: the layers after it stream through memory in order
-        return np.ascontiguousarray(u.reshape(len(u), n, *self.out_shape).swapaxes(0, 1))
+        return np.ascontiguousarray(u.reshape(len(u), self.batch, *self.out_shape).swapaxes(0, 1))
 
     def from_output(self, dy: np.ndarray) -> np.ndarray:
         return dy.swapaxes(0, 1).reshape(dy.shape[1], -1)
 
     def scatter(self, dcols: np.ndarray) -> np.ndarray:
         channels = self.padded_shape[1]
-        dcols = dcols.reshape(channels, *self.kernel_size, self.padded_shape[0], *self.out_shape)
+        dcols = dcols.reshape(channels, *self.kernel_size, self.batch, *self.out_shape)
         dx_padded = _windows.col2im(dcols, self.padded_shape, self.stride, self.dilation)
         return _windows.crop_spatial(dx_padded, self.pads, self.spatial)
 
@@ -79,7 +78,7 @@ class ShiftedPatches:
     ) -> None:
         n, channels = x.shape[:2]
         self.batch, self.channels = n, channels
-        self.spatial, self.out_shape = x.shape[2:], out_shape
+        self.out_shape = out_shape
         self.padded = tuple(s + before + after for s, (before, after) in zip(x.shape[2:], pads))
         self.shifts = _shifts(self.padded, kernel_size, dilation)
         # positions per sample: out_0 rows of the padded grid of the remaining axes

@@ -197,8 +197,7 @@ class _ConvNd(Layer):
     def _param_grads(self, dy: np.ndarray) -> np.ndarray:
         """Fill ∂E/∂b and ∂E/∂k; return δ as an (O, N·L) matrix for the input gradient."""
         (patches,) = self._recall()
-        n = patches.batch
-        dy = self._check_grad_output(dy, (n, self.out_channels, *patches.out_shape))
+        dy = self._check_grad_output(dy, (patches.batch, self.out_channels, *patches.out_shape))
         delta = patches.from_output(dy)  # δ_j as (O, N·L)
         if "bias" in self.params:
             self.grads["bias"][...] = delta.sum(axis=1)  # ∂E/∂b_j = Σ_uv δ_j
