@@ -4,7 +4,7 @@
     python benchmarks/run.py --models modern --windows 3 --no-scaling
 
 For each built-in model, two worker processes (convnp and PyTorch) train the same network
-(PyTorch's copy is made with ``convnp.interop.to_torch``, so the initial weights are equal)
+(PyTorch's copy is made with ``convnp.interop.torch.to_torch``, so the initial weights are equal)
 on the same batches (one DataLoader seed) and are driven in turns, A, B, A, B, ..., so both
 see the same machine conditions. Reported per model: training images/s (median over timed
 windows after a warm-up window), inference images/s at batch 1000 (median of repeats), each
@@ -54,9 +54,9 @@ def _peak_rss_mb() -> float:
 
 class _ConvnpRunner:
     def __init__(self, name: str, batch_size: int, seed: int) -> None:
-        from convnp import zoo
+        from convnp.app import zoo
         from convnp.data import DataLoader
-        from convnp.parallel import BatchSplitter
+        from convnp.runtime.parallel import BatchSplitter
 
         recipe = zoo.get_recipe(name)
         self.model = recipe.build(rng=np.random.default_rng(seed))
@@ -145,7 +145,7 @@ class _TorchRunner(_ConvnpRunner):
     def __init__(self, name: str, batch_size: int, seed: int) -> None:
         import torch
 
-        from convnp.interop import to_torch
+        from convnp.interop.torch import to_torch
 
         super().__init__(name, batch_size, seed)
         torch.set_num_threads(os.cpu_count() or 1)
@@ -196,7 +196,7 @@ class _TorchRunner(_ConvnpRunner):
 
 
 def _worker(framework: str, name: str, batch_size: int, seed: int, conn: Any) -> None:
-    from convnp.allocator import keep_freed_memory
+    from convnp.runtime.allocator import keep_freed_memory
 
     keep_freed_memory()  # as the convnp command does; applied to both frameworks alike
     runner_class = _ConvnpRunner if framework == "convnp" else _TorchRunner
@@ -271,10 +271,10 @@ def compare(name: str, windows: int, steps: int, seed: int, with_torch: bool) ->
 
 def scaling(seed: int) -> dict[str, Any]:
     """convnp ``modern``: images/s and peak NumPy memory vs batch size and vs image size."""
-    from convnp import zoo
+    from convnp.app import zoo
     from convnp.losses import CrossEntropyLoss
     from convnp.optim import Adam
-    from convnp.parallel import BatchSplitter
+    from convnp.runtime.parallel import BatchSplitter
     from convnp.train import train_step
 
     def measure(batch: int, side: int) -> dict[str, float]:

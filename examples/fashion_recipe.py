@@ -1,6 +1,6 @@
 """Train the built-in ``fashion`` recipe on full Fashion-MNIST with the library directly.
 
-The recipe (``convnp.zoo.RECIPES["fashion"]``) names the architecture, SGD settings, cosine
+The recipe (``convnp.app.zoo.RECIPES["fashion"]``) names the architecture, SGD settings, cosine
 schedule, input normalisation and, in ``extra["augment"]``, the training augmentation as a
 ``convnp.data.augment.build`` description; ``make_loss``, ``make_optimizer`` and
 ``make_augmentation`` turn them into objects, as ``convnp train --model fashion --data
@@ -17,7 +17,8 @@ import time
 
 import numpy as np
 
-from convnp import io, schedules, train, zoo
+from convnp import io, schedules, train
+from convnp.app import zoo
 from convnp.data import DataLoader, augment, load_dataset
 
 

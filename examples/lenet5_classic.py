@@ -9,7 +9,7 @@ softmax output with cross-entropy.
 Both are trained with their recipes' optimizer settings for the same number of epochs on
 mnist5k (4,000 training images) and on a Fashion-MNIST training subset, and tested on the
 full test sets. Each run folder (model.safetensors, history.json) goes under ``--runs``;
-with matplotlib installed, ``convnp.plot.plot_run`` draws the classic model's figures
+with matplotlib installed, ``convnp.app.plot.plot_run`` draws the classic model's figures
 into ``--figures``/lenet5-classic-<data>/.
 
 Run (about 10 minutes on two busy cores):
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from convnp import io, train, zoo
+from convnp import io, train
+from convnp.app import zoo
 from convnp.data import DataLoader, load_dataset
 
 
@@ -106,7 +107,7 @@ def main() -> None:
             if model_name == "lenet5-classic":
                 classic_runs.append(result)
     try:
-        from convnp.plot import plot_run
+        from convnp.app.plot import plot_run
     except ImportError:
         return
     for result in classic_runs:

@@ -139,7 +139,7 @@ def main() -> None:
                 flush=True,
             )
 
-    from convnp.plot import plot_alpha
+    from convnp.app.plot import plot_alpha
 
     panels = {
         f"{r['data']}, {r['penalty']}: acc {r['accuracy']:.3f}, "

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from helpers import assert_gradients_match_numeric
 
-from convnp import io, train, zoo
+from convnp import io, train
+from convnp.app import zoo
 from convnp.data import DataLoader, load_dataset
 from convnp.gradcheck import numerical_gradient, relative_error
 from convnp.layers import Conv2d, EuclideanRBF, Linear, ScaledTanh, Subsample2d

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from convnp import train
-from convnp.architectures import from_string
+from convnp.app.architectures import from_string
 from convnp.data import DataLoader, load_dataset
 from convnp.losses import CrossEntropyLoss
 from convnp.optim import SGD, Adam

@@ -2,6 +2,6 @@
 
 import sys
 
-from convnp.cli import main
+from convnp.app.cli import main
 
 sys.exit(main())

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from convnp.layers.base import INPUT_IS_INNER, Layer
-from convnp.parallel import available_cores, map_blocks
+from convnp.runtime.parallel import available_cores, map_blocks
 
 # Samples per block in eval-mode forward. Measured for the built-in models on 28x28 images,
 # batch 1000, 2 cores: 64 is best or within noise of best for all three (32 to 256 tried).
@@ -56,7 +56,7 @@ class Sequential:
         In eval mode a batch larger than ``inference_block`` samples goes through the whole
         network block by block, so each layer's output is still in the CPU cache when the
         next layer reads it (depth-first, as fused inference engines do), and the blocks run
-        on ``inference_threads`` cores at once (``convnp.parallel``). Eval-mode layers treat
+        on ``inference_threads`` cores at once (``convnp.runtime.parallel``). Eval-mode layers treat
         samples independently, so the result equals one pass over the batch. Set
         ``inference_threads = 1`` to keep inference on the calling thread.
         """

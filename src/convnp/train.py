@@ -23,7 +23,7 @@ from convnp import io
 from convnp.layers.base import NonFiniteInputError
 from convnp.model import Sequential
 from convnp.optim import SGD, Adam, Optimizer
-from convnp.parallel import BatchSplitter
+from convnp.runtime.parallel import BatchSplitter
 
 CHECKPOINT_FORMAT = "convnp-checkpoint"
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -52,7 +52,7 @@ def train_step(
     """One step on batch (x, t); returns the network output and the loss E.
 
     With a ``splitter``, a batch large enough to gain from it runs its forward and backward
-    as sub-batches on all cores (``convnp.parallel.BatchSplitter``): the same three lines on
+    as sub-batches on all cores (``convnp.runtime.parallel.BatchSplitter``): the same three lines on
     each part, the parts' gradients summed.
     """
     if splitter is not None and splitter.worthwhile(x):

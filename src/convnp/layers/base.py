@@ -37,7 +37,7 @@ Decisions, made once here for every layer:
    on learned feature-map combinations, SPEC §4).
 9. **Samples are independent unless a layer says otherwise.** ``samples_independent``
    (True by default) means a training-mode forward of a batch equals the forwards of its
-   parts, so a large batch may be split across cores (``convnp.parallel.BatchSplitter``).
+   parts, so a large batch may be split across cores (``convnp.runtime.parallel.BatchSplitter``).
    Batch norm (statistics over the batch) and dropout (one random stream) set it False.
 """
 

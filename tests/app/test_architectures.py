@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convnp import architectures, zoo
+from convnp.app import architectures, zoo
 from convnp.layers import (
     AvgPool2d,
     Conv2d,

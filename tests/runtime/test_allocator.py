@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from convnp.allocator import keep_freed_memory
+from convnp.runtime.allocator import keep_freed_memory
 
 
 def test_keep_freed_memory_applies_on_glibc_and_arrays_still_work():

@@ -17,7 +17,7 @@ from sklearn.preprocessing import FunctionTransformer  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 from convnp.data import load_dataset  # noqa: E402
-from convnp.sklearn import ConvNetClassifier  # noqa: E402
+from convnp.interop.sklearn import ConvNetClassifier  # noqa: E402
 
 # scikit-learn's checks feed small tabular data (2-10 features), read as 1×F images: a
 # dense network, and one with a 1×1 convolution so the conv path runs too. 20 epochs at

@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from convnp import architectures, export, io, schedules, train, zoo
-from convnp.allocator import keep_freed_memory
+from convnp import io, schedules, train
+from convnp.app import architectures, zoo
 from convnp.data import DATASETS, DataLoader, augment, load_dataset
 from convnp.gradcheck import gradcheck
+from convnp.interop import onnx as onnx_export
 from convnp.model import Sequential
 from convnp.optim import Optimizer
+from convnp.runtime.allocator import keep_freed_memory
 
 DEFAULT_MODEL = "bouvrie"
 DEFAULT_DATA = "mnist5k"
@@ -311,19 +313,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     kept = ("dataset", "class_names", "normalize", "loss")
     metadata = {key: info[key] for key in kept if key in info}
     try:
-        export.to_onnx(model, args.out, shape, opset=args.opset, metadata=metadata)
+        onnx_export.to_onnx(model, args.out, shape, opset=args.opset, metadata=metadata)
     except ImportError as error:
         raise UsageError(str(error)) from None
     print(
-        f"wrote {args.out}: ONNX opset {args.opset}, input '{export.INPUT_NAME}' "
-        f"(batch, {', '.join(map(str, shape))}), output '{export.OUTPUT_NAME}'"
+        f"wrote {args.out}: ONNX opset {args.opset}, input '{onnx_export.INPUT_NAME}' "
+        f"(batch, {', '.join(map(str, shape))}), output '{onnx_export.OUTPUT_NAME}'"
     )
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     try:
-        from convnp import plot
+        from convnp.app import plot
     except ImportError as error:
         raise UsageError(str(error)) from None
     data = load_dataset(args.data, data_dir=args.data_dir) if args.data else None
@@ -340,7 +342,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run benchmarks/run.py of this source checkout (it is not part of an installed wheel)."""
     import subprocess
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     script = root / "benchmarks" / "run.py"
     if not script.is_file():
         raise UsageError(
@@ -420,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one input without the batch axis, e.g. 1 28 28 (default: as trained)",
     )
     p.add_argument(
-        "--opset", type=int, default=export.OPSET, help=f"ONNX opset (>= {export.OPSET})"
+        "--opset", type=int, default=onnx_export.OPSET, help=f"ONNX opset (>= {onnx_export.OPSET})"
     )
     p.set_defaults(handler=cmd_export)
 

@@ -39,12 +39,12 @@ try:
     from torch import nn
 except ImportError as error:  # pragma: no cover - exercised only without torch
     raise ImportError(
-        "convnp.interop needs PyTorch: pip install torch (the CPU wheel is enough)"
+        "convnp.interop.torch needs PyTorch: pip install torch (the CPU wheel is enough)"
     ) from error
 
 from convnp import io
 from convnp import layers as L
-from convnp.export import grouped_weight, window_pads
+from convnp.interop.onnx import grouped_weight, window_pads
 from convnp.layers.base import Layer
 from convnp.layers.combine import FeatureMapCombination as _FeatureMapCombination
 from convnp.layers.dropout import Dropout, Dropout2d

@@ -1,4 +1,4 @@
-"""convnp.parallel: blocks mapped on threads come back in order, errors propagate, BLAS is
+"""convnp.runtime.parallel: blocks mapped on threads come back in order, errors propagate, BLAS is
 limited to one thread while the blocks run (then restored); a training batch split across
 threads gives the one-pass output, loss and gradients, and fit trains the same way split."""
 
@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convnp import Sequential, parallel, zoo
+from convnp import Sequential
+from convnp.app import zoo
 from convnp.layers import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
 from convnp.losses import CrossEntropyLoss, SquaredErrorLoss
+from convnp.runtime import parallel
 
 
 def test_map_blocks_keeps_order_on_any_thread_count():

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from convnp import architectures, io, zoo
+from convnp import io
+from convnp.app import architectures, zoo
 from convnp.data import augment
 from convnp.layers import (
     BatchNorm1d,

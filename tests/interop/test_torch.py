@@ -13,9 +13,10 @@ torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
 
-from convnp import interop, zoo  # noqa: E402
 from convnp import layers as L  # noqa: E402
+from convnp.app import zoo  # noqa: E402
 from convnp.data import load_dataset  # noqa: E402
+from convnp.interop import torch as torch_interop  # noqa: E402
 from convnp.layers.combine import FeatureMapCombination  # noqa: E402
 from convnp.layers.dropout import Dropout, Dropout2d  # noqa: E402
 from convnp.layers.local import LocallyConnected2d  # noqa: E402
@@ -82,7 +83,7 @@ def _convnp_layout(name: str, grad: np.ndarray, model: Sequential) -> np.ndarray
 
 def assert_same_function(model: Sequential, x: np.ndarray, seed: int = 0) -> float:
     """Forward, dx, every parameter gradient and every buffer, convnp vs to_torch(model)."""
-    module = interop.to_torch(model)
+    module = torch_interop.to_torch(model)
     y = model.forward(x)
     dy = np.random.default_rng(seed).standard_normal(y.shape).astype(x.dtype)
     dx = model.backward(dy)
@@ -113,7 +114,7 @@ def _table(out_channels: int, in_channels: int, seed: int) -> np.ndarray:
     return table
 
 
-# (id, input shape, factory): together every class in interop.TO_TORCH, plus the cases
+# (id, input shape, factory): together every class in torch_interop.TO_TORCH, plus the cases
 # that decide between a torch.nn module and a wrapper (tables, flips, asymmetric padding).
 CASES: list[tuple[str, tuple[int, ...], Callable[[], Sequential]]] = [
     (
@@ -280,13 +281,13 @@ def test_built_in_models_match_torch(name: str, dtype, images) -> None:
 
 def test_every_layer_has_a_case() -> None:
     covered = {type(layer) for _, _, factory in CASES for layer in factory()}
-    assert set(interop.TO_TORCH) <= covered, set(interop.TO_TORCH) - covered
+    assert set(torch_interop.TO_TORCH) <= covered, set(torch_interop.TO_TORCH) - covered
 
 
 @pytest.mark.parametrize("shape, factory", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_round_trip_restores_the_model(shape, factory) -> None:
     model = _randomise(factory(), 4)
-    back = interop.from_torch(interop.to_torch(model))
+    back = torch_interop.from_torch(torch_interop.to_torch(model))
     assert len(back) == len(model)
     renamed = {L.GlobalAvgPool2d: L.AdaptiveAvgPool2d, L.GlobalMaxPool2d: L.AdaptiveMaxPool2d}
     for ours, theirs in zip(model, back):
@@ -304,27 +305,27 @@ def test_conv_configs_survive_where_torch_can_say_them() -> None:
         L.Conv2d(2, 4, 3, padding="same", groups=2),
         L.Conv2d(4, 4, 3, padding="full", connection_table=_table(4, 4, 0), flip_kernel=True),
     )
-    module = interop.to_torch(model)
+    module = torch_interop.to_torch(model)
     assert type(module[0]) is nn.Conv2d and module[0].padding == "same"
-    assert type(module[1]) is interop.ConvNd
-    back = interop.from_torch(module)
+    assert type(module[1]) is torch_interop.ConvNd
+    back = torch_interop.from_torch(module)
     assert back[0].config() == model[0].config()
     assert back[1].config() == model[1].config()
 
 
 def test_modes_and_dtype_carry_over(images) -> None:
     model = zoo.get_recipe("lenet5").build(dtype=np.float64, rng=np.random.default_rng(5))
-    module = interop.to_torch(model.eval())
+    module = torch_interop.to_torch(model.eval())
     assert not module.training
     assert all(p.dtype == torch.float64 for p in module.parameters())
-    back = interop.from_torch(module)
+    back = torch_interop.from_torch(module)
     assert not back.training and back.dtype == np.float64
-    assert interop.from_torch(module.train()).training
+    assert torch_interop.from_torch(module.train()).training
 
 
 def test_dropout_models_agree_in_eval_mode(images) -> None:
     model = Sequential(L.Flatten(), L.Linear(784, 20, **_rng(6)), Dropout(0.5), L.ReLU())
-    module = interop.to_torch(model.eval())
+    module = torch_interop.to_torch(model.eval())
     x = images[:8].astype(np.float32)
     np.testing.assert_allclose(
         module(torch.from_numpy(x)).detach().numpy(), model.predict(x), rtol=1e-5, atol=1e-6
@@ -334,7 +335,7 @@ def test_dropout_models_agree_in_eval_mode(images) -> None:
 def test_fine_tune_in_torch_then_continue_in_convnp(images) -> None:
     labels = load_dataset("mnist5k").test_labels[::125]
     model = zoo.get_recipe("lenet5").build(rng=np.random.default_rng(7))
-    module = interop.to_torch(model)
+    module = torch_interop.to_torch(model)
     optimizer = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
     x = torch.from_numpy(images.astype(np.float32))
     target = torch.from_numpy(labels.astype(np.int64))
@@ -344,7 +345,7 @@ def test_fine_tune_in_torch_then_continue_in_convnp(images) -> None:
         loss = nn.functional.cross_entropy(module(x), target)
         loss.backward()
         optimizer.step()
-    tuned = interop.from_torch(module.eval())
+    tuned = torch_interop.from_torch(module.eval())
     expected = module(x).detach().numpy()
     np.testing.assert_allclose(tuned.predict(images.astype(np.float32)), expected, atol=1e-5)
     assert nn.functional.cross_entropy(torch.from_numpy(expected), target).item() < before
@@ -360,7 +361,7 @@ def test_from_torch_reads_a_torch_built_model(images) -> None:
         nn.Flatten(),
         nn.Linear(8 * 6 * 6, 10),
     ).double()
-    model = interop.from_torch(module)
+    model = torch_interop.from_torch(module)
     assert [type(layer).__name__ for layer in model] == [
         "Conv2d",
         "BatchNorm2d",
@@ -402,12 +403,12 @@ def test_from_torch_reads_a_torch_built_model(images) -> None:
 )
 def test_from_torch_refuses_with_the_module_named(module, message) -> None:
     with pytest.raises(ValueError, match=rf"module 1 \(.*{message}"):
-        interop.from_torch(nn.Sequential(nn.ReLU(), module))
+        torch_interop.from_torch(nn.Sequential(nn.ReLU(), module))
 
 
 def test_half_precision_is_refused() -> None:
     with pytest.raises(ValueError, match="float32 or float64"):
-        interop.from_torch(nn.Sequential(nn.Linear(2, 2).half()))
+        torch_interop.from_torch(nn.Sequential(nn.Linear(2, 2).half()))
 
 
 def test_to_torch_refuses_unknown_layers() -> None:
@@ -415,12 +416,12 @@ def test_to_torch_refuses_unknown_layers() -> None:
         pass
 
     with pytest.raises(ValueError, match=r"layer 0 \(Custom\(\)\) has no torch counterpart"):
-        interop.to_torch(Sequential(Custom()))
+        torch_interop.to_torch(Sequential(Custom()))
 
 
 def test_wrappers_copy_rather_than_share_memory() -> None:
     model = Sequential(L.Subsample2d(2, 2), L.Conv2d(2, 2, 3, flip_kernel=True))
-    module = interop.to_torch(model)
+    module = torch_interop.to_torch(model)
     before = copy.deepcopy(model.state_dict())
     with torch.no_grad():
         for parameter in module.parameters():

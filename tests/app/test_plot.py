@@ -1,4 +1,4 @@
-"""convnp.plot: every figure is a readable PNG; plot_run writes what applies to a run."""
+"""convnp.app.plot: every figure is a readable PNG; plot_run writes what applies to a run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from convnp import io, plot  # noqa: E402
+from convnp import io
+from convnp.app import plot  # noqa: E402
 from convnp.data import Dataset  # noqa: E402
 from convnp.layers import (  # noqa: E402
     AvgPool2d,
@@ -126,7 +127,7 @@ def test_plot_run_writes_every_applicable_figure(rng, tmp_path):
 
 
 def test_core_never_imports_matplotlib():
-    code = "import sys, convnp, convnp.train, convnp.cli; print('matplotlib' in sys.modules)"
+    code = "import sys, convnp, convnp.train, convnp.app.cli; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from convnp import io, train, zoo
+from convnp import io, train
+from convnp.app import zoo
 from convnp.data import DataLoader, Dataset, channel_stats, load_dataset
 from convnp.layers import (
     AdaptiveAvgPool2d,
@@ -60,7 +61,7 @@ def _figure(width: float, height: float) -> Any:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("convnp.plot needs matplotlib: pip install 'convnp[plot]'") from None
+        raise ImportError("convnp.app.plot needs matplotlib: pip install 'convnp[plot]'") from None
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure

@@ -3,7 +3,7 @@
 It follows scikit-learn's estimator contract (parameters stored untouched by ``__init__``,
 ``fit`` returns self, fitted state in attributes ending in "_"), so it works with
 ``clone``, ``Pipeline``, ``cross_val_score`` and ``GridSearchCV``. Training is
-``convnp.train.fit`` with a ``convnp.zoo`` recipe's loss, optimizer and defaults; there is
+``convnp.train.fit`` with a ``convnp.app.zoo`` recipe's loss, optimizer and defaults; there is
 no second training loop here.
 
 Needs scikit-learn >= 1.6 (``pip install 'convnp[sklearn]'``); importing this module
@@ -24,10 +24,11 @@ try:
     from sklearn.utils.validation import check_is_fitted, validate_data
 except ImportError as error:  # pragma: no cover - exercised only without scikit-learn
     raise ImportError(
-        "convnp.sklearn needs scikit-learn >= 1.6: pip install 'convnp[sklearn]'"
+        "convnp.interop.sklearn needs scikit-learn >= 1.6: pip install 'convnp[sklearn]'"
     ) from error
 
-from convnp import architectures, train, zoo
+from convnp import train
+from convnp.app import architectures, zoo
 from convnp.data import DataLoader, channel_stats
 from convnp.model import Sequential
 from convnp.optim import Optimizer
@@ -64,9 +65,9 @@ class ConvNetClassifier(ClassifierMixin, BaseEstimator):
     """A convnp network as a scikit-learn classifier.
 
     Args:
-        model: a built-in recipe name (``convnp.zoo.RECIPES``: loss, optimizer, lr, batch
+        model: a built-in recipe name (``convnp.app.zoo.RECIPES``: loss, optimizer, lr, batch
             size and epochs come from it), an architecture string in
-            ``convnp.architectures`` notation (e.g. "32c3p1-relu-2m-64f-relu"; trained like
+            ``convnp.app.architectures`` notation (e.g. "32c3p1-relu-2m-64f-relu"; trained like
             the "modern" recipe, or with squared error if its output is a sigmoid), or a
             function ``(input_shape, num_classes, *, dtype, rng) -> Sequential``.
         epochs: passes over the data in ``fit`` (None: the recipe's).

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from convnp import architectures
+from convnp.app import architectures
 from convnp.data import augment
 from convnp.layers import Conv2d, EuclideanRBF, Flatten, Linear, ScaledTanh, Subsample2d
 from convnp.losses import CrossEntropyLoss, RBFEnergyLoss, SquaredErrorLoss
@@ -34,7 +34,7 @@ def make_loss(kind: str) -> Any:
 class Recipe:
     """A named architecture plus its recommended training set-up.
 
-    ``architecture``: a string in ``convnp.architectures``' notation, or a function
+    ``architecture``: a string in ``convnp.app.architectures``' notation, or a function
     ``(input_shape, num_classes, *, dtype, rng) -> Sequential`` for networks the notation
     cannot express. ``loss``: "squared_error" (sigmoid outputs, one-of-c targets, SPEC §1)
     or "cross_entropy" (logits), or "rbf" (EuclideanRBF energies, ``RBFEnergyLoss``).

@@ -12,9 +12,10 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from convnp import export, zoo  # noqa: E402
 from convnp import layers as L  # noqa: E402
+from convnp.app import zoo  # noqa: E402
 from convnp.data import load_dataset  # noqa: E402
+from convnp.interop import onnx as onnx_export  # noqa: E402
 from convnp.layers.combine import FeatureMapCombination  # noqa: E402
 from convnp.layers.dropout import Dropout, Dropout2d  # noqa: E402
 from convnp.layers.local import LocallyConnected2d  # noqa: E402
@@ -34,13 +35,13 @@ def images() -> np.ndarray:
 
 def run_onnx(proto, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {export.INPUT_NAME: x})[0]
+    return session.run(None, {onnx_export.INPUT_NAME: x})[0]
 
 
 def assert_exports_exactly(model: Sequential, x: np.ndarray, tmp_path=None) -> float:
     """Export (to a file if tmp_path is given), check, run in onnxruntime, compare."""
     path = None if tmp_path is None else tmp_path / "model.onnx"
-    proto = export.to_onnx(model, path, x.shape[1:])
+    proto = onnx_export.to_onnx(model, path, x.shape[1:])
     if path is not None:
         proto = onnx.load(path)
     onnx.checker.check_model(proto, full_check=True)
@@ -290,7 +291,7 @@ def test_exportable_layers_match_onnxruntime(shape, factory, images: np.ndarray)
 
 def test_every_converter_is_tested() -> None:
     covered = {type(layer) for _, _, factory in CASES for layer in factory()}
-    assert set(export.CONVERTERS) <= covered, set(export.CONVERTERS) - covered
+    assert set(onnx_export.CONVERTERS) <= covered, set(onnx_export.CONVERTERS) - covered
 
 
 def _random_model(rng: np.random.Generator) -> Sequential:
@@ -352,14 +353,14 @@ def test_random_models_match_onnxruntime(seed: int, images: np.ndarray) -> None:
     ids=repr,
 )
 def test_operator_mapping(layer, shape, ops) -> None:
-    proto = export.to_onnx(Sequential(layer), None, shape)
+    proto = onnx_export.to_onnx(Sequential(layer), None, shape)
     assert [node.op_type for node in proto.graph.node] == ops
 
 
 def test_batch_axis_is_dynamic_and_model_untouched(images: np.ndarray) -> None:
     model = zoo.get_recipe("modern").build(rng=np.random.default_rng(4))
     before = model.state_dict()
-    proto = export.to_onnx(model, None, (1, 28, 28))
+    proto = onnx_export.to_onnx(model, None, (1, 28, 28))
     assert model.training
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(value, before[name])
@@ -373,7 +374,7 @@ def test_batch_axis_is_dynamic_and_model_untouched(images: np.ndarray) -> None:
 
 def test_initializers_named_like_state_dict() -> None:
     model = zoo.get_recipe("modern").build(rng=np.random.default_rng(5))
-    proto = export.to_onnx(model, None, (1, 28, 28))
+    proto = onnx_export.to_onnx(model, None, (1, 28, 28))
     names = {init.name for init in proto.graph.initializer}
     assert {"0.weight", "0.bias", "7.weight", "9.bias"} <= names
     weight = next(i for i in proto.graph.initializer if i.name == "7.weight")
@@ -382,7 +383,7 @@ def test_initializers_named_like_state_dict() -> None:
 
 def test_flip_kernel_is_baked_into_the_weights() -> None:
     conv = L.Conv2d(1, 2, 3, flip_kernel=True, rng=np.random.default_rng(6))
-    proto = export.to_onnx(Sequential(conv), None, (1, 5, 5))
+    proto = onnx_export.to_onnx(Sequential(conv), None, (1, 5, 5))
     weight = onnx.numpy_helper.to_array(proto.graph.initializer[0])
     np.testing.assert_array_equal(weight, conv.params["weight"][:, :, ::-1, ::-1])
 
@@ -390,7 +391,9 @@ def test_flip_kernel_is_baked_into_the_weights() -> None:
 def test_metadata_and_opset(tmp_path) -> None:
     model = Sequential(L.Flatten(), L.Linear(4, 2, rng=np.random.default_rng(7)))
     path = tmp_path / "sub" / "m.onnx"
-    export.to_onnx(model, path, (1, 2, 2), opset=18, metadata={"classes": ["a", "b"], "k": "v"})
+    onnx_export.to_onnx(
+        model, path, (1, 2, 2), opset=18, metadata={"classes": ["a", "b"], "k": "v"}
+    )
     proto = onnx.load(path)
     assert dict((p.key, p.value) for p in proto.metadata_props) == {
         "classes": '["a", "b"]',
@@ -398,24 +401,24 @@ def test_metadata_and_opset(tmp_path) -> None:
     }
     assert proto.opset_import[0].version == 18
     with pytest.raises(ValueError, match="opset must be >= 17"):
-        export.to_onnx(model, None, (1, 2, 2), opset=13)
+        onnx_export.to_onnx(model, None, (1, 2, 2), opset=13)
 
 
 def test_float64_models_export_as_float32_or_float64(images: np.ndarray) -> None:
     model = zoo.get_recipe("lenet5").build(dtype=np.float64, rng=np.random.default_rng(8))
     model32 = zoo.get_recipe("lenet5").build(rng=np.random.default_rng(8))
     x = images[:4].astype(np.float64)
-    proto = export.to_onnx(model, None, (1, 28, 28))  # float32 by default
+    proto = onnx_export.to_onnx(model, None, (1, 28, 28))  # float32 by default
     np.testing.assert_allclose(
         run_onnx(proto, images[:4]), model32.predict(images[:4]), rtol=1e-5, atol=1e-5
     )
     dense = Sequential(
         L.Flatten(), L.Linear(784, 10, dtype=np.float64, rng=np.random.default_rng(9)), L.Tanh()
     )
-    proto = export.to_onnx(dense, None, (1, 28, 28), dtype=np.float64)
+    proto = onnx_export.to_onnx(dense, None, (1, 28, 28), dtype=np.float64)
     np.testing.assert_allclose(run_onnx(proto, x), dense.predict(x), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="float32 or float64"):
-        export.to_onnx(dense, None, (1, 28, 28), dtype=np.float16)
+        onnx_export.to_onnx(dense, None, (1, 28, 28), dtype=np.float16)
 
 
 def test_unknown_layer_is_named() -> None:
@@ -423,34 +426,36 @@ def test_unknown_layer_is_named() -> None:
         pass
 
     model = Sequential(L.Flatten(), Custom())
-    with pytest.raises(export.ExportError, match=r"layer 1 \(Custom\(\)\): Custom cannot be"):
-        export.to_onnx(model, None, (4,))
+    with pytest.raises(onnx_export.ExportError, match=r"layer 1 \(Custom\(\)\): Custom cannot be"):
+        onnx_export.to_onnx(model, None, (4,))
 
 
 def test_adaptive_pool_needs_divisible_sizes() -> None:
     model = Sequential(L.ReLU(), L.AdaptiveAvgPool2d(5))
-    with pytest.raises(export.ExportError, match=r"layer 1 \(AdaptiveAvgPool2d.*not a multiple"):
-        export.to_onnx(model, None, (1, 28, 28))
-    export.to_onnx(model, None, (1, 25, 30))  # divisible: fine
+    with pytest.raises(
+        onnx_export.ExportError, match=r"layer 1 \(AdaptiveAvgPool2d.*not a multiple"
+    ):
+        onnx_export.to_onnx(model, None, (1, 28, 28))
+    onnx_export.to_onnx(model, None, (1, 25, 30))  # divisible: fine
 
 
 def test_batch_statistics_in_eval_are_refused() -> None:
     model = Sequential(BatchNorm2d(1, track_running_stats=False))
-    with pytest.raises(export.ExportError, match="layer 0 .*track_running_stats=False"):
-        export.to_onnx(model, None, (1, 4, 4))
+    with pytest.raises(onnx_export.ExportError, match="layer 0 .*track_running_stats=False"):
+        onnx_export.to_onnx(model, None, (1, 4, 4))
 
 
 def test_missing_onnx_gives_install_hint(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ImportError, match=r"pip install 'convnp\[onnx\]'"):
-        export.to_onnx(Sequential(L.ReLU()), None, (1, 2, 2))
+        onnx_export.to_onnx(Sequential(L.ReLU()), None, (1, 2, 2))
 
 
 def test_core_does_not_import_onnx() -> None:
     import subprocess
 
     code = (
-        "import sys, convnp, convnp.export, convnp.cli, convnp.train, convnp.zoo; "
+        "import sys, convnp, convnp.interop.onnx, convnp.app.cli, convnp.train, convnp.app.zoo; "
         "print(any(m in sys.modules for m in ('onnx', 'onnxruntime', 'sklearn')))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

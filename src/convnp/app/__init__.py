@@ -1,0 +1,1 @@
+"""The application: command line, built-in recipes, architecture strings, plots."""

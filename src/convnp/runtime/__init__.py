@@ -1,0 +1,1 @@
+"""Execution machinery at the edge: parallel execution and process tuning, called explicitly."""
