@@ -1,4 +1,4 @@
-"""Model files: weights in safetensors format, the architecture as JSON in its metadata.
+"""Model files and checkpoints: weights in safetensors format, the architecture as JSON.
 
 A convnp model file is a standard ``.safetensors`` file (readable by any safetensors
 library) whose tensors are ``Sequential.state_dict()`` (dotted names, e.g. ``"0.weight"``)
@@ -13,6 +13,12 @@ Loading parses JSON and raw tensor bytes only: there is no pickle anywhere, so a
 file cannot run code. Layers are rebuilt through the explicit ``LAYER_TYPES`` table.
 Files are written atomically (temporary file, then ``os.replace``), so a crash mid-write
 never leaves a half-written file under the final name.
+
+A checkpoint (``save_checkpoint``) is the same kind of file with format
+"convnp-checkpoint": the model's tensors under ``model/``, the optimizer's state under
+``optimizer/``, and in its metadata the architecture, the optimizer's type and config, the
+history so far, the layers' RNG states and the run's ``info``; ``resume`` rebuilds all of
+it so ``convnp.train.fit`` continues bit for bit.
 """
 
 from __future__ import annotations
@@ -30,9 +36,13 @@ import safetensors.numpy
 
 from convnp import layers as L
 from convnp.model import Sequential
+from convnp.optim import Optimizer, optimizer_class
 
 FORMAT_NAME = "convnp"
 FORMAT_VERSION = 1
+CHECKPOINT_FORMAT = "convnp-checkpoint"
+CHECKPOINT_NAME = "checkpoint.safetensors"  # in a run folder
+MODEL_NAME = "model.safetensors"  # in a run folder
 
 # The explicit table of what a model file may contain: only these classes can be built.
 LAYER_TYPES: dict[str, type[L.Layer]] = {
@@ -182,3 +192,79 @@ def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     _, metadata = load_tensors(path, metadata_only=True)
     return _parse_metadata(path, metadata)[1]
+
+
+# -- checkpoints ------------------------------------------------------------------------
+def _rng_states(model: Sequential) -> dict[str, Any]:
+    """Bit-generator states of layers that draw random numbers while training (dropout)."""
+    return {
+        str(index): layer.rng.bit_generator.state
+        for index, layer in enumerate(model)
+        if isinstance(getattr(layer, "rng", None), np.random.Generator)
+    }
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: Sequential,
+    optimizer: Optimizer,
+    history: list[dict[str, Any]],
+    info: dict[str, Any] | None = None,
+) -> None:
+    """Model, optimizer state, history and layer RNG states in one safetensors file."""
+    tensors = {f"model/{key}": value for key, value in model.state_dict().items()}
+    tensors.update({f"optimizer/{key}": value for key, value in optimizer.state_dict().items()})
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "dtype": str(model.dtype),
+        "architecture": json.dumps(architecture(model)),
+        "optimizer": json.dumps({"type": type(optimizer).__name__, "config": optimizer.config()}),
+        "history": json.dumps(history),
+        "rng_states": json.dumps(_rng_states(model)),
+        "info": json.dumps(info or {}),
+    }
+    save_tensors(path, tensors, metadata)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Parse a checkpoint: model (rebuilt), optimizer spec and state, history, info."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    tensors, metadata = load_tensors(path)
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a convnp checkpoint")
+    try:
+        model = build(json.loads(metadata["architecture"]), dtype=metadata["dtype"])
+        model.load_state_dict(_with_prefix(tensors, "model/"))
+        for index, state in json.loads(metadata["rng_states"]).items():
+            model[int(index)].rng.bit_generator.state = state
+        return {
+            "model": model,
+            "optimizer": json.loads(metadata["optimizer"]),
+            "optimizer_state": _with_prefix(tensors, "optimizer/"),
+            "history": json.loads(metadata["history"]),
+            "info": json.loads(metadata["info"]),
+        }
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: corrupt checkpoint ({error})") from None
+
+
+def resume(path: str | Path) -> tuple[Sequential, Optimizer, list[dict[str, Any]], dict[str, Any]]:
+    """Model, optimizer (with its state), history and info from a checkpoint, ready for
+    ``fit(..., history=history)`` to continue exactly where the run stopped."""
+    checkpoint = load_checkpoint(path)
+    model = checkpoint["model"]
+    spec = checkpoint["optimizer"]
+    try:
+        optimizer_type = optimizer_class(spec.get("type"))
+    except ValueError as error:
+        raise ValueError(f"{path}: checkpoint optimizer: {error}") from None
+    optimizer = optimizer_type(model.parameters(), **spec["config"])
+    optimizer.load_state_dict(checkpoint["optimizer_state"])
+    return model, optimizer, checkpoint["history"], checkpoint["info"]
+
+
+def _with_prefix(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}

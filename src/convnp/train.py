@@ -3,7 +3,8 @@
 One step is four lines (``train_step``): forward, loss, backward, optimizer step. Around
 them ``fit`` adds what a dependable trainer needs: a progress bar, per-epoch history, a
 clean stop when the loss or a gradient stops being finite (naming the layer), and an
-atomic checkpoint after every epoch from which ``resume`` continues bit-for-bit.
+atomic checkpoint after every epoch (``convnp.io.save_checkpoint``) from which
+``convnp.io.resume`` continues bit-for-bit.
 """
 
 from __future__ import annotations
@@ -22,13 +23,8 @@ from tqdm.auto import tqdm
 from convnp import io
 from convnp.layers.base import NonFiniteInputError
 from convnp.model import Sequential
-from convnp.optim import SGD, Adam, Optimizer
+from convnp.optim import Optimizer
 from convnp.runtime.parallel import BatchSplitter
-
-CHECKPOINT_FORMAT = "convnp-checkpoint"
-CHECKPOINT_NAME = "checkpoint.safetensors"
-MODEL_NAME = "model.safetensors"
-OPTIMIZERS: dict[str, type[Optimizer]] = {"SGD": SGD, "Adam": Adam}
 
 
 class TrainingDiverged(RuntimeError):
@@ -218,7 +214,7 @@ def fit(
         if progress:
             tqdm.write(_format_record(record))
         if out is not None:
-            save_checkpoint(out / CHECKPOINT_NAME, model, optimizer, history, info)
+            io.save_checkpoint(out / io.CHECKPOINT_NAME, model, optimizer, history, info)
             write_history(out, history)
     return history
 
@@ -243,77 +239,3 @@ def write_history(out_dir: str | Path, history: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(history)
     io.write_atomic(out / "history.csv", table.getvalue().encode())
-
-
-# -- checkpoints ------------------------------------------------------------------------
-def _rng_states(model: Sequential) -> dict[str, Any]:
-    """Bit-generator states of layers that draw random numbers while training (dropout)."""
-    return {
-        str(index): layer.rng.bit_generator.state
-        for index, layer in enumerate(model)
-        if isinstance(getattr(layer, "rng", None), np.random.Generator)
-    }
-
-
-def save_checkpoint(
-    path: str | Path,
-    model: Sequential,
-    optimizer: Optimizer,
-    history: list[dict[str, Any]],
-    info: dict[str, Any] | None = None,
-) -> None:
-    """Model, optimizer state, history and layer RNG states in one safetensors file."""
-    tensors = {f"model/{key}": value for key, value in model.state_dict().items()}
-    tensors.update({f"optimizer/{key}": value for key, value in optimizer.state_dict().items()})
-    metadata = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": str(io.FORMAT_VERSION),
-        "dtype": str(model.dtype),
-        "architecture": json.dumps(io.architecture(model)),
-        "optimizer": json.dumps({"type": type(optimizer).__name__, "config": optimizer.config()}),
-        "history": json.dumps(history),
-        "rng_states": json.dumps(_rng_states(model)),
-        "info": json.dumps(info or {}),
-    }
-    io.save_tensors(path, tensors, metadata)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Parse a checkpoint: model (rebuilt), optimizer spec and state, history, info."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    tensors, metadata = io.load_tensors(path)
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a convnp checkpoint")
-    try:
-        model = io.build(json.loads(metadata["architecture"]), dtype=metadata["dtype"])
-        model.load_state_dict(_with_prefix(tensors, "model/"))
-        for index, state in json.loads(metadata["rng_states"]).items():
-            model[int(index)].rng.bit_generator.state = state
-        return {
-            "model": model,
-            "optimizer": json.loads(metadata["optimizer"]),
-            "optimizer_state": _with_prefix(tensors, "optimizer/"),
-            "history": json.loads(metadata["history"]),
-            "info": json.loads(metadata["info"]),
-        }
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path}: corrupt checkpoint ({error})") from None
-
-
-def resume(path: str | Path) -> tuple[Sequential, Optimizer, list[dict[str, Any]], dict[str, Any]]:
-    """Model, optimizer (with its state), history and info from a checkpoint, ready for
-    ``fit(..., history=history)`` to continue exactly where the run stopped."""
-    checkpoint = load_checkpoint(path)
-    model = checkpoint["model"]
-    spec = checkpoint["optimizer"]
-    if spec.get("type") not in OPTIMIZERS:
-        raise ValueError(f"{path}: unknown optimizer {spec.get('type')!r} in checkpoint")
-    optimizer = OPTIMIZERS[spec["type"]](model.parameters(), **spec["config"])
-    optimizer.load_state_dict(checkpoint["optimizer_state"])
-    return model, optimizer, checkpoint["history"], checkpoint["info"]
-
-
-def _with_prefix(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}

@@ -22,7 +22,7 @@ from convnp.data import DATASETS, DataLoader, augment, load_dataset
 from convnp.gradcheck import gradcheck
 from convnp.interop import onnx as onnx_export
 from convnp.model import Sequential
-from convnp.optim import Optimizer
+from convnp.optim import OPTIMIZERS, Optimizer
 from convnp.runtime.allocator import keep_freed_memory
 
 DEFAULT_MODEL = "bouvrie"
@@ -121,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = Path(args.out)
     if args.resume:
-        model, optimizer, history, info = train.resume(args.resume)
+        model, optimizer, history, info = io.resume(args.resume)
         dataset = load_dataset(info["dataset"], data_dir=args.data_dir)
         print(f"resuming {args.resume} after epoch {len(history)}")
     else:
@@ -158,19 +158,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     except train.TrainingDiverged as error:
         print(f"convnp: training stopped: {error}", file=sys.stderr)
-        print(
-            f"convnp: the last good checkpoint is in {out / train.CHECKPOINT_NAME}", file=sys.stderr
-        )
+        print(f"convnp: the last good checkpoint is in {out / io.CHECKPOINT_NAME}", file=sys.stderr)
         return 1
     result = train.evaluate(model, test_loader, loss, dataset.num_classes)
     info["test_accuracy"] = result["accuracy"]
-    io.save(model, out / train.MODEL_NAME, info)
+    io.save(model, out / io.MODEL_NAME, info)
     print(
         f"test accuracy {result['accuracy']:.4f} (loss {result['loss']:.4f}) on "
         f"{result['count']} {dataset.name} test images after {len(history)} epochs "
         f"in {time.perf_counter() - started:.1f}s"
     )
-    print(f"model saved to {out / train.MODEL_NAME}")
+    print(f"model saved to {out / io.MODEL_NAME}")
     return 0
 
 
@@ -373,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, help="epochs (default: the model's recipe)")
     p.add_argument("--batch-size", type=_positive_int, help="batch size (default: recipe)")
     p.add_argument("--lr", type=_positive_float, help="learning rate (default: recipe)")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], help="default: recipe")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), help="default: recipe")
     p.add_argument("--momentum", type=float, help="SGD momentum (default: recipe)")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
     p.add_argument("--weight-decay", type=float, help="L2 weight decay (default: recipe)")

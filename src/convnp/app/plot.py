@@ -267,7 +267,7 @@ def plot_run(
     set). ``data`` defaults to the data set named in the model's info, if it names one.
     """
     source = Path(run_dir_or_model_path)
-    model_path = source / train.MODEL_NAME if source.is_dir() else source
+    model_path = source / io.MODEL_NAME if source.is_dir() else source
     model = io.load(model_path)
     info = io.read_info(model_path)
     out = Path(out_dir)
