@@ -188,9 +188,9 @@ def test_lookup_order_data_dir_then_system_then_cache(folders, write_idx_set):
     np.testing.assert_array_equal(loaded(), expected["system"][label_file])
     for name in expected["system"]:
         (folders["system"] / name).unlink()
-    np.testing.assert_array_equal(
-        loaded(data_dir=folders["data_dir"] / "absent"), expected["cache"][label_file]
-    )
+    np.testing.assert_array_equal(loaded(), expected["cache"][label_file])
+    with pytest.raises(DatasetNotFoundError, match="absent: no such folder"):
+        loaded(data_dir=folders["data_dir"] / "absent")  # a typo is an error, not a fallback
 
 
 def test_uncompressed_files_are_accepted(folders, write_idx_set):
