@@ -106,3 +106,48 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="checkpoint.safetensors"):
         io.resume(tmp_path)
+
+
+def test_an_update_that_overflows_stops_at_once_and_is_never_checkpointed(digits, tmp_path):
+    model, loader, _, _ = _setup(digits)
+    opt = SGD(model.parameters(), lr=0.05)
+    train.fit(model, CrossEntropyLoss(), opt, loader, epochs=1, out_dir=tmp_path, progress=False)
+    checkpoint = (tmp_path / io.CHECKPOINT_NAME).read_bytes()
+    batches = list(loader)
+
+    class OverflowOnLastStep:  # the epoch's last update overflows: the old trainer saved it
+        def __iter__(self):
+            yield from batches[:-1]
+            opt.lr = 1e39  # finite gradients, but lr·gradient overflows float32
+            yield batches[-1]
+
+    with pytest.raises(train.TrainingDiverged, match=r"epoch 2: the update made '\d+\.\w+' NaN"):
+        train.fit(model, CrossEntropyLoss(), opt, OverflowOnLastStep(), epochs=2,
+                  out_dir=tmp_path, history=[{"epoch": 1}], progress=False)  # fmt: skip
+    assert opt.step_count == 2 * len(batches)
+    assert (tmp_path / io.CHECKPOINT_NAME).read_bytes() == checkpoint
+
+
+def test_a_checkpoint_never_holds_nan_or_inf(digits, tmp_path):
+    model, loader, _, opt = _setup(digits)
+    batches = list(loader)[:2]
+
+    class PoisonedLastStep:  # the step is finite, but a buffer overflows (Adam's v, say)
+        def __iter__(self):
+            yield from batches
+            opt.state_dict = lambda: {"v.0.weight": np.array([np.inf], np.float32)}
+
+    with pytest.raises(train.TrainingDiverged, match="optimizer state 'v.0.weight' holds NaN"):
+        train.fit(model, CrossEntropyLoss(), opt, PoisonedLastStep(), epochs=1,
+                  out_dir=tmp_path, progress=False)  # fmt: skip
+    assert not (tmp_path / io.CHECKPOINT_NAME).exists()
+
+
+def test_a_divergence_first_seen_at_validation_is_a_divergence(digits, tmp_path):
+    model, loader, _, opt = _setup(digits)
+    huge = np.full((10, 1, 28, 28), 3e38, np.float32)  # finite inputs whose outputs overflow
+    val = DataLoader(huge, np.zeros(10, np.int64), batch_size=5, shuffle=False, normalize=None)
+    with pytest.raises(train.TrainingDiverged, match="epoch 1: the validation loss is not finite"):
+        train.fit(model, CrossEntropyLoss(), opt, loader, epochs=1, val=val, out_dir=tmp_path,
+                  progress=False)  # fmt: skip
+    assert not (tmp_path / io.CHECKPOINT_NAME).exists()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +99,22 @@ def _constructor_keywords(cls: type) -> set[str]:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write bytes to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    """Write bytes to ``path`` via a temporary file in the same folder and ``os.replace``.
+
+    The temporary file ``.<name>.<random>.tmp`` is created as ``open()`` creates files, with
+    mode 0o666 masked by the umask (``tempfile.mkstemp``'s 0o600 would carry over to the
+    final file).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            handle = os.open(temporary, flags, 0o666)
+            break
+        except FileExistsError:  # another writer drew the same name: draw again
+            continue
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)

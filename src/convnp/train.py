@@ -60,6 +60,7 @@ def train_step(
     error += model.apply_regularizers()  # attached penalties add their value and gradient
     _stop_if_not_finite(model, x, error)
     optimizer.step()  # the solver turns gradients into updates
+    _stop_if_update_not_finite(model)
     return y, error
 
 
@@ -73,6 +74,24 @@ def _stop_if_not_finite(model: Sequential, x: np.ndarray, error: float) -> None:
                     f"the gradient of '{index}.{key}' in layer {index} ({layer!r}) contains "
                     "NaN or inf; try a smaller learning rate"
                 )
+
+
+def _stop_if_update_not_finite(model: Sequential) -> None:
+    """Finite gradients can still give an update that overflows (a huge lr, float32)."""
+    name = first_non_finite({name: param for name, param, _ in model.parameters()})
+    if name is not None:
+        raise TrainingDiverged(
+            f"the update made '{name}' NaN or inf (its gradient was finite; the step "
+            "overflowed); try a smaller learning rate"
+        )
+
+
+def first_non_finite(arrays: dict[str, np.ndarray]) -> str | None:
+    """The name of the first float array holding NaN or inf, or None if all are finite."""
+    for name, array in arrays.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            return name
+    return None
 
 
 def _first_non_finite_output(model: Sequential, x: np.ndarray) -> str:
@@ -207,16 +226,46 @@ def fit(
             "images_per_second": count / max(seconds, 1e-9),
         }
         if val is not None:
-            result = evaluate(model, val, loss)
+            result = _validate(model, val, loss, epoch)
             record["val_loss"] = result["loss"]
             record["val_accuracy"] = result["accuracy"]
         history.append(record)
         if progress:
             tqdm.write(_format_record(record))
         if out is not None:
+            _refuse_non_finite_checkpoint(model, optimizer, epoch)
             io.save_checkpoint(out / io.CHECKPOINT_NAME, model, optimizer, history, info)
             write_history(out, history)
     return history
+
+
+def _validate(
+    model: Sequential, val: Iterable[tuple[np.ndarray, np.ndarray]], loss: Any, epoch: int
+) -> dict[str, Any]:
+    """``evaluate`` on the validation batches; a non-finite result is a divergence."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = evaluate(model, val, loss)
+    except NonFiniteInputError as error:
+        result = {"loss": float("nan"), "error": str(error)}
+    if np.isfinite(result["loss"]):
+        return result
+    where = result.get("error") or "; ".join(
+        dict.fromkeys(_first_non_finite_output(model, x) for x, _ in val)
+    )
+    raise TrainingDiverged(
+        f"epoch {epoch + 1}: the validation loss is not finite (the weights are, but their "
+        f"outputs overflow): {where}"
+    )
+
+
+def _refuse_non_finite_checkpoint(model: Sequential, optimizer: Optimizer, epoch: int) -> None:
+    """A checkpoint is "last good": it never holds NaN or inf."""
+    tensors = {"weight": model.state_dict(), "optimizer state": optimizer.state_dict()}
+    for what, arrays in tensors.items():
+        name = first_non_finite(arrays)
+        if name is not None:
+            raise TrainingDiverged(f"epoch {epoch + 1}: the {what} '{name}' holds NaN or inf")
 
 
 def _format_record(record: dict[str, Any]) -> str:

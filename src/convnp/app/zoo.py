@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -239,6 +240,15 @@ RECIPES: dict[str, Recipe] = {
         ),
     )
 }
+
+
+def custom_recipe(description: str, *, loss: str = "cross_entropy") -> Recipe:
+    """The training set-up for a user's own architecture (``--arch``/``--config``): the
+    "modern" recipe's optimizer, schedule and normalisation with the given ``loss``."""
+    return dataclasses.replace(
+        RECIPES["modern"], name="custom", architecture=description, description=description,
+        loss=loss,
+    )  # fmt: skip
 
 
 def get_recipe(name: str) -> Recipe:
