@@ -8,6 +8,8 @@ a traceback; a diverged run exits 1 and keeps its last good checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -23,10 +25,13 @@ from convnp.gradcheck import gradcheck
 from convnp.interop import onnx as onnx_export
 from convnp.model import Sequential
 from convnp.optim import Optimizer
+from convnp.runtime import distributed
 from convnp.runtime.allocator import keep_freed_memory
+from convnp.runtime.parallel import available_cores
 
 DEFAULT_MODEL = "bouvrie"
 DEFAULT_DATA = "mnist5k"
+DEFAULT_PROCS = 1
 
 
 class UsageError(Exception):
@@ -117,7 +122,7 @@ def _run_info(
 
 
 # -- subcommands --------------------------------------------------------------------------
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace, comm: distributed.Communicator | None = None) -> int:
     started = time.perf_counter()
     out = Path(args.out)
     if args.resume:
@@ -155,6 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             history=history,
             info=info,
             progress=not args.quiet,
+            comm=comm,
         )
     except train.TrainingDiverged as error:
         print(f"convnp: training stopped: {error}", file=sys.stderr)
@@ -162,7 +168,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"convnp: the last good checkpoint is in {out / train.CHECKPOINT_NAME}", file=sys.stderr
         )
         return 1
-    result = train.evaluate(model, test_loader, loss, dataset.num_classes)
+    result = train.evaluate(model, test_loader, loss, dataset.num_classes, comm=comm)
+    if comm is not None and not comm.is_root:
+        return 0  # rank 0 alone writes the model
     info["test_accuracy"] = result["accuracy"]
     io.save(model, out / train.MODEL_NAME, info)
     print(
@@ -172,6 +180,55 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"model saved to {out / train.MODEL_NAME}")
     return 0
+
+
+# -- `convnp train` on several processes (MPI ranks) ------------------------------------
+def cmd_train_ranks(args: argparse.Namespace) -> int:
+    """``convnp train`` in one process, as one of the MPI ranks that ``mpiexec``/``srun``
+    started, or launching ``mpiexec`` itself for ``--procs`` > 1."""
+    if not distributed.launched_by_mpi():
+        procs = _resolve_procs(args.procs)
+        if procs == 1:
+            return cmd_train(args)
+        print(f"training on {procs} MPI ranks (mpiexec -n {procs}); --procs 1 for one process")
+        sys.stdout.flush()
+        command = [sys.executable, "-m", "convnp", *args.argv]
+        return distributed.launch(command, procs, blas_threads=max(1, available_cores() // procs))
+    comm = distributed.Communicator(timeout=args.mpi_timeout)
+    if isinstance(args.procs, int) and args.procs != comm.size:
+        raise UsageError(f"--procs {args.procs}, but mpiexec started {comm.size} ranks")
+    try:
+        with comm.abort_on_error(agreed=(distributed.MismatchError,)), _root_prints(comm):
+            return cmd_train(args, comm)
+    except distributed.MismatchError as error:
+        if comm.is_root:
+            print(f"convnp: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _resolve_procs(procs: int | str) -> int:
+    """``--procs`` as a number of ranks: ``auto`` is every core when MPI is installed."""
+    if procs == "auto":
+        return available_cores() if distributed.mpi_available() else 1
+    if procs > 1 and not distributed.mpi_available():
+        raise UsageError(f"--procs {procs} needs mpi4py and mpiexec: pip install 'convnp[mpi]'")
+    return procs
+
+
+@contextlib.contextmanager
+def _root_prints(comm: distributed.Communicator) -> Any:
+    """Silence stdout and stderr on every rank but 0 (a failing rank reports through
+    ``Communicator.abort``, which writes to the real stderr)."""
+    if comm.is_root:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), \
+            contextlib.redirect_stderr(sink):  # fmt: skip
+        yield
+
+
+def _procs(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
 
 
 def _load_model(path: str) -> tuple[Sequential, dict[str, Any]]:
@@ -387,7 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/latest", help="output folder (default runs/latest)")
     p.add_argument("--resume", help="checkpoint file or run folder to continue from")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=cmd_train)
+    p.add_argument("--procs", type=_procs, default=DEFAULT_PROCS, metavar="N|auto",
+                   help="data-parallel MPI ranks, launched with mpiexec (auto: one per core "
+                   "when mpi4py is installed, else 1); ignored under mpiexec/srun")  # fmt: skip
+    p.add_argument("--mpi-timeout", type=_positive_float, default=distributed.DEFAULT_TIMEOUT,
+                   metavar="S", help="abort if the ranks wait S s for each other")  # fmt: skip
+    p.set_defaults(handler=cmd_train_ranks)
 
     p = sub.add_parser("evaluate", help="accuracy, loss and confusion matrix of a saved model")
     p.add_argument("model_file", metavar="MODEL")
@@ -465,6 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.passthrough = unknown
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for --procs to relaunch
     if args.command is None:
         parser.print_help()
         return 2
