@@ -194,7 +194,8 @@ def fit(
         started = time.perf_counter()
         total_loss, correct, count = 0.0, 0, 0
         bar = tqdm(
-            train,
+            iter(train),  # once: tqdm.auto's class also calls iter() on what it is given
+            total=len(train) if hasattr(train, "__len__") else None,
             desc=f"epoch {epoch + 1}/{epochs}",
             unit="batch",
             disable=not progress,

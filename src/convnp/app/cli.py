@@ -187,7 +187,7 @@ def cmd_train_ranks(args: argparse.Namespace) -> int:
     """``convnp train`` in one process, as one of the MPI ranks that ``mpiexec``/``srun``
     started, or launching ``mpiexec`` itself for ``--procs`` > 1."""
     if not distributed.launched_by_mpi():
-        procs = _resolve_procs(args.procs)
+        procs = _resolve_procs(args.procs or DEFAULT_PROCS)
         if procs == 1:
             return cmd_train(args)
         print(f"training on {procs} MPI ranks (mpiexec -n {procs}); --procs 1 for one process")
@@ -444,9 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/latest", help="output folder (default runs/latest)")
     p.add_argument("--resume", help="checkpoint file or run folder to continue from")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--procs", type=_procs, default=DEFAULT_PROCS, metavar="N|auto",
+    p.add_argument("--procs", type=_procs, metavar="N|auto",
                    help="data-parallel MPI ranks, launched with mpiexec (auto: one per core "
-                   "when mpi4py is installed, else 1); ignored under mpiexec/srun")  # fmt: skip
+                   f"when mpi4py is installed, else 1; default {DEFAULT_PROCS}); under "
+                   "mpiexec/srun the ranks they started")  # fmt: skip
     p.add_argument("--mpi-timeout", type=_positive_float, default=distributed.DEFAULT_TIMEOUT,
                    metavar="S", help="abort if the ranks wait S s for each other")  # fmt: skip
     p.set_defaults(handler=cmd_train_ranks)
