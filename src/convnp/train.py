@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,6 +25,9 @@ from convnp.layers.base import NonFiniteInputError
 from convnp.model import Sequential
 from convnp.optim import Optimizer
 from convnp.runtime.parallel import BatchSplitter
+
+if TYPE_CHECKING:
+    from convnp.runtime.distributed import Communicator
 
 
 class TrainingDiverged(RuntimeError):
@@ -44,14 +47,19 @@ def train_step(
     x: np.ndarray,
     t: Any,
     splitter: BatchSplitter | None = None,
+    comm: Communicator | None = None,
 ) -> tuple[np.ndarray, float]:
     """One step on batch (x, t); returns the network output and the loss E.
 
     With a ``splitter``, a batch large enough to gain from it runs its forward and backward
     as sub-batches on all cores (``convnp.runtime.parallel.BatchSplitter``): the same three lines on
-    each part, the parts' gradients summed.
+    each part, the parts' gradients summed. With ``comm`` (MPI ranks), (x, t) is the global
+    batch: each rank runs forward and backward on its slice and the gradients, outputs and
+    loss are summed over the ranks (``convnp.runtime.distributed``).
     """
-    if splitter is not None and splitter.worthwhile(x):
+    if comm is not None:
+        y, error = comm.forward_backward(model, loss, x, t)
+    elif splitter is not None and splitter.worthwhile(x):
         y, error = splitter.forward_backward(x, t)
     else:
         y = model.forward(x)  # x^L: the network's output
@@ -116,15 +124,20 @@ def evaluate(
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
     loss: Any,
     num_classes: int | None = None,
+    comm: Communicator | None = None,
 ) -> dict[str, Any]:
-    """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted).
+
+    With ``comm`` (MPI ranks), each rank runs the network on its slice of every batch and
+    every rank gets the whole batch's outputs, so all of them return the same figures.
+    """
     was_training = model.training
     model.eval()
     total_loss, count = 0.0, 0
     true_parts, predicted_parts = [], []
     try:
         for x, labels in batches:
-            y = model.forward(x)
+            y = model.forward(x) if comm is None else comm.forward(model, x)
             total_loss += loss.forward(y, labels) * _loss_weight(loss, len(x))
             count += len(x)
             true_parts.append(np.asarray(labels))
@@ -165,6 +178,7 @@ def fit(
     info: dict[str, Any] | None = None,
     progress: bool = True,
     threads: int | None = None,
+    comm: Communicator | None = None,
 ) -> list[dict[str, Any]]:
     """Train until ``epochs`` epochs are complete; returns the per-epoch history.
 
@@ -174,18 +188,29 @@ def fit(
     a checkpoint is written atomically after each epoch (plus history.csv/json); ``history``
     passed back from ``resume`` continues an interrupted run. ``threads`` caps the cores a
     large batch is split over (None: all this process may use; 1: never split).
+
+    ``comm`` (``convnp.runtime.distributed.Communicator``) trains data-parallel on MPI ranks:
+    every rank calls ``fit`` with the same arguments; each trains on its slice of every
+    batch, all end with the same weights and history, and rank 0 alone shows progress and
+    writes files. Inputs that differ between ranks are refused at the start.
     """
     history = list(history or [])
+    if comm is not None:
+        comm.start(model, optimizer, train, info=info, history=history, val=val)
+        progress, out_dir = progress and comm.is_root, out_dir if comm.is_root else None
     splitter = BatchSplitter(model, loss, threads)
     out = Path(out_dir) if out_dir is not None else None
     for epoch in range(len(history), epochs):
         if hasattr(train, "set_epoch"):
             train.set_epoch(epoch)
+        if comm is not None:
+            comm.start_epoch(model, epoch)
         model.train()
         started = time.perf_counter()
         total_loss, correct, count = 0.0, 0, 0
         bar = tqdm(
-            train,
+            iter(train),  # once: tqdm.auto's class also calls iter() on what it is given
+            total=len(train) if hasattr(train, "__len__") else None,
             desc=f"epoch {epoch + 1}/{epochs}",
             unit="batch",
             disable=not progress,
@@ -199,7 +224,7 @@ def fit(
             try:
                 # overflow is detected and reported below; NumPy's warnings would only add noise
                 with np.errstate(over="ignore", invalid="ignore"):
-                    y, error = train_step(model, loss, optimizer, x, labels, splitter)
+                    y, error = train_step(model, loss, optimizer, x, labels, splitter, comm)
             except NonFiniteInputError:
                 where = _first_non_finite_output(model, x)
                 raise TrainingDiverged(f"epoch {epoch + 1}: {where}") from None
@@ -216,6 +241,8 @@ def fit(
                 refresh=False,
             )
         bar.close()
+        if comm is not None:
+            comm.end_epoch(model)
         seconds = time.perf_counter() - started
         record = {
             "epoch": epoch + 1,
@@ -226,7 +253,7 @@ def fit(
             "images_per_second": count / max(seconds, 1e-9),
         }
         if val is not None:
-            result = _validate(model, val, loss, epoch)
+            result = _validate(model, val, loss, epoch, comm)
             record["val_loss"] = result["loss"]
             record["val_accuracy"] = result["accuracy"]
         history.append(record)
@@ -240,12 +267,16 @@ def fit(
 
 
 def _validate(
-    model: Sequential, val: Iterable[tuple[np.ndarray, np.ndarray]], loss: Any, epoch: int
+    model: Sequential,
+    val: Iterable[tuple[np.ndarray, np.ndarray]],
+    loss: Any,
+    epoch: int,
+    comm: Communicator | None = None,
 ) -> dict[str, Any]:
     """``evaluate`` on the validation batches; a non-finite result is a divergence."""
     try:
         with np.errstate(over="ignore", invalid="ignore"):
-            result = evaluate(model, val, loss)
+            result = evaluate(model, val, loss, comm=comm)
     except NonFiniteInputError as error:
         result = {"loss": float("nan"), "error": str(error)}
     if np.isfinite(result["loss"]):
