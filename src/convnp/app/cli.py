@@ -81,7 +81,7 @@ def _build_model(
     args: argparse.Namespace, input_shape: tuple[int, ...], classes: int, rng: np.random.Generator
 ) -> tuple[Sequential, zoo.Recipe]:
     recipe = zoo.get_recipe(args.model or DEFAULT_MODEL)
-    if args.arch:
+    if args.arch is not None:  # an empty --arch is an error, not the default model
         model = architectures.from_string(args.arch, input_shape, classes, rng=rng)
         uses_sigmoid_output = type(model[-1]).__name__ == "Sigmoid"
         custom = dict(name="custom", architecture=args.arch, description=args.arch)
