@@ -27,6 +27,7 @@ from convnp.data import (
     Dataset,
     augment,
     default_val_size,
+    images,
     load_dataset,
     train_val_split,
 )
@@ -396,61 +397,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    """An image file as uint8 (C, H, W) at the model's input size (as the training data)."""
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
-    channels, height, width = shape
-    if path.suffix.lower() == ".npy":
-        array = np.load(path, allow_pickle=False)
-        array = array.reshape(array.shape[-2:]) if array.ndim > 2 else array
-        if array.shape != (height, width):
-            raise UsageError(
-                f"{path}: array of shape {array.shape}, model expects {height}x{width}"
-            )
-        if array.dtype.kind == "f" and array.max() <= 1.0:
-            array = array * 255.0
-        return np.clip(np.rint(array), 0, 255).astype(np.uint8).reshape(1, height, width)
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise UsageError("reading PNG/JPEG needs Pillow: pip install 'convnp[image]'") from None
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError) as error:
-        raise UsageError(f"{path}: cannot read image ({error})") from None
-    if image.mode != "L" and channels == 1:
-        print(f"note: {path.name}: converted from {image.mode} to greyscale")
-        image = image.convert("L")
-    if image.size != (width, height):
-        print(
-            f"note: {path.name}: resized from {image.size[0]}x{image.size[1]} to {width}x{height}"
-        )
-        image = image.resize((width, height))
-    return np.asarray(image, dtype=np.uint8).reshape(channels, height, width)
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Classify each file (an image, an (H, W)/(C, H, W) array or an (N, C, H, W) batch); a
+    file that cannot be read is reported and the others are still predicted (exit 2 then)."""
     model, info = _load_model(args.model_file)
     shape = tuple(info.input_shape or (1, 28, 28))
-    names = info.class_names or [str(i) for i in range(10)]
-    images = np.stack([_read_image(Path(p), shape) for p in args.images])
-    labels = np.zeros(len(images), dtype=np.int64)
-    ((x, _),) = _loader_like_training(images, labels, info, model)
-    y = model.predict(x)
-    kind = info.loss
-    if kind == "squared_error":
-        scores, label = y, "outputs"
-    else:  # softmax of the logits, or of minus the RBF energies
-        logits = y if kind == "cross_entropy" else -y
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        scores, label = shifted / shifted.sum(axis=1, keepdims=True), "probabilities"
-    decisions = train.predicted_classes(zoo.make_loss(kind), y)
-    for path, row, best in zip(args.images, scores, decisions):
-        ranked = np.argsort(-row)[:3]
-        print(f"{path}: {names[best]} ({label}: "
-              + ", ".join(f"{names[i]}={row[i]:.3f}" for i in ranked) + ")")  # fmt: skip
+    batches, labels, failed = [], [], []
+    for path in args.images:
+        try:
+            batch, notes = images.read_images(path, shape)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"convnp predict: error: {error}", file=sys.stderr)
+            failed.append(path)
+            continue
+        for note in notes:
+            print(f"note: {path}: {note}")
+        batches.append(batch)
+        labels += [path] if len(batch) == 1 else [f"{path}[{i}]" for i in range(len(batch))]
+    if batches:
+        x_all = np.concatenate(batches)
+        loader = _loader_like_training(x_all, np.zeros(len(x_all), np.int64), info, model)
+        y = np.concatenate([model.predict(x) for x, _ in loader])
+        names = info.class_names or [str(i) for i in range(y.shape[1])]
+        kind = info.loss
+        if kind == "squared_error":
+            scores, label = y, "outputs"
+        else:  # softmax of the logits, or of minus the RBF energies
+            logits = y if kind == "cross_entropy" else -y
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            scores, label = shifted / shifted.sum(axis=1, keepdims=True), "probabilities"
+        decisions = train.predicted_classes(zoo.make_loss(kind), y)
+        for name, row, best in zip(labels, scores, decisions):
+            ranked = np.argsort(-row)[:3]
+            print(f"{name}: {names[best]} ({label}: "
+                  + ", ".join(f"{names[i]}={row[i]:.3f}" for i in ranked) + ")")  # fmt: skip
+    if failed:
+        print(
+            f"convnp predict: error: {len(failed)} of {len(args.images)} files could not be "
+            f"read: {', '.join(failed)}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 
@@ -762,7 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.command_line = ["convnp", *argv]
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # for --procs to relaunch
+    args.argv = argv  # for --procs to relaunch
     try:
         return args.handler(args)
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
