@@ -48,6 +48,12 @@ class UsageError(Exception):
 
 # -- building blocks shared by the subcommands ------------------------------------------
 def _make_optimizer(args: argparse.Namespace, recipe: zoo.Recipe, model: Sequential) -> Optimizer:
+    name = args.optimizer or recipe.optimizer
+    momentum = recipe.momentum if args.momentum is None else args.momentum
+    if name != "sgd" and (args.momentum is not None or args.nesterov):
+        raise UsageError(f"--momentum and --nesterov apply to SGD, and this run uses {name}")
+    if args.nesterov and momentum == 0:
+        raise UsageError(f"--nesterov needs --momentum > 0 ({recipe.name} uses {momentum})")
     return recipe.make_optimizer(model, optimizer=args.optimizer, lr=args.lr,
                                  momentum=args.momentum, weight_decay=args.weight_decay,
                                  nesterov=args.nesterov)  # fmt: skip
@@ -484,9 +490,11 @@ def _check_output_file(text: str) -> None:
 
 def _check_output_dir(text: str) -> None:
     path = Path(text)
-    for parent in (path, *path.parents):
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path} is an existing file; give a folder")
+    for parent in path.parents:
         if parent.exists() and not parent.is_dir():
-            raise UsageError(f"{path}: {parent} is an existing file; give a folder")
+            raise UsageError(f"{path}: {parent} is a file, not a folder")
 
 
 # -- argument parsing ---------------------------------------------------------------------
