@@ -1,8 +1,11 @@
-"""The ``convnp`` command line: train, evaluate, predict, summary, gradcheck.
+"""The ``convnp`` command line: train, evaluate, predict, summary, gradcheck, export, plot.
 
 Each ``cmd_*`` function is a thin call into the library. User mistakes (a bad option value,
-a missing or corrupt file) end with one ``convnp: error: ...`` line and exit code 2, never
-a traceback; a diverged run exits 1 and keeps its last good checkpoint.
+a missing or corrupt file, an unusable output path) end with one ``convnp[ <command>]:
+error: ...`` line and exit code 2, checked before any work starts, never a traceback or a
+usage block. A run that stops (divergence, a failed write) ends in one ``convnp train:
+training stopped: ...`` line and exit code 1, and keeps its last good checkpoint. Run
+folders, the run record and the model resolver are ``convnp.runs``.
 """
 
 from __future__ import annotations
