@@ -1,8 +1,11 @@
-"""The ``convnp`` command line: train, evaluate, predict, summary, gradcheck.
+"""The ``convnp`` command line: train, evaluate, predict, summary, gradcheck, export, plot.
 
 Each ``cmd_*`` function is a thin call into the library. User mistakes (a bad option value,
-a missing or corrupt file) end with one ``convnp: error: ...`` line and exit code 2, never
-a traceback; a diverged run exits 1 and keeps its last good checkpoint.
+a missing or corrupt file, an unusable output path) end with one ``convnp[ <command>]:
+error: ...`` line and exit code 2, checked before any work starts, never a traceback or a
+usage block. A run that stops (divergence, a failed write) ends in one ``convnp train:
+training stopped: ...`` line and exit code 1, and keeps its last good checkpoint. Run
+folders, the run record and the model resolver are ``convnp.runs``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ class UsageError(Exception):
 
 # -- building blocks shared by the subcommands ------------------------------------------
 def _make_optimizer(args: argparse.Namespace, recipe: zoo.Recipe, model: Sequential) -> Optimizer:
+    name = args.optimizer or recipe.optimizer
+    momentum = recipe.momentum if args.momentum is None else args.momentum
+    if name != "sgd" and (args.momentum is not None or args.nesterov):
+        raise UsageError(f"--momentum and --nesterov apply to SGD, and this run uses {name}")
+    if args.nesterov and momentum == 0:
+        raise UsageError(f"--nesterov needs --momentum > 0 ({recipe.name} uses {momentum})")
     return recipe.make_optimizer(model, optimizer=args.optimizer, lr=args.lr,
                                  momentum=args.momentum, weight_decay=args.weight_decay,
                                  nesterov=args.nesterov)  # fmt: skip
@@ -544,9 +553,11 @@ def _check_output_file(text: str) -> None:
 
 def _check_output_dir(text: str) -> None:
     path = Path(text)
-    for parent in (path, *path.parents):
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path} is an existing file; give a folder")
+    for parent in path.parents:
         if parent.exists() and not parent.is_dir():
-            raise UsageError(f"{path}: {parent} is an existing file; give a folder")
+            raise UsageError(f"{path}: {parent} is a file, not a folder")
 
 
 # -- argument parsing ---------------------------------------------------------------------
