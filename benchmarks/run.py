@@ -101,11 +101,11 @@ class _ConvnpRunner:
         return count / (time.perf_counter() - started)
 
     def infer(self) -> float:
-        self.model.eval()
+        from convnp.runtime.parallel import predict_in_blocks
+
         started = time.perf_counter()
-        self.model.forward(self.test_x)
+        predict_in_blocks(self.model, self.test_x)  # as the CLI and train.evaluate
         seconds = time.perf_counter() - started
-        self.model.train()
         return len(self.test_x) / seconds
 
     def profile(self, repeats: int = 5) -> list[dict[str, Any]]:

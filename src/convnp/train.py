@@ -23,7 +23,7 @@ from convnp import io
 from convnp.layers.base import NonFiniteInputError
 from convnp.model import Sequential
 from convnp.optim import SGD, Adam, Optimizer
-from convnp.runtime.parallel import BatchSplitter
+from convnp.runtime.parallel import BatchSplitter, predict_in_blocks
 
 CHECKPOINT_FORMAT = "convnp-checkpoint"
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -82,6 +82,8 @@ def _stop_if_not_finite(model: Sequential, x: np.ndarray, error: float) -> None:
 def _first_non_finite_output(model: Sequential, x: np.ndarray) -> str:
     """Re-run the batch layer by layer (eval mode) to find where non-finite values start."""
     was_training = model.training
+    if not np.isfinite(x).all():
+        return "the input batch contains NaN or inf"
     model.eval()
     try:
         for index, layer in enumerate(model):
@@ -89,8 +91,6 @@ def _first_non_finite_output(model: Sequential, x: np.ndarray) -> str:
                 x = layer.forward(x)
             if not np.isfinite(x).all():
                 return f"layer {index} ({layer!r}) is the first to output NaN or inf"
-    except NonFiniteInputError as error:
-        return f"the input batch is not finite: {error}" if index == 0 else str(error)
     finally:
         model.train(was_training)
     return "every layer's output is finite, so the loss itself overflowed"
@@ -109,7 +109,7 @@ def evaluate(
     true_parts, predicted_parts = [], []
     try:
         for x, labels in batches:
-            y = model.forward(x)
+            y = predict_in_blocks(model, x)  # all cores
             total_loss += loss.forward(y, labels) * _loss_weight(loss, len(x))
             count += len(x)
             true_parts.append(np.asarray(labels))

@@ -24,6 +24,7 @@ from convnp.interop import onnx as onnx_export
 from convnp.model import Sequential
 from convnp.optim import Optimizer
 from convnp.runtime.allocator import keep_freed_memory
+from convnp.runtime.parallel import predict_in_blocks
 
 DEFAULT_MODEL = "bouvrie"
 DEFAULT_DATA = "mnist5k"
@@ -256,7 +257,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images = np.stack([_read_image(Path(p), shape) for p in args.images])
     labels = np.zeros(len(images), dtype=np.int64)
     ((x, _),) = _loader_like_training(images, labels, info, model)
-    y = model.predict(x)
+    y = predict_in_blocks(model, x)
     kind = info.get("loss", "cross_entropy")
     if kind == "squared_error":
         scores, label = y, "outputs"
