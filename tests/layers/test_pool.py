@@ -280,7 +280,7 @@ def test_wrong_input_rank_or_dtype_is_rejected(case, rng):
     "layer", [MaxPool2d(5), AvgPool2d(6, padding=1), LPPool1d(2, 7), WeightedAvgPool2d((2, 6))]
 )
 def test_kernel_larger_than_input_is_rejected(layer):
-    shape = (1, 1, 3, 3)[: layer._nd + 2]
+    shape = (1, 1, 3, 3)[: layer.nd + 2]
     with pytest.raises(
         ValueError, match=re.escape(f"larger than the padded input; input shape {shape}")
     ):
@@ -393,7 +393,7 @@ def test_subsample_rejects_indivisible_or_mismatched_input():
 @pytest.mark.parametrize("cls", [MaxPool1d, MaxPool2d, MaxPool3d])
 def test_max_pool_ties_go_to_the_first_cell_like_torch(cls, rng):
     torch = pytest.importorskip("torch")
-    shape = (2, 2, 7, 6, 5)[: cls._nd + 2]
+    shape = (2, 2, 7, 6, 5)[: cls.nd + 2]
     x = rng.integers(0, 3, shape).astype(np.float64)  # many tied maxima
     kwargs = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
     assert_matches_torch(cls(**kwargs), getattr(torch.nn, cls.__name__)(**kwargs), x, rng)
