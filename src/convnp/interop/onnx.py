@@ -33,6 +33,7 @@ from convnp import io
 from convnp import layers as L
 from convnp.layers.base import Layer
 from convnp.layers.combine import FeatureMapCombination
+from convnp.layers.conv import grouped_weight
 from convnp.layers.dropout import Dropout, Dropout2d
 from convnp.layers.local import LocallyConnected2d
 from convnp.layers.normalization import BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -121,14 +122,6 @@ def _conv_node(
         pads=[*before, *after],
         group=groups,
     )
-
-
-def grouped_weight(weight: np.ndarray, groups: int) -> np.ndarray:
-    """convnp's full (O, C, *k) weight of a grouped conv (zero off the diagonal blocks) in
-    the (O, C/groups, *k) layout of ONNX and PyTorch: only the diagonal blocks are kept."""
-    out_channels, in_channels, *kernel = weight.shape
-    blocks = weight.reshape(groups, out_channels // groups, groups, in_channels // groups, *kernel)
-    return blocks[np.arange(groups), :, np.arange(groups)].reshape(out_channels, -1, *kernel)
 
 
 def _conv(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:

@@ -44,9 +44,9 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
 
 from convnp import io
 from convnp import layers as L
-from convnp.interop.onnx import grouped_weight
 from convnp.layers.base import Layer
 from convnp.layers.combine import FeatureMapCombination as _FeatureMapCombination
+from convnp.layers.conv import grouped_weight
 from convnp.layers.dropout import Dropout, Dropout2d
 from convnp.layers.local import LocallyConnected2d as _LocallyConnected2d
 from convnp.layers.normalization import BatchNorm1d, BatchNorm2d, BatchNorm3d
