@@ -341,3 +341,27 @@ def test_max_pool_ties_go_to_the_first_cell_like_torch(cls, rng):
     x = rng.integers(0, 3, shape).astype(np.float64)  # many tied maxima
     kwargs = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
     assert_matches_torch(cls(**kwargs), getattr(torch.nn, cls.__name__)(**kwargs), x, rng)
+
+
+def test_exporter_surface_window_divisor_weights_and_overhang():
+    """What exporters read: D(o) per input size, the weights w (None: plain average), and
+    whether ceil_mode's last window hangs past the padded border."""
+    layer = AvgPool1d(3, 2, 1, ceil_mode=True)  # L = 6: windows [-1,2) [1,4) [3,6) [5,8)
+    np.testing.assert_array_equal(layer.window_divisor((6,)), [3, 3, 3, 2])
+    assert layer.window_weights() is None and layer.nd == 1
+    assert layer.overhangs((6,)) and not layer.overhangs((7,))
+    assert layer.window_pads((6,)) == ((1, 2),)
+    assert AvgPool2d(2, divisor_override=3).window_divisor((4, 4)) == 3
+    weights = WeightedAvgPool2d(3, sigma=0.5).window_weights(np.float32)
+    assert weights.shape == (3, 3) and weights.dtype == np.float32
+    np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
+
+
+def test_avg_pool_keeps_one_divisor_for_variable_input_sizes(rng):
+    """The divisor cache holds the last input size only, and never serves a stale one."""
+    layer = AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)
+    for size in [*range(5, 40), 7, 5, 7]:
+        x = rng.standard_normal((1, 2, size, size + 1))
+        fresh = AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)
+        np.testing.assert_array_equal(layer.forward(x), fresh.forward(x))
+    assert layer._last_divisor[0] == ((7, 8), np.dtype(np.float64))  # one slot, not 35

@@ -256,11 +256,12 @@ class _AvgPoolNd(_PoolNd):
         """``window_divisor`` in ``dtype``, a scalar when every window shares it; kept for
         the next call with the same input size."""
         key = (spatial, np.dtype(dtype))
-        if self._last_divisor is None or self._last_divisor[0] != key:
+        slot = self._last_divisor  # read once: inference blocks may run on several threads
+        if slot is None or slot[0] != key:
             divisor = np.asarray(self.window_divisor(spatial), dtype=dtype)
             uniform = divisor.size and (divisor == divisor.flat[0]).all()
-            self._last_divisor = (key, divisor.flat[0] if uniform else divisor)
-        return self._last_divisor[1]
+            slot = self._last_divisor = (key, divisor.flat[0] if uniform else divisor)
+        return slot[1]
 
     def _average(self, x: np.ndarray, out_shape: tuple[int, ...]) -> tuple[np.ndarray, tuple]:
         """y(o) = Σ_k w_k W(x)(o, k) / D(o), and what ``_average_backward`` needs."""
