@@ -29,8 +29,9 @@ import time
 import tracemalloc
 from typing import Any
 
-# What `import convnp` sets when it loads before NumPy (see convnp/__init__.py); here NumPy
-# loads first, so set it explicitly. Only OpenBLAS reads it: PyTorch's kernels do not.
+# OpenBLAS's idle threads sleep at once instead of spinning for ~0.1 s after each product
+# on the cores convnp's own threads need (README, Speed). OpenBLAS reads it when NumPy
+# loads, so it is set before the import. Only OpenBLAS reads it: PyTorch's kernels do not.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy as np  # noqa: E402
@@ -102,11 +103,11 @@ class _ConvnpRunner:
         return count / (time.perf_counter() - started)
 
     def infer(self) -> float:
-        self.model.eval()
+        from convnp.runtime.parallel import predict_in_blocks
+
         started = time.perf_counter()
-        self.model.forward(self.test_x)
+        predict_in_blocks(self.model, self.test_x)  # as the CLI and train.evaluate
         seconds = time.perf_counter() - started
-        self.model.train()
         return len(self.test_x) / seconds
 
     def profile(self, repeats: int = 5) -> list[dict[str, Any]]:

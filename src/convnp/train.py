@@ -24,7 +24,7 @@ from convnp import io
 from convnp.layers.base import NonFiniteInputError
 from convnp.model import Sequential
 from convnp.optim import Optimizer
-from convnp.runtime.parallel import BatchSplitter
+from convnp.runtime.parallel import BatchSplitter, predict_in_blocks
 
 if TYPE_CHECKING:
     from convnp.runtime.distributed import Communicator
@@ -105,6 +105,8 @@ def first_non_finite(arrays: dict[str, np.ndarray]) -> str | None:
 def _first_non_finite_output(model: Sequential, x: np.ndarray) -> str:
     """Re-run the batch layer by layer (eval mode) to find where non-finite values start."""
     was_training = model.training
+    if not np.isfinite(x).all():
+        return "the input batch contains NaN or inf"
     model.eval()
     try:
         for index, layer in enumerate(model):
@@ -112,8 +114,6 @@ def _first_non_finite_output(model: Sequential, x: np.ndarray) -> str:
                 x = layer.forward(x)
             if not np.isfinite(x).all():
                 return f"layer {index} ({layer!r}) is the first to output NaN or inf"
-    except NonFiniteInputError as error:
-        return f"the input batch is not finite: {error}" if index == 0 else str(error)
     finally:
         model.train(was_training)
     return "every layer's output is finite, so the loss itself overflowed"
@@ -137,7 +137,7 @@ def evaluate(
     true_parts, predicted_parts = [], []
     try:
         for x, labels in batches:
-            y = model.forward(x) if comm is None else comm.forward(model, x)
+            y = predict_in_blocks(model, x) if comm is None else comm.forward(model, x)
             total_loss += loss.forward(y, labels) * _loss_weight(loss, len(x))
             count += len(x)
             true_parts.append(np.asarray(labels))

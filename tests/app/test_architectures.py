@@ -1,4 +1,4 @@
-"""The architecture string grammar, TOML files and the built-in recipes."""
+"""The architecture string grammar and TOML files (the built-in recipes: test_zoo.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from convnp.app import architectures, zoo
+from convnp.app import architectures
 from convnp.layers import (
     AvgPool2d,
     Conv2d,
@@ -84,23 +84,6 @@ def test_toml_file(tmp_path):
     path.write_text("layers = [")
     with pytest.raises(ValueError, match="cannot read TOML"):
         architectures.from_toml(path)
-
-
-@pytest.mark.parametrize("name", ["bouvrie", "lenet5", "modern"])
-def test_built_in_recipes_build_and_run(name):
-    recipe = zoo.get_recipe(name)
-    model = recipe.build(rng=np.random.default_rng(0))
-    assert model.forward(np.zeros((3, 1, 28, 28), np.float32)).shape == (3, 10)
-    assert recipe.loss in ("squared_error", "cross_entropy")
-
-
-def test_recipes_are_seeded_and_unknown_names_rejected():
-    first = zoo.get_recipe("modern").build(rng=np.random.default_rng(4))
-    second = zoo.get_recipe("modern").build(rng=np.random.default_rng(4))
-    for (_, a, _), (_, b, _) in zip(first.parameters(), second.parameters()):
-        np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="unknown model 'alexnet'; built-in models: bouvrie"):
-        zoo.get_recipe("alexnet")
 
 
 # -- degenerate strings and hostile TOML (issue 12) ----------------------------------------

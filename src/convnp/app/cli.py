@@ -40,7 +40,7 @@ from convnp.model import Sequential
 from convnp.optim import Optimizer
 from convnp.runtime import distributed
 from convnp.runtime.allocator import keep_freed_memory
-from convnp.runtime.parallel import available_cores
+from convnp.runtime.parallel import available_cores, predict_in_blocks
 
 DEFAULT_MODEL = "bouvrie"
 DEFAULT_DATA = "mnist5k"
@@ -426,7 +426,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if batches:
         x_all = np.concatenate(batches)
         loader = _loader_like_training(x_all, np.zeros(len(x_all), np.int64), info, model)
-        y = np.concatenate([model.predict(x) for x, _ in loader])
+        y = np.concatenate([predict_in_blocks(model, x) for x, _ in loader])
         names = info.class_names or [str(i) for i in range(y.shape[1])]
         kind = info.loss
         if kind == "squared_error":

@@ -44,9 +44,9 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
 
 from convnp import io
 from convnp import layers as L
-from convnp.interop.onnx import grouped_weight, window_pads
 from convnp.layers.base import Layer
 from convnp.layers.combine import FeatureMapCombination as _FeatureMapCombination
+from convnp.layers.conv import grouped_weight
 from convnp.layers.dropout import Dropout, Dropout2d
 from convnp.layers.local import LocallyConnected2d as _LocallyConnected2d
 from convnp.layers.normalization import BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -130,15 +130,14 @@ class WeightedAvgPool2d(_Wrapper):
     def __init__(self, layer: Layer) -> None:
         super().__init__(layer)
         self.geometry = layer  # parameter-free: only its window arithmetic is used
-        self.register_buffer("window", torch.from_numpy(layer._kernel_weights(np.float64)))
+        self.register_buffer("window", torch.from_numpy(layer.window_weights(np.float64)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spatial = tuple(x.shape[2:])
-        pads, _ = window_pads(self.geometry, spatial)
-        divisor = self.geometry._window_divisor(spatial, self.geometry.output_shape(spatial))
+        divisor = self.geometry.window_divisor(spatial)  # Z(o)
         channels = x.shape[1]
         kernel = self.window.to(x.dtype).expand(channels, 1, *self.window.shape)
-        padded = F.pad(x, _torch_pads(zip(pads[:2], pads[2:])))  # pads: befores, then afters
+        padded = F.pad(x, _torch_pads(self.geometry.window_pads(spatial)))
         window_sum = F.conv2d(padded, kernel, stride=self.geometry.stride, groups=channels)
         return window_sum / torch.as_tensor(divisor, dtype=x.dtype, device=x.device)
 

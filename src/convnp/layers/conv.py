@@ -231,3 +231,12 @@ class Conv3d(_ConvNd):
     """3-D convolution over (N, C, D, H, W): volumes or video (SPEC §6). See _ConvNd."""
 
     _nd = 3
+
+
+def grouped_weight(weight: np.ndarray, groups: int) -> np.ndarray:
+    """A grouped convolution's full (O, C, *k) weight (zero off the diagonal blocks, as convnp
+    stores it) in the (O, C/groups, *k) layout of PyTorch and ONNX: the diagonal blocks only.
+    Exporters use it."""
+    out_channels, in_channels, *kernel = weight.shape
+    blocks = weight.reshape(groups, out_channels // groups, groups, in_channels // groups, *kernel)
+    return blocks[np.arange(groups), :, np.arange(groups)].reshape(out_channels, -1, *kernel)

@@ -393,11 +393,10 @@ class Communicator:
                 )
 
     def _limit_threads(self, model: Any) -> None:
-        """BLAS threads and inference blocks: this rank's share of the node's cores."""
+        """BLAS threads: this rank's share of the node's cores."""
         node = self.comm.Split_type(self._mpi.COMM_TYPE_SHARED)
         share = max(1, available_cores() // node.Get_size())
         node.Free()
-        model.inference_threads = share
         from convnp.runtime.parallel import _blas_controller
 
         controller = _blas_controller()
