@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,22 @@ class NonFiniteInputError(ValueError):
 INPUT_IS_INNER: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "convnp_input_is_inner", default=False
 )
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What one training forward of a layer keeps for its backward (``Layer.memory_estimate``).
+
+    keeps_input / keeps_output: the layer keeps a reference to its input / output array (the
+    same array as the layer before's output / the layer after's input, so a network counts
+    it once); other_bytes: arrays it creates and keeps besides those (masks, argmax indices,
+    statistics); workspace_bytes: reused scratch it holds between calls.
+    """
+
+    keeps_input: bool = False
+    keeps_output: bool = False
+    other_bytes: int = 0
+    workspace_bytes: int = 0
 
 
 class Layer:
@@ -94,6 +111,12 @@ class Layer:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)
+
+    def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
+        """What a training forward of an input of ``input_shape`` (batch axis included) keeps
+        for backward. This default says "the input": layers that keep something else
+        (activations, pooling, normalisation) override it."""
+        return MemoryEstimate(keeps_input=True)
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON-serialisable) that rebuild this layer; see ``io``."""
