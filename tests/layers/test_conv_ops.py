@@ -251,3 +251,27 @@ def test_steady_state_training_step_allocates_only_its_outputs(rng):
     patch_matrix = 16 * 9 * x[:, 0].size * x.itemsize  # what a one-shot im2col would take
     assert peak < 3.2 * x.nbytes  # y, dx (and a dy-sized reduction temporary at most)
     assert peak < patch_matrix / 2
+
+
+def test_weight_grad_reuses_the_forward_patches_of_the_same_input_only(rng, monkeypatch):
+    geometry, groups, x, weight, bias, dy = _problem(CASES[2], rng)
+    expected = conv_weight_grad(x, dy, geometry, workspace=Workspace(2**30))
+    gathers = []
+    original = _conv_ops._StridedLayout._gather
+    monkeypatch.setattr(
+        _conv_ops._StridedLayout,
+        "_gather",
+        lambda self, x, workspace: gathers.append(1) or original(self, x, workspace),
+    )
+    workspace = Workspace(2**30)
+    conv_forward(x, weight, bias, geometry, workspace=workspace)
+    assert len(gathers) == 1
+    reused = conv_weight_grad(x, dy, geometry, workspace=workspace)
+    assert len(gathers) == 1  # one block: the forward's patch matrix is still there
+    np.testing.assert_array_equal(reused, expected)
+    other = x.copy()  # equal values, another array: gathered again
+    conv_weight_grad(other, dy, geometry, workspace=workspace)
+    assert len(gathers) == 2
+    conv_transpose(dy, weight, geometry, x.shape[2:], workspace=workspace)  # reuses the buffer
+    conv_weight_grad(other, dy, geometry, workspace=workspace)
+    assert len(gathers) == 3

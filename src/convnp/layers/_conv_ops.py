@@ -38,6 +38,7 @@ import copy
 import itertools
 import math
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -123,12 +124,25 @@ class Workspace:
             buffers = self._local.buffers = {}
             with self._lock:
                 self._all.append(buffers)
+        self._local.__dict__.setdefault("kept", {}).pop(role, None)  # its content changes
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
         buffer = buffers.get(role)
         if buffer is None or buffer.nbytes < nbytes:
             buffer = buffers[role] = np.empty(nbytes, dtype=np.uint8)
         return buffer[:nbytes].view(dtype).reshape(shape)
+
+    def keep(self, role: str, source: np.ndarray, key: tuple, value: np.ndarray) -> None:
+        """Remember that ``value`` (in role's buffer) was computed from ``source`` and ``key``,
+        until the buffer is handed out again or ``source`` is freed."""
+        self._local.__dict__.setdefault("kept", {})[role] = (weakref.ref(source), key, value)
+
+    def kept(self, role: str, source: np.ndarray, key: tuple) -> np.ndarray | None:
+        """The value ``keep`` recorded for this very ``source`` object and ``key``, or None."""
+        entry = self._local.__dict__.get("kept", {}).get(role)
+        if entry is None or entry[0]() is not source or entry[1] != key:
+            return None
+        return entry[2]
 
     def zeros(self, role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         out = self.array(role, shape, dtype)
@@ -184,7 +198,7 @@ def conv_weight_grad(
     taps = math.prod(geometry.kernel_size)
     dkernel = np.zeros((groups, out_channels // groups, channels // groups * taps), dy.dtype)
     for block in _blocks(x.shape, out_channels, geometry, workspace, x.dtype):
-        cols = _stack(block.gather(x, workspace), groups)
+        cols = _stack(block.patches(x, workspace), groups)
         delta = _stack(block.from_output(dy, workspace), groups)  # δ_j as (O, B·L)
         # (cols δᵀ)ᵀ lets BLAS stream the long B·L axis (1.4-2x faster than δ colsᵀ)
         dkernel += np.matmul(cols, delta.swapaxes(1, 2)).swapaxes(1, 2)
@@ -319,6 +333,23 @@ class _Block:
         )
         self.whole_rows = rows.start == 0 and rows.stop == out_shape[0]
 
+    def gather(self, x: np.ndarray, workspace: Workspace) -> np.ndarray:
+        """The block's patch matrix (C·K, B·L) of x, gathered into the workspace."""
+        cols = self._gather(x, workspace)
+        workspace.keep("patches", x, self._key(x), cols)
+        return cols
+
+    def patches(self, x: np.ndarray, workspace: Workspace) -> np.ndarray:
+        """The patch matrix as ``gather``, but not gathered again when the workspace still
+        holds it from the last gather of this same array x (a forward whose batch was one
+        block, then the weight gradient): x must not change in between, which holds for a
+        layer's cached input."""
+        cols = workspace.kept("patches", x, self._key(x))
+        return self.gather(x, workspace) if cols is None else cols
+
+    def _key(self, x: np.ndarray) -> tuple:
+        return (self.geometry, self.samples, self.rows, x.shape, x.dtype)
+
     def _fill_slab(self, slab: np.ndarray, x: np.ndarray) -> None:
         """slab (C, B, *slab) = the block's padded input, maps first."""
         slab.fill(0)
@@ -343,7 +374,7 @@ class _StridedLayout(_Block):
         g = self.geometry
         return kernel_offsets(g.kernel_size, g.stride, g.dilation, self.out_shape)
 
-    def gather(self, x: np.ndarray, workspace: Workspace) -> np.ndarray:
+    def _gather(self, x: np.ndarray, workspace: Workspace) -> np.ndarray:
         slab = workspace.array("slab", (self.channels, self.batch, *self.slab), x.dtype)
         self._fill_slab(slab, x)
         cols = workspace.array(
@@ -398,7 +429,7 @@ class _ShiftedLayout(_Block):
         image = flat[:, :, : self.image_size].reshape(self.channels, self.batch, *self.slab)
         return flat, image
 
-    def gather(self, x: np.ndarray, workspace: Workspace) -> np.ndarray:
+    def _gather(self, x: np.ndarray, workspace: Workspace) -> np.ndarray:
         flat, image = self._flat(workspace, x.dtype)
         flat[:, :, self.image_size :] = 0
         self._fill_slab(image, x)
