@@ -55,8 +55,8 @@ def test_predict_restores_mode_and_batches(rng):
 def test_training_forward_keeps_the_whole_batch_cache(rng):
     model = _small_model(rng)
     model.forward(rng.standard_normal((5, 1, 6, 6)))
-    patches = model[0]._cache[0]
-    assert patches.batch == 5  # backward needs the whole batch's cache
+    (kept_input,) = model[0]._cache
+    assert len(kept_input) == 5  # backward needs the whole batch's cache
 
 
 def test_state_dict_round_trip_is_exact_and_in_place(rng):
@@ -155,3 +155,19 @@ def test_only_the_network_input_is_scanned_for_nan_and_the_scan_comes_back(rng):
     assert np.isnan(ReLU().forward(np.full((1, 2), np.nan))).all()
     with pytest.raises(NonFiniteInputError, match=r"ReLU\(\): input of shape \(1, 2\)"):
         check_finite(np.full((1, 2), np.inf), "ReLU()")
+
+
+def test_training_memory_counts_an_array_kept_by_two_layers_once(rng):
+    from convnp.layers import Conv2d, ReLU
+
+    model = Sequential(
+        Conv2d(2, 3, 3, padding=1, rng=rng), ReLU(), Conv2d(3, 4, 3, padding=1, rng=rng)
+    )
+    rows = model.training_memory((2, 5, 5), batch_size=10)
+    kept = [row[1] for row in rows]
+    item = 4  # float32
+    # conv 0 keeps the network input, ReLU its output, conv 2 the same array as its input
+    assert kept == [10 * 2 * 25 * item, 10 * 3 * 25 * item, 0]
+    assert all(row[2] > 0 for row in (rows[0], rows[2])) and rows[1][2] == 0
+    text = model.memory_summary((2, 5, 5), 10, print_fn=None)
+    assert "estimated total" in text and "Conv2d(3, 4" in text

@@ -196,3 +196,64 @@ class Sequential:
         if print_fn is not None:
             print_fn(text)
         return text
+
+    def training_memory(
+        self, input_shape: tuple[int, ...], batch_size: int
+    ) -> list[tuple[str, int, int]]:
+        """Estimated bytes a training step holds, per layer: (layer, kept, workspace).
+
+        "kept" is what the layer's forward keeps for backward (``Layer.memory_estimate``);
+        an array kept by two neighbours (a ReLU's output that the next convolution keeps as
+        its input) is counted once, at the first. Add the parameters and their gradients
+        and the transient y/dx of one layer (``memory_summary``) for the step's peak.
+        """
+        shapes = [tuple(input_shape), *self.output_shapes(tuple(input_shape))]
+        sizes = self._activation_bytes(input_shape, batch_size)
+        rows, previous_kept_output = [], False
+        for index, layer in enumerate(self.layers):
+            estimate = layer.memory_estimate((batch_size, *shapes[index]))
+            kept = estimate.other_bytes
+            if estimate.keeps_input and not previous_kept_output:
+                kept += sizes[index]
+            if estimate.keeps_output:
+                kept += sizes[index + 1]
+            rows.append((repr(layer), kept, estimate.workspace_bytes))
+            previous_kept_output = estimate.keeps_output
+        return rows
+
+    def _activation_bytes(self, input_shape: tuple[int, ...], batch_size: int) -> list[int]:
+        """Bytes of the network's input and of every layer's output, for ``batch_size``."""
+        itemsize = np.dtype(self.dtype or np.float32).itemsize
+        shapes = [tuple(input_shape), *self.output_shapes(tuple(input_shape))]
+        return [batch_size * int(np.prod(shape)) * itemsize for shape in shapes]
+
+    def memory_summary(
+        self, input_shape: tuple[int, ...], batch_size: int, *, print_fn: Any = print
+    ) -> str:
+        """Table of ``training_memory`` in MiB with the step's estimated total; printed and
+        returned. Total = kept + workspaces + parameters and gradients + the largest
+        transient pair (a layer's output y and the dx its backward returns)."""
+        rows = self.training_memory(input_shape, batch_size)
+        sizes = self._activation_bytes(input_shape, batch_size)
+        itemsize = np.dtype(self.dtype or np.float32).itemsize
+        transient = max(a + b for a, b in zip(sizes, sizes[1:])) if len(sizes) > 1 else 0
+        parameters = 2 * self.num_parameters() * itemsize
+        mib = 2.0**20
+        width = max([len(name) for name, _, _ in rows] + [5])
+        lines = [f"training memory, batch {batch_size} (MiB):"]
+        lines.append(f"  {'#':>2}  {'layer':<{width}}  {'kept':>9}  {'workspace':>9}")
+        for index, (name, kept, workspace) in enumerate(rows):
+            cells = f"{kept / mib:9.1f}  {workspace / mib:9.1f}"
+            lines.append(f"  {index:>2}  {name:<{width}}  {cells}")
+        kept_total = sum(kept for _, kept, _ in rows)
+        workspace_total = sum(workspace for _, _, workspace in rows)
+        lines.append(f"  activations kept for backward {kept_total / mib:9.1f}")
+        lines.append(f"  workspaces                    {workspace_total / mib:9.1f}")
+        lines.append(f"  parameters + gradients        {parameters / mib:9.1f}")
+        lines.append(f"  largest layer's y + dx        {transient / mib:9.1f}")
+        total = kept_total + workspace_total + parameters + transient
+        lines.append(f"  estimated total               {total / mib:9.1f}")
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return text

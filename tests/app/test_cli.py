@@ -324,3 +324,13 @@ def test_no_command_and_version(capsys):
     )
     code, out, _ = invoke(capsys, "--version")
     assert code == 0 and out == f"convnp {convnp.__version__}\n"
+
+
+def test_summary_prints_the_training_memory_for_an_input_shape_and_batch():
+    result = run("summary", "--model", "modern", "--input-shape", "3,32,32", "--batch-size", "8")
+    assert result.returncode == 0, result.stderr
+    assert "Conv2d(3, 32" in result.stdout  # built for 3-channel input
+    assert "training memory, batch 8 (MiB):" in result.stdout
+    assert "estimated total" in result.stdout
+    bad = run("summary", "--model", "modern", "--input-shape", "3,x")
+    assert bad.returncode != 0 and "expected positive integers like 3,32,32" in bad.stderr

@@ -30,7 +30,7 @@ def _conv2d(batch, cin, cout, spatial, kernel, stride, padding, dilation, rng, *
 
 def _torch_padding(layer):
     """Our (before, after) pads as torch.nn.functional.pad's argument (last axis first)."""
-    return [p for before_after in reversed(layer._pads) for p in before_after]
+    return [p for before_after in reversed(layer.pads) for p in before_after]
 
 
 def _torch_twin(layer):
@@ -42,7 +42,9 @@ def _torch_twin(layer):
         3: torch.nn.functional.conv3d,
     }
     nd = layer._nd
-    mask = torch.tensor(layer._mask.reshape(layer._mask.shape + (1,) * nd), dtype=torch.float64)
+    mask = torch.tensor(
+        layer.connection_mask.reshape(layer.connection_mask.shape + (1,) * nd), dtype=torch.float64
+    )
 
     def twin(x, params):
         weight = params["weight"] * mask.to(x.dtype)

@@ -451,16 +451,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    batch_size = args.batch_size or 64
     if args.model_file and args.model:
         raise UsageError("give a model file or --model, not both")
     if args.model_file:
         model, info = _load_model(args.model_file)
-        shape = tuple(info.input_shape or (1, 28, 28))
+        shape = args.input_shape or tuple(info.input_shape or (1, 28, 28))
     else:
-        model = zoo.get_recipe(args.model or DEFAULT_MODEL).build()
-        shape = (1, 28, 28)
+        recipe = zoo.get_recipe(args.model or DEFAULT_MODEL)
+        shape = args.input_shape or (1, 28, 28)
+        model = recipe.build(shape)
+        batch_size = args.batch_size or recipe.batch_size
     print(model)
     model.summary(shape)
+    model.memory_summary(shape, batch_size)
     return 0
 
 
@@ -645,6 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="layers, output shapes and parameter counts")
     p.add_argument("model_file", type=_path, nargs="?", metavar="MODEL", help=_MODEL_HELP)
     p.add_argument("--model", choices=list(zoo.RECIPES), help="a built-in model instead")
+    p.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="one input, e.g. 3,32,32")
+    p.add_argument("--batch-size", type=_positive_int, help="for the training memory estimate")
     p.set_defaults(handler=cmd_summary)
 
     p = sub.add_parser("gradcheck", help="finite-difference check of a model's layers")
@@ -688,6 +694,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_bench)  # its options are passed through unparsed
     return parser
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """'3,32,32' -> (3, 32, 32): one input's shape without the batch axis."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 3,32,32, got {text!r}")
+    return shape
 
 
 def _number(text: str, kind: type, condition: str, accept: Any) -> Any:

@@ -125,27 +125,21 @@ def _conv_node(
 
 
 def _conv(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
-    """Conv; flip_kernel and connection tables are already in ``_effective_kernel``
+    """Conv; flip_kernel and connection tables are already in ``effective_kernel()``
     (rot180, unconnected kernels zero). Plain ``groups`` export as a grouped Conv."""
-    kernel = layer._effective_kernel()
+    kernel = layer.effective_kernel()
     groups = 1 if layer.has_connection_table else layer.groups
     if groups > 1:
         kernel = grouped_weight(kernel, groups)
-    geometry = {"stride": layer.stride, "pads": layer._pads, "dilation": layer.dilation}
+    geometry = {"stride": layer.stride, "pads": layer.pads, "dilation": layer.dilation}
     return _conv_node(g, x, kernel, layer.params.get("bias"), groups=groups, **geometry)
 
 
 def _feature_map_combination(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
     """u_j = Σ_i α_ij (x_i * k_ij) + b_j = Σ_i x_i * (α_ij k_ij) + b_j: one Conv whose kernel
     is α_ij·k_ij (per_input kernels k_i are shared by every j), rotated if flip_kernel."""
-    conv = layer._conv
-    kernel = layer.params["weight"]
-    if layer.kernels == "per_input":  # stored as a depthwise conv's weight (C_in, 1, kH, kW)
-        kernel = kernel[:, 0][None]
-    kernel = layer.alpha[:, :, None, None] * kernel  # α_ij k_ij
-    if conv.flip_kernel:
-        kernel = kernel[:, :, ::-1, ::-1]
-    geometry = {"stride": conv.stride, "pads": conv._pads, "dilation": conv.dilation}
+    kernel = layer.effective_kernel()
+    geometry = {"stride": layer.stride, "pads": layer.pads, "dilation": layer.dilation}
     return _conv_node(g, x, kernel, layer.params.get("bias"), **geometry)
 
 
@@ -158,7 +152,7 @@ def _locally_connected(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) 
     """
     taps = layer.in_channels * math.prod(layer.kernel_size)  # C·K
     one_hot = np.eye(taps).reshape(taps, layer.in_channels, *layer.kernel_size)
-    patches = _conv_node(g, x, one_hot, None, stride=layer.stride, pads=layer._pads)
+    patches = _conv_node(g, x, one_hot, None, stride=layer.stride, pads=layer.pads)
     positions = math.prod(layer.output_size)
     columns = g.node("Reshape", [patches, _shape(g, 0, taps, positions)])  # (N, C·K, L)
     by_position = g.node("Transpose", [columns], perm=[2, 0, 1])  # (L, N, C·K)

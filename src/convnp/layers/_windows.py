@@ -143,44 +143,6 @@ def kernel_offsets(
         yield offset, slices
 
 
-def im2col(
-    x_padded: np.ndarray,
-    kernel_size: tuple[int, ...],
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-    out_shape: tuple[int, ...],
-) -> np.ndarray:
-    """The patches of a padded (N, C, *spatial) input as a (C, *k, N, *out) array.
-
-    Row (i, k) holds, for every sample and output position, the pixel of map i that kernel
-    offset k meets; one strided copy per kernel offset (faster than copying the 2·nd-axis
-    ``windows`` view in one transpose, measured 3.4 vs 4.8 ms for 128x32x14x14, k = 3).
-    """
-    n, channels = x_padded.shape[:2]
-    cols = np.empty((channels, *kernel_size, n, *out_shape), dtype=x_padded.dtype)
-    maps_first = x_padded.swapaxes(0, 1)
-    for offset, slices in kernel_offsets(kernel_size, stride, dilation, out_shape):
-        cols[(slice(None), *offset)] = maps_first[(Ellipsis, *slices)]
-    return cols
-
-
-def col2im(
-    dcols: np.ndarray,
-    padded_shape: tuple[int, ...],
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-) -> np.ndarray:
-    """Adjoint of ``im2col``: add each (C, *k, N, *out) patch gradient back to its pixel."""
-    nd = len(stride)
-    kernel_size = dcols.shape[1 : 1 + nd]
-    out_shape = dcols.shape[2 + nd :]
-    dx_padded = np.zeros(padded_shape, dtype=dcols.dtype)
-    maps_first = dx_padded.swapaxes(0, 1)
-    for offset, slices in kernel_offsets(kernel_size, stride, dilation, out_shape):
-        maps_first[(Ellipsis, *slices)] += dcols[(slice(None), *offset)]
-    return dx_padded
-
-
 def scatter_windows(
     dwindows: np.ndarray,
     padded_shape: tuple[int, ...],

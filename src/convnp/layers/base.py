@@ -49,6 +49,7 @@ Decisions, made once here for every layer:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,22 @@ def check_finite(x: np.ndarray, where: str) -> np.ndarray:
     if x.size and not (np.isfinite(x.max()) and np.isfinite(x.min())):
         raise NonFiniteInputError(f"{where}: input of shape {x.shape} contains NaN or inf")
     return x
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What one training forward of a layer keeps for its backward (``Layer.memory_estimate``).
+
+    keeps_input / keeps_output: the layer keeps a reference to its input / output array (the
+    same array as the layer before's output / the layer after's input, so a network counts
+    it once); other_bytes: arrays it creates and keeps besides those (masks, argmax indices,
+    statistics); workspace_bytes: reused scratch it holds between calls.
+    """
+
+    keeps_input: bool = False
+    keeps_output: bool = False
+    other_bytes: int = 0
+    workspace_bytes: int = 0
 
 
 class Layer:
@@ -100,6 +117,12 @@ class Layer:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)
+
+    def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
+        """What a training forward of an input of ``input_shape`` (batch axis included) keeps
+        for backward. This default says "the input": layers that keep something else
+        (activations, pooling, normalisation) override it."""
+        return MemoryEstimate(keeps_input=True)
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON-serialisable) that rebuild this layer; see ``io``."""

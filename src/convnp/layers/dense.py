@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from convnp.layers.base import DEFAULT_DTYPE, Layer, uniform_init
+from convnp.layers.base import DEFAULT_DTYPE, Layer, MemoryEstimate, uniform_init
 
 
 class Linear(Layer):
@@ -94,6 +94,9 @@ class Flatten(Layer):
 
     def config(self) -> dict[str, Any]:
         return {"start_dim": self.start_dim}
+
+    def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
+        return MemoryEstimate()  # keeps only the input's shape
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x)
