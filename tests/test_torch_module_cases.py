@@ -222,7 +222,7 @@ def _lacks_batch_axis(case: Case) -> bool:
     """A (C, *spatial) input to an N-d layer, (C,) logits or a (D,) vector to a loss."""
     name = case.class_name
     ndim = _input_ndim(case)
-    if name in ("CrossEntropyLoss", "MSELoss", "Linear"):
+    if name == "Linear":
         return ndim == 1
     spatial = {"1d": 1, "2d": 2, "3d": 3}.get(name[-2:])
     return spatial is not None and not name.startswith("BatchNorm") and ndim == spatial + 1
@@ -252,10 +252,6 @@ def _known_gap(case: Case, module: Any) -> str | None:
         ),
         "Flatten start_dim < 1": name == "Flatten" and module.start_dim < 1,
         "exact GELU (approximate='none')": name == "GELU" and module.approximate == "none",
-        "loss reduction='none'": name.endswith("Loss") and module.reduction == "none",
-        "CrossEntropyLoss over logits (N, C, d1, ...)": (
-            name == "CrossEntropyLoss" and _input_ndim(case) > 2
-        ),
     }
     return next((gap for gap, applies in gaps.items() if applies), None)
 
