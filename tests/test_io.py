@@ -118,3 +118,12 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(rng, tmp_path, monkey
         io.save(_model(np.random.default_rng(5)), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_gelu_written_before_approximate_existed_loads_as_the_tanh_form():
+    from convnp.io import build
+
+    (old,) = build([{"type": "GELU", "config": {}}])
+    assert old.approximate == "tanh"
+    (new,) = build([{"type": "GELU", "config": {"approximate": "none"}}])
+    assert new.approximate == "none"

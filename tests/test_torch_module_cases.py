@@ -251,7 +251,6 @@ def _known_gap(case: Case, module: Any) -> str | None:
             name.startswith("BatchNorm") and case.inputs[0].shape[0] == 0
         ),
         "Flatten start_dim < 1": name == "Flatten" and module.start_dim < 1,
-        "exact GELU (approximate='none')": name == "GELU" and module.approximate == "none",
     }
     return next((gap for gap, applies in gaps.items() if applies), None)
 

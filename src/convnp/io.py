@@ -38,6 +38,9 @@ FORMAT_VERSION = 1
 LAYER_TYPES: dict[str, type[L.Layer]] = {
     name: getattr(L, name) for name in L.__all__ if name != "Layer"
 }
+# Arguments added to a layer after files were written without them: the value that gives
+# those files' layers their old behaviour (GELU was the tanh form before "approximate").
+LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {"GELU": {"approximate": "tanh"}}
 
 
 def architecture(model: Sequential) -> list[dict[str, Any]]:
@@ -71,7 +74,7 @@ def build(
                 f"architecture entry {index}: unknown layer type {name!r}; "
                 f"known: {', '.join(sorted(LAYER_TYPES))}"
             )
-        config = dict(entry.get("config", {}))
+        config = {**LEGACY_DEFAULTS.get(name, {}), **entry.get("config", {})}
         keywords = _constructor_keywords(cls)
         if "dtype" in keywords:
             config["dtype"] = dtype

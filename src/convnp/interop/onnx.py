@@ -335,11 +335,14 @@ def _scaled_tanh(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str
 
 
 def _gelu(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
-    """u/2 · (1 + tanh(√(2/π)·(u + 0.044715·u³))) from elementary operators (ONNX's Gelu
-    needs opset 20)."""
-    cube = g.node("Mul", [g.node("Mul", [x, x]), x])
-    inner = g.node("Add", [x, g.node("Mul", [cube, g.constant(layer._K)])])
-    t = g.node("Tanh", [g.node("Mul", [inner, g.constant(layer._C)])])
+    """From elementary operators (ONNX's Gelu needs opset 20): u/2 · (1 + erf(u/√2)) for
+    approximate="none", u/2 · (1 + tanh(√(2/π)·(u + 0.044715·u³))) for "tanh"."""
+    if layer.approximate == "none":
+        t = g.node("Erf", [g.node("Mul", [x, g.constant(float(np.sqrt(0.5)))])])
+    else:
+        cube = g.node("Mul", [g.node("Mul", [x, x]), x])
+        inner = g.node("Add", [x, g.node("Mul", [cube, g.constant(layer._K)])])
+        t = g.node("Tanh", [g.node("Mul", [inner, g.constant(layer._C)])])
     half_x = g.node("Mul", [x, g.constant(0.5)])
     return g.node("Mul", [half_x, g.node("Add", [t, g.constant(1.0)])])
 

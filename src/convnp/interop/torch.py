@@ -19,8 +19,8 @@ Mapping notes:
   would add them to its loss); the settings survive the round trip. Dropout draws its own
   masks in each library: training-mode outputs agree in distribution, not draw by draw.
 * Refused by ``from_torch``, with the module named: any module without a convnp
-  counterpart, ``padding_mode`` other than "zeros", ``GELU(approximate="none")`` (convnp's
-  GELU is the tanh form), ``BatchNorm(momentum=None)``, ``Softmax(dim=None)``,
+  counterpart, ``padding_mode`` other than "zeros", ``BatchNorm(momentum=None)``,
+  ``Softmax(dim=None)``,
   ``Flatten(end_dim != -1)``, pools with ``return_indices=True``, non-float32/64 weights.
 
 Needs PyTorch (the CPU wheel is enough); without it, importing this module says so.
@@ -299,7 +299,7 @@ TO_TORCH: dict[type[Layer], Callable[[Layer], nn.Module]] = {
     L.ReLU: lambda layer: nn.ReLU(),
     L.LeakyReLU: lambda layer: nn.LeakyReLU(layer.negative_slope),
     L.ELU: lambda layer: nn.ELU(layer.alpha),
-    L.GELU: lambda layer: nn.GELU(approximate="tanh"),
+    L.GELU: lambda layer: nn.GELU(approximate=layer.approximate),
     L.Softmax: lambda layer: nn.Softmax(layer.dim),
 }
 
@@ -390,9 +390,7 @@ def _batch_norm_from_torch(layer_type: type[Layer]) -> Callable[[nn.Module], Con
 
 
 def _gelu_from_torch(module: nn.Module) -> Converted:
-    if module.approximate != "tanh":
-        raise ValueError("convnp's GELU is the tanh form; use nn.GELU(approximate='tanh')")
-    return L.GELU, {}, {}
+    return L.GELU, {"approximate": module.approximate}, {}
 
 
 def _flatten_from_torch(module: nn.Module) -> Converted:
