@@ -244,12 +244,6 @@ def _known_gap(case: Case, module: Any) -> str | None:
         ),
         "input without a batch axis": _lacks_batch_axis(case) and _input_ndim(case) > 0,
         "backward after an eval-mode forward": not case.training,
-        "BatchNorm momentum=None (cumulative moving average)": (
-            name.startswith("BatchNorm") and module.momentum is None
-        ),
-        "BatchNorm on an empty batch": (
-            name.startswith("BatchNorm") and case.inputs[0].shape[0] == 0
-        ),
         "Flatten start_dim < 1": name == "Flatten" and module.start_dim < 1,
     }
     return next((gap for gap, applies in gaps.items() if applies), None)

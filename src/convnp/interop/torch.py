@@ -19,8 +19,7 @@ Mapping notes:
   would add them to its loss); the settings survive the round trip. Dropout draws its own
   masks in each library: training-mode outputs agree in distribution, not draw by draw.
 * Refused by ``from_torch``, with the module named: any module without a convnp
-  counterpart, ``padding_mode`` other than "zeros", ``BatchNorm(momentum=None)``,
-  ``Softmax(dim=None)``,
+  counterpart, ``padding_mode`` other than "zeros", ``Softmax(dim=None)``,
   ``Flatten(end_dim != -1)``, pools with ``return_indices=True``, non-float32/64 weights.
 
 Needs PyTorch (the CPU wheel is enough); without it, importing this module says so.
@@ -231,7 +230,7 @@ def _loaded(module: nn.Module, arrays: dict[str, np.ndarray]) -> nn.Module:
     state = module.state_dict()
     with torch.no_grad():
         for key, value in arrays.items():
-            state[key].copy_(torch.from_numpy(np.ascontiguousarray(value)))
+            state[key].copy_(torch.from_numpy(np.require(value, requirements="C")))  # 0-d stays
     return module
 
 
@@ -253,7 +252,12 @@ def _pool_arguments(layer: Layer, *names: str) -> dict[str, Any]:
 def _batch_norm_to_torch(module_type: type[nn.Module]) -> Callable[[Layer], nn.Module]:
     return _with_state(
         lambda layer: module_type(
-            layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats
+            layer.num_features,
+            layer.eps,
+            layer.momentum,
+            layer.affine,
+            layer.track_running_stats,
+            bias=layer.config().get("bias", True),
         )
     )
 
@@ -381,10 +385,14 @@ def _from_wrapper(module: _Wrapper) -> Converted:
 
 def _batch_norm_from_torch(layer_type: type[Layer]) -> Callable[[nn.Module], Converted]:
     def convert(module: nn.Module) -> Converted:
-        if module.momentum is None:
-            raise ValueError("momentum=None (a cumulative average) has no convnp counterpart")
         names = ("num_features", "eps", "momentum", "affine", "track_running_stats")
-        return layer_type, {name: getattr(module, name) for name in names}, _arrays(module)
+        config = {name: getattr(module, name) for name in names}
+        if module.affine and module.bias is None:
+            config["bias"] = False
+        arrays = _arrays(module)
+        if module.momentum is None and module.track_running_stats:  # the count α = 1/t needs
+            arrays["num_batches_tracked"] = np.array(float(module.num_batches_tracked))
+        return layer_type, config, arrays
 
     return convert
 
