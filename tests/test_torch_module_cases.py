@@ -244,7 +244,6 @@ def _known_gap(case: Case, module: Any) -> str | None:
         ),
         "input without a batch axis": _lacks_batch_axis(case) and _input_ndim(case) > 0,
         "backward after an eval-mode forward": not case.training,
-        "Flatten start_dim < 1": name == "Flatten" and module.start_dim < 1,
     }
     return next((gap for gap, applies in gaps.items() if applies), None)
 

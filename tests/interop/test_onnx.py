@@ -205,6 +205,7 @@ CASES: list[tuple[str, tuple[int, ...], Callable[[], Sequential]]] = [
         (3, 12, 12),
         lambda: Sequential(
             L.GlobalMaxPool2d(),
+            L.Flatten(-3, -2),  # (N, 3, 1, 1) -> (N, 3, 1)
             L.Flatten(start_dim=2),
         ),
     ),
@@ -437,6 +438,12 @@ def test_adaptive_pool_needs_divisible_sizes() -> None:
     ):
         onnx_export.to_onnx(model, None, (1, 28, 28))
     onnx_export.to_onnx(model, None, (1, 25, 30))  # divisible: fine
+
+
+def test_flatten_over_the_batch_axis_is_refused() -> None:
+    model = Sequential(L.Flatten(0))
+    with pytest.raises(onnx_export.ExportError, match=r"layer 0 \(Flatten.*batch axis"):
+        onnx_export.to_onnx(model, None, (2, 3))
 
 
 def test_batch_statistics_in_eval_are_refused() -> None:

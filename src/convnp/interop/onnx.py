@@ -276,9 +276,13 @@ def _shape(g: _Graph, *sizes: int) -> str:
 
 
 def _flatten(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
-    if layer.start_dim == 1:
+    first, last = layer.axes(len(shape) + 1)  # shape leaves out the batch axis
+    if first == 0:
+        raise ExportError("Flatten with start_dim=0 merges the batch axis, which stays dynamic")
+    if (first, last) == (1, len(shape)):
         return g.node("Flatten", [x], axis=1)
-    return g.node("Reshape", [x, _shape(g, *[0] * layer.start_dim, -1)])
+    # 0 keeps the (dynamic) batch axis; the other sizes are known
+    return g.node("Reshape", [x, _shape(g, 0, *shape[: first - 1], -1, *shape[last:])])
 
 
 def _euclidean_rbf(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:

@@ -20,7 +20,7 @@ Mapping notes:
   masks in each library: training-mode outputs agree in distribution, not draw by draw.
 * Refused by ``from_torch``, with the module named: any module without a convnp
   counterpart, ``padding_mode`` other than "zeros", ``Softmax(dim=None)``,
-  ``Flatten(end_dim != -1)``, pools with ``return_indices=True``, non-float32/64 weights.
+  pools with ``return_indices=True``, non-float32/64 weights.
 
 Needs PyTorch (the CPU wheel is enough); without it, importing this module says so.
 """
@@ -290,7 +290,7 @@ TO_TORCH: dict[type[Layer], Callable[[Layer], nn.Module]] = {
     _FeatureMapCombination: FeatureMapCombination,
     _LocallyConnected2d: LocallyConnected2d,
     L.Linear: _with_state(lambda layer: nn.Linear(**layer.config())),
-    L.Flatten: lambda layer: nn.Flatten(layer.start_dim),
+    L.Flatten: lambda layer: nn.Flatten(layer.start_dim, layer.end_dim),
     _EuclideanRBF: EuclideanRBF,
     BatchNorm1d: _batch_norm_to_torch(nn.BatchNorm1d),
     BatchNorm2d: _batch_norm_to_torch(nn.BatchNorm2d),
@@ -402,9 +402,7 @@ def _gelu_from_torch(module: nn.Module) -> Converted:
 
 
 def _flatten_from_torch(module: nn.Module) -> Converted:
-    if module.end_dim != -1:
-        raise ValueError("end_dim other than -1 has no convnp counterpart")
-    return L.Flatten, {"start_dim": module.start_dim}, {}
+    return L.Flatten, {"start_dim": module.start_dim, "end_dim": module.end_dim}, {}
 
 
 def _softmax_from_torch(module: nn.Module) -> Converted:
