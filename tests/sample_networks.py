@@ -170,6 +170,7 @@ NETWORKS: list[tuple[str, tuple[int, ...], Callable[[], Sequential]]] = [
         (3, 12, 12),
         lambda: Sequential(
             L.GlobalMaxPool2d(),
+            L.Flatten(-3, -2),  # (N, 3, 1, 1) -> (N, 3, 1)
             L.Flatten(start_dim=2),
         ),
     ),
@@ -360,9 +361,11 @@ NETWORKS: list[tuple[str, tuple[int, ...], Callable[[], Sequential]]] = [
             L.LeakyReLU(0.2),
             Dropout(0.0),
             BatchNorm1d(32, eps=1e-3),
+            BatchNorm1d(32, momentum=None, bias=False),
             L.ELU(0.7),
             L.Linear(32, 16, bias=False, **seeded(15)),
             L.GELU(),
+            L.GELU("tanh"),
             L.Linear(16, 12, **seeded(16)),
             L.ScaledTanh(),
             EuclideanRBF(12, 10, **seeded(17)),

@@ -433,3 +433,12 @@ def test_checkpoint_with_non_finite_state_loads_when_allowed(tmp_path):
     model, optimizer, history, info = io.resume(path, allow_non_finite=True)
     assert np.isnan(model[0].params["bias"]).all()
     assert history == [{"epoch": 1, "train_loss": 0.5}] and info == {"epochs": 3}
+
+
+def test_gelu_written_before_approximate_existed_loads_as_the_tanh_form():
+    from convnp.io import build
+
+    (old,) = build([{"type": "GELU", "config": {}}])
+    assert old.approximate == "tanh"
+    (new,) = build([{"type": "GELU", "config": {"approximate": "none"}}])
+    assert new.approximate == "none"

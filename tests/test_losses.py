@@ -288,8 +288,9 @@ def test_repr_and_config_rebuild():
         (np.zeros((2, 3)), np.zeros((2, 4)), r"shape \(2, 3\).*got shape \(2, 4\)"),
         (np.array([[0.0, np.nan, 1.0]]), np.array([0]), "NaN"),
         (np.zeros((2, 3)), np.full((2, 3), np.inf), "target.*NaN or inf"),
-        (np.zeros((2, 3, 1)), np.array([0, 1]), r"logits of shape \(N, C\)"),
-        (np.zeros(3), np.array([0, 1, 2]), r"logits of shape \(N, C\)"),
+        (np.zeros((2, 3, 1)), np.array([0, 1]), r"class indices of shape \(2, 1\)"),
+        (np.zeros(3), np.array([0, 1, 2]), r"class indices of shape \(\)"),
+        (np.zeros(()), np.array(0), r"\(N, \.\.\.\) or \(C,\)"),
         (np.zeros((2, 3), dtype=int), np.array([0, 1]), "floating-point"),
         ([[0.0, 1.0]], np.array([0]), "NumPy array"),
     ],
@@ -304,7 +305,7 @@ def test_cross_entropy_rejects_bad_input(y, target, message):
     [
         (np.zeros((2, 1)), np.zeros(2), r"integer dtype.*target array of the output's shape"),
         (np.zeros((2, 3, 4)), np.array([0, 1]), r"output's shape \(2, 3, 4\), got shape \(2,\)"),
-        (np.zeros(4), np.zeros(4), r"\(N, \.\.\.\)"),
+        (np.zeros(()), np.zeros(()), r"\(N, \.\.\.\) or \(C,\)"),
         (np.full((1, 2), np.inf), np.zeros((1, 2)), "SquaredErrorLoss.*NaN or inf"),
     ],
 )
@@ -321,7 +322,7 @@ def test_non_finite_output_is_the_divergence_error(loss):
 
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="reduction"):
-        SquaredErrorLoss(reduction="none")
+        SquaredErrorLoss(reduction="elementwise")
     with pytest.raises(ValueError, match="label_smoothing"):
         CrossEntropyLoss(label_smoothing=1.5)
 
@@ -344,3 +345,149 @@ def test_class_probabilities_are_distributions_ranked_like_the_decision(rng):
     expected = torch.softmax(-torch.from_numpy(y), dim=1).numpy()
     np.testing.assert_allclose(RBFEnergyLoss.class_probabilities(y), expected, rtol=1e-12)
     np.testing.assert_array_equal(SquaredErrorLoss.class_probabilities(y)[0], 0.25)
+
+
+# -- PyTorch's options: class weights, ignore_index, reduction="none", per-pixel logits ---------
+CROSS_ENTROPY_OPTIONS = [
+    {"weight": [0.3, 2.0, 1.0, 0.5]},
+    {"ignore_index": 2},
+    {"weight": [0.3, 2.0, 1.0, 0.5], "ignore_index": 1, "label_smoothing": 0.2},
+    {"reduction": "none"},
+    {"reduction": "none", "weight": [0.3, 2.0, 1.0, 0.5], "label_smoothing": 0.1},
+    {"reduction": "sum", "weight": [0.3, 2.0, 1.0, 0.5], "ignore_index": 0},
+]
+LOGIT_SHAPES = [(5, 4), (3, 4, 2, 3), (2, 4, 3), (4,)]
+# (options, target kind); ignore_index applies to class-index targets only
+OPTION_CASES = [
+    (options, kind)
+    for options in CROSS_ENTROPY_OPTIONS
+    for kind in ("labels", "probabilities")
+    if kind == "labels" or "ignore_index" not in options
+]
+
+
+def _cross_entropy_target(kind, rng, shape):
+    if kind == "labels" and len(shape) == 1:
+        return np.array(3)  # one sample: a class no option ignores
+    if kind == "labels":
+        return rng.integers(0, shape[1], size=_index_shape(shape))
+    weights = rng.random(shape) + 0.1
+    return weights / weights.sum(axis=0 if len(shape) == 1 else 1, keepdims=True)
+
+
+def _index_shape(shape):
+    return shape[:1] + shape[2:] if len(shape) > 1 else ()
+
+
+def _upstream_for(loss, value, rng):
+    return rng.standard_normal(np.shape(value)) if loss.reduction == "none" else None
+
+
+def _scalarised(loss, y, target, dloss):
+    """E·dloss summed: a scalar whose gradient is backward(dloss), for finite differences."""
+    value = loss.forward(y, target)
+    return float(np.sum(value * dloss)) if dloss is not None else value
+
+
+@pytest.mark.parametrize("shape", LOGIT_SHAPES)
+@pytest.mark.parametrize(("options", "kind"), OPTION_CASES, ids=repr)
+def test_cross_entropy_options_gradient(options, shape, kind, rng):
+    loss = CrossEntropyLoss(**options)
+    y = rng.standard_normal(shape) * 2
+    target = _cross_entropy_target(kind, rng, shape)
+    dloss = _upstream_for(loss, loss.forward(y, target), rng)
+    analytic = loss.backward(dloss)
+    numeric = numerical_gradient(lambda: _scalarised(loss, y, target, dloss), y)
+    assert relative_error(analytic, numeric) < GRADCHECK_TOLERANCE
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", LOGIT_SHAPES)
+@pytest.mark.parametrize(("options", "kind"), OPTION_CASES, ids=repr)
+def test_cross_entropy_options_match_torch(options, shape, kind, dtype, rng):
+    torch = pytest.importorskip("torch")
+    loss = CrossEntropyLoss(**options)
+    y = (rng.standard_normal(shape) * 3).astype(dtype)
+    target = _cross_entropy_target(kind, rng, shape)
+    if kind == "probabilities":
+        target = target.astype(dtype)
+    value = loss.forward(y, target)
+    dloss = _upstream_for(loss, value, rng)
+    dy = loss.backward(None if dloss is None else dloss.astype(dtype))
+
+    torch_options = dict(options)
+    if "weight" in torch_options:
+        torch_options["weight"] = torch.tensor(np.array(options["weight"], dtype=dtype))
+    y_t = torch.tensor(y, requires_grad=True)
+    value_t = torch.nn.functional.cross_entropy(y_t, torch.tensor(target), **torch_options)
+    value_t.backward(None if dloss is None else torch.tensor(dloss.astype(dtype)))
+    assert np.shape(value) == tuple(value_t.shape) and dy.dtype == dtype
+    _assert_close(np.asarray(value), value_t.detach().numpy(), dtype)
+    _assert_close(dy, y_t.grad.numpy(), dtype)
+
+
+def test_cross_entropy_mean_divides_by_summed_weights(rng):
+    """PyTorch's rule: "mean" is Σ_n w_{t_n} L_n / Σ_n w_{t_n}, not / N."""
+    y = rng.standard_normal((4, 3))
+    labels = np.array([0, 2, 2, 1])
+    weight = np.array([0.5, 2.0, 3.0])
+    per_sample = CrossEntropyLoss(reduction="none").forward(y, labels)
+    value = CrossEntropyLoss(weight=weight).forward(y, labels)
+    assert value == pytest.approx(np.sum(weight[labels] * per_sample) / weight[labels].sum())
+
+
+def test_cross_entropy_ignore_index_drops_positions(rng):
+    y = rng.standard_normal((4, 3))
+    labels = np.array([0, -100, 2, -100])
+    loss = CrossEntropyLoss()
+    value = loss.forward(y, labels)
+    assert value == pytest.approx(CrossEntropyLoss().forward(y[[0, 2]], labels[[0, 2]]))
+    np.testing.assert_array_equal(loss.backward()[[1, 3]], 0.0)
+
+
+def test_cross_entropy_all_ignored_is_nan_with_zero_gradient():
+    loss = CrossEntropyLoss(ignore_index=1)
+    assert np.isnan(loss.forward(np.zeros((2, 3)), np.array([1, 1])))
+    np.testing.assert_array_equal(loss.backward(), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("loss", "dloss", "message"),
+    [
+        (CrossEntropyLoss(reduction="none"), None, r"dloss of the losses' shape \(2,\)"),
+        (CrossEntropyLoss(reduction="none"), np.ones(3), r"shape \(2,\), got \(3,\)"),
+        (CrossEntropyLoss(), np.ones(2), "scalar dloss"),
+    ],
+)
+def test_backward_rejects_bad_dloss(loss, dloss, message):
+    loss.forward(np.zeros((2, 3)), np.array([0, 1]))
+    with pytest.raises(ValueError, match=message):
+        loss.backward(dloss)
+
+
+def test_cross_entropy_rejects_weight_of_wrong_length():
+    with pytest.raises(ValueError, match=r"weight has 2 classes.*\(3, 4\) have 4"):
+        CrossEntropyLoss(weight=[1.0, 2.0]).forward(np.zeros((3, 4)), np.array([0, 1, 2]))
+
+
+def test_cross_entropy_config_round_trip():
+    loss = CrossEntropyLoss(weight=[1.0, 2.0], ignore_index=0, reduction="none")
+    assert CrossEntropyLoss(**loss.config()).config() == loss.config()
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4, 5), (6,)])
+def test_squared_error_reduction_none(shape, rng):
+    torch = pytest.importorskip("torch")
+    y = rng.standard_normal(shape)
+    target = rng.standard_normal(shape)
+    loss = SquaredErrorLoss(reduction="none")
+    value = loss.forward(y, target)
+    dloss = rng.standard_normal(shape)
+    analytic = loss.backward(dloss)
+    numeric = numerical_gradient(lambda: _scalarised(loss, y, target, dloss), y)
+    assert relative_error(analytic, numeric) < GRADCHECK_TOLERANCE
+    y_t = torch.tensor(y, requires_grad=True)
+    value_t = 0.5 * torch.nn.functional.mse_loss(y_t, torch.tensor(target), reduction="none")
+    value_t.backward(torch.tensor(dloss))
+    _assert_close(value, value_t.detach().numpy(), np.float64)
+    _assert_close(analytic, y_t.grad.numpy(), np.float64)

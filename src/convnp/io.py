@@ -53,6 +53,9 @@ MODEL_NAME = "model.safetensors"  # in a run folder
 LAYER_TYPES: dict[str, type[L.Layer]] = {
     name: getattr(L, name) for name in L.__all__ if name != "Layer"
 }
+# Arguments added to a layer after files were written without them: the value that gives
+# those files' layers their old behaviour (GELU was the tanh form before "approximate").
+LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {"GELU": {"approximate": "tanh"}}
 
 
 class ModelFileError(ValueError):
@@ -98,7 +101,7 @@ def build(
     layers = []
     for index, (entry, config) in enumerate(zip(spec, arguments)):
         cls = LAYER_TYPES[entry["type"]]
-        config = dict(config)
+        config = {**LEGACY_DEFAULTS.get(entry["type"], {}), **config}
         keywords = _constructor_keywords(cls)
         if "dtype" in keywords:
             config["dtype"] = dtype
@@ -313,10 +316,14 @@ def _batch_norm_tensors(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     features = (config["num_features"],)
     names = []
     if config.get("affine", True):
-        names += ["weight", "bias"]
+        names += ["weight", "bias"] if config.get("bias", True) else ["weight"]
     if config.get("track_running_stats", True):
         names += ["running_mean", "running_var"]
-    return dict.fromkeys(names, features)
+    tensors = dict.fromkeys(names, features)
+    if config.get("track_running_stats", True) and "momentum" in config:
+        if config["momentum"] is None:  # the cumulative average counts its batches
+            tensors["num_batches_tracked"] = ()
+    return tensors
 
 
 # The params and buffers each layer type allocates, from its config alone (every other type

@@ -9,7 +9,9 @@ Losses are not layers, because they take a target as well as the network output 
 
 ``reduction`` fixes the scale in one place: ``"mean"`` averages the per-sample losses over the
 batch and ``"sum"`` adds them. Layers sum per-sample gradients, so this 1/N, applied here, is
-the only one anywhere (SPEC §1).
+the only one anywhere (SPEC §1). ``"none"`` (squared error and cross-entropy) returns the
+unreduced losses; ``backward(dloss)`` then takes the upstream gradient of that array, as
+``loss.backward(gradient)`` does in PyTorch (for "mean"/"sum" it is an optional scalar, 1).
 
 Targets are either an array of y's shape (one-hot codes, probabilities, real values) or, for
 y of shape (N, C), integer class labels of shape (N,), turned into one-of-c codes by
@@ -23,8 +25,6 @@ from typing import Any
 import numpy as np
 
 from convnp.layers.base import NonFiniteInputError
-
-_REDUCTIONS = ("mean", "sum")
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -79,10 +79,13 @@ def one_hot(
 class _Loss:
     """Shared protocol: reduction, the one-slot cache, validation of y and of the target."""
 
+    _reductions: tuple[str, ...] = ("mean", "sum")
+
     def __init__(self, reduction: str) -> None:
-        if reduction not in _REDUCTIONS:
+        if reduction not in self._reductions:
             raise ValueError(
-                f"{type(self).__name__}: reduction must be one of {_REDUCTIONS}, got {reduction!r}"
+                f"{type(self).__name__}: reduction must be one of {self._reductions}, "
+                f"got {reduction!r}"
             )
         self.reduction = reduction
         self._cache: Any = None
@@ -90,7 +93,7 @@ class _Loss:
     def forward(self, y: np.ndarray, target: Any) -> float:
         raise NotImplementedError
 
-    def backward(self) -> np.ndarray:
+    def backward(self, dloss: Any = None) -> np.ndarray:
         raise NotImplementedError
 
     def __call__(self, y: np.ndarray, target: Any) -> float:
@@ -111,17 +114,42 @@ class _Loss:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
         return self._cache
 
-    def _batch_scale(self, batch_size: int) -> float:
-        """s in E = s · Σ_n E_n: 1/N for "mean", 1 for "sum"."""
-        return 1.0 / batch_size if self.reduction == "mean" else 1.0
+    def _mean_scale(self, divisor: float) -> float:
+        """s in E = s · Σ_n E_n: 1/divisor for "mean", else 1."""
+        return 1.0 / divisor if self.reduction == "mean" else 1.0
 
-    def _check_output(self, y: Any, *, exact_ndim: int | None = None) -> np.ndarray:
+    def _upstream(
+        self, dloss: Any, loss_shape: tuple[int, ...], batched: bool, dtype: Any = np.float64
+    ) -> Any:
+        """The upstream gradient ∂(whatever follows)/∂E: an array of the unreduced losses'
+        shape for "none" (required), a scalar (default 1) otherwise."""
+        if self.reduction != "none":
+            if dloss is None:
+                return 1.0
+            if np.ndim(dloss) != 0:
+                raise ValueError(f"{self!r}: backward expected a scalar dloss, got {dloss!r}")
+            return float(dloss)
+        expected = loss_shape if batched else loss_shape[1:]
+        if not isinstance(dloss, np.ndarray) or dloss.shape != tuple(expected):
+            got = dloss.shape if isinstance(dloss, np.ndarray) else type(dloss).__name__
+            raise ValueError(
+                f"{self!r}: with reduction='none', backward expects dloss of the losses' "
+                f"shape {tuple(expected)}, got {got}"
+            )
+        dloss = dloss.astype(dtype, copy=False)  # the gradient keeps the output's dtype
+        return dloss if batched else dloss[None]
+
+    def _check_output(
+        self, y: Any, *, exact_ndim: int | None = None, batched: bool = True
+    ) -> np.ndarray:
+        """Validate y: (N, ...) with N >= 1, or with ``batched=False`` also a 1-D sample."""
         if not isinstance(y, np.ndarray):
             raise ValueError(f"{self!r}: expected a NumPy array, got {type(y).__name__}")
         if exact_ndim is not None and y.ndim != exact_ndim:
             raise ValueError(f"{self!r}: expected logits of shape (N, C), got shape {y.shape}")
-        if y.ndim < 2 or y.shape[0] < 1:
-            raise ValueError(f"{self!r}: expected an output of shape (N, ...), got {y.shape}")
+        if y.ndim < (2 if batched else 1) or y.shape[0] < 1:
+            layout = "(N, ...) or (C,)" if not batched else "(N, ...)"
+            raise ValueError(f"{self!r}: expected an output of shape {layout}, got {y.shape}")
         if y.dtype.kind != "f":
             raise ValueError(f"{self!r}: expected a floating-point output, got dtype {y.dtype}")
         if not (np.isfinite(y.max()) and np.isfinite(y.min())):
@@ -164,19 +192,24 @@ class SquaredErrorLoss(_Loss):
     over the batch:
         reduction="mean" (default, as the MATLAB reference code):  E = (1/N) Σ_n E_n
         reduction="sum"  (Bouvrie's E^N):                          E = Σ_n E_n
+        reduction="none": the array ½ (t − y)², y's shape (``backward(dloss)`` takes its
+                          upstream gradient)
     Backward:
-        ∂E/∂y = s · (y − t),   s = 1/N for "mean", 1 for "sum"
+        ∂E/∂y = s · (y − t),   s = 1/N for "mean", 1 for "sum";  dloss ∘ (y − t) for "none"
     The output sensitivity δ^L = f'(u^L) ∘ (y − t) is completed by the activation layer.
     PyTorch equivalent: 0.5 * F.mse_loss(y, t, reduction="sum"), divided by N for "mean".
 
     Args:
-        reduction: "mean" or "sum", as above.
+        reduction: "mean", "sum" or "none", as above.
         off_value: target of the wrong classes when integer labels are given: 0 for a
             sigmoid output, −1 for tanh (the true class is always 1).
 
     Shape:
-        y (N, *) with a real target of the same shape, or y (N, C) with labels (N,).
+        y (N, *) with a real target of the same shape, or y (N, C) with labels (N,); a 1-D
+        y (one sample without a batch axis) with a target of its shape.
     """
+
+    _reductions = ("mean", "sum", "none")
 
     def __init__(self, reduction: str = "mean", off_value: float = 0.0) -> None:
         super().__init__(reduction)
@@ -194,52 +227,92 @@ class SquaredErrorLoss(_Loss):
         uniform = np.full_like(positive, 1 / y.shape[1])
         return np.divide(positive, total, out=uniform, where=total > 0)
 
-    def forward(self, y: np.ndarray, target: Any) -> float:
-        y = self._check_output(y)
+    def forward(self, y: np.ndarray, target: Any) -> float | np.ndarray:
+        y = self._check_output(y, batched=False)
         t = self._dense_target(y, target, self.off_value, 1.0)
         error = y - t
-        scale = self._batch_scale(y.shape[0])
+        scale = self._mean_scale(y.shape[0] if y.ndim > 1 else 1)
         self._cache = (error, scale)
+        if self.reduction == "none":
+            return 0.5 * np.square(error)  # ½ (t_k − y_k)², unreduced
         return scale * 0.5 * float(np.sum(np.square(error)))  # s · Σ_n ½ Σ_k (t_k − y_k)²
 
-    def backward(self) -> np.ndarray:
+    def backward(self, dloss: Any = None) -> np.ndarray:
         error, scale = self._recall()
-        return scale * error  # ∂E/∂y = s · (y − t)
+        if self.reduction == "none":
+            return self._upstream(dloss, error.shape, True, error.dtype) * error  # dloss ∘ (y − t)
+        return (scale * self._upstream(dloss, error.shape, True)) * error  # s · (y − t)
 
 
 class CrossEntropyLoss(_Loss):
-    """Softmax fused with cross-entropy, taking logits (SPEC §1, softmax output).
+    """Softmax fused with cross-entropy, taking logits (SPEC §1, softmax output), as PyTorch's.
 
-    Per sample, for scores v and a target distribution y over C classes:
-        a_i = exp(v_i − max v) / Σ_j exp(v_j − max v)     softmax; max subtracted, no overflow
-        L   = −Σ_i y_i ln a_i,    ln a_i = (v_i − max v) − ln Σ_j exp(v_j − max v)
+    For each sample (and each position d of a per-pixel classifier), with scores v over C
+    classes along axis 1, class weights w (all 1 by default) and a target distribution q:
+        a_c = exp(v_c − max v) / Σ_k exp(v_k − max v)     softmax; max subtracted, no overflow
+        L   = −Σ_c w_c q_c ln a_c,    ln a_c = (v_c − max v) − ln Σ_k exp(v_k − max v)
     Backward:
-        ∂L/∂v = a · Σ_i y_i − y = a − y       (a target distribution sums to one)
-    then E = s · Σ_n L_n and ∂E/∂v = s · ∂L/∂v, with s = 1/N for "mean" and 1 for "sum".
-    An integer label c stands for y = one-hot(c). Label smoothing ε replaces y by
-    (1 − ε)·y + ε/C, exactly as PyTorch's F.cross_entropy(label_smoothing=ε).
+        ∂L/∂v_c = a_c · Σ_k w_k q_k − w_c q_c      (= a − q for w = 1 and Σ q = 1)
+    The target is either (told apart by dtype, as in PyTorch)
+      * integer class indices t: q = one-hot(t), smoothed to (1 − ε)·one-hot(t) + ε/C;
+        positions with t = ignore_index have q = 0 (they add nothing and are not counted), or
+      * floating-point probabilities q of the logits' shape, smoothed to (1 − ε)·q + ε/C.
+    Reduction over the positions n:
+        "none": the array of L_n (the logits' shape without axis 1)
+        "sum":  E = Σ_n L_n
+        "mean": E = Σ_n L_n / D,  D = Σ_{n not ignored} w_{t_n} for class indices (the summed
+                weights, so that weights do not change the loss's scale), D = the number of
+                positions for probability targets; exactly PyTorch's F.cross_entropy.
+    ``backward(dloss)`` multiplies by the upstream gradient of E (an array of L's shape for
+    "none"; 1 by default otherwise). Logits of shape (C,) (no batch axis) take a 0-d target.
 
     Args:
-        reduction: "mean" (default) or "sum", as above.
+        weight: class weights w, shape (C,), or None for all ones.
+        ignore_index: class index whose positions are left out (class-index targets only).
+        reduction: "mean" (default), "sum" or "none", as above.
         label_smoothing: ε in [0, 1].
 
     Attributes:
-        probabilities: the softmax a of the last forward, (N, C), read-only.
+        probabilities: the softmax a of the last forward (the logits' shape), read-only.
 
     Shape:
-        logits (N, C) with labels (N,) or target probabilities (N, C).
+        logits (N, C, d1, ...) with class indices (N, d1, ...) or probabilities (N, C, d1, ...);
+        logits (C,) with a 0-d class index or probabilities (C,).
     """
 
-    def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0) -> None:
+    _reductions = ("mean", "sum", "none")
+
+    def __init__(
+        self,
+        weight: np.ndarray | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
         super().__init__(reduction)
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(
                 f"CrossEntropyLoss: label_smoothing must lie in [0, 1], got {label_smoothing}"
             )
         self.label_smoothing = float(label_smoothing)
+        self.ignore_index = int(ignore_index)
+        self.weight = None
+        if weight is not None:
+            self.weight = np.array(weight, dtype=np.float64)
+            if self.weight.ndim != 1 or not np.isfinite(self.weight).all():
+                raise ValueError(
+                    "CrossEntropyLoss: weight must be a finite 1-D array of class weights, "
+                    f"got shape {self.weight.shape}"
+                )
 
     def config(self) -> dict[str, Any]:
-        return {"reduction": self.reduction, "label_smoothing": self.label_smoothing}
+        config: dict[str, Any] = {"reduction": self.reduction}
+        if self.weight is not None:
+            config["weight"] = self.weight.tolist()
+        if self.ignore_index != -100:
+            config["ignore_index"] = self.ignore_index
+        config["label_smoothing"] = self.label_smoothing
+        return config
 
     @staticmethod
     def class_probabilities(y: np.ndarray) -> np.ndarray:
@@ -252,28 +325,88 @@ class CrossEntropyLoss(_Loss):
             raise RuntimeError(f"{self!r}: no probabilities before the first forward()")
         return self._cache[0]
 
-    def forward(self, y: np.ndarray, target: Any) -> float:
-        logits = self._check_output(y, exact_ndim=2)
+    def _class_weights(self, logits: np.ndarray) -> np.ndarray:
+        """w broadcast along the class axis 1 of the logits."""
         num_classes = logits.shape[1]
-        target = self._dense_target(logits, target, 0.0, 1.0)
-        if self.label_smoothing:
-            smoothing = self.label_smoothing
-            target = (1.0 - smoothing) * target + smoothing / num_classes  # (1 − ε)·y + ε/C
+        if self.weight is None:
+            return np.ones((1, num_classes) + (1,) * (logits.ndim - 2), dtype=logits.dtype)
+        if self.weight.shape != (num_classes,):
+            raise ValueError(
+                f"{self!r}: weight has {self.weight.shape[0]} classes, logits of shape "
+                f"{logits.shape} have {num_classes}"
+            )
+        return self.weight.astype(logits.dtype).reshape((1, num_classes) + (1,) * (logits.ndim - 2))
+
+    def _target_distribution(
+        self, logits: np.ndarray, target: Any, batched: bool, class_weights: np.ndarray
+    ) -> tuple[np.ndarray, float]:
+        """q (the logits' shape, label smoothing applied) and the "mean" divisor D."""
+        target = np.asarray(target)
+        num_classes = logits.shape[1]
+        smoothing = self.label_smoothing
+        index_shape = logits.shape[:1] + logits.shape[2:]
+        if target.dtype.kind not in "biuf":
+            raise ValueError(f"{self!r}: target must be numeric, got dtype {target.dtype}")
+        if target.shape == logits.shape and target.dtype.kind in "bf":  # as PyTorch: by dtype
+            q = target.astype(logits.dtype)
+            if not np.isfinite(q).all():
+                raise ValueError(f"{self!r}: target of shape {target.shape} contains NaN or inf")
+            if smoothing:
+                q = (1.0 - smoothing) * q + smoothing / num_classes  # (1 − ε)·q + ε/C
+            return q, float(np.prod(index_shape))
+        if target.shape != index_shape:
+            if logits.ndim == 2 and target.ndim == 1:
+                raise ValueError(
+                    f"{self!r}: batch size mismatch: logits {logits.shape}, labels {target.shape}"
+                )
+            shown = 0 if batched else 1  # shapes as the caller gave them (no batch axis)
+            raise ValueError(
+                f"{self!r}: expected class indices of shape {index_shape[shown:]} or "
+                f"probabilities of the logits' shape {logits.shape[shown:]}, "
+                f"got shape {target.shape[shown:]}"
+            )
+        kept = target != self.ignore_index
+        labels = _check_labels(repr(self), np.where(kept, target, 0), num_classes)
+        q = one_hot(labels, num_classes, dtype=logits.dtype)  # (N, d..., C)
+        if smoothing:
+            q = (1.0 - smoothing) * q + smoothing / num_classes
+        q = np.moveaxis(q * kept[..., None], -1, 1)  # class axis back to 1; ignored: q = 0
+        return q, float(np.sum(class_weights.reshape(-1)[labels] * kept))  # Σ_{n kept} w_{t_n}
+
+    def forward(self, y: np.ndarray, target: Any) -> float | np.ndarray:
+        logits = self._check_output(y, batched=False)
+        batched = logits.ndim > 1
+        if not batched:  # (C,) logits: one sample, a 0-d target
+            logits, target = logits[None], np.asarray(target)[None]
+        class_weights = self._class_weights(logits)
+        q, divisor = self._target_distribution(logits, target, batched, class_weights)
         shifted = logits - logits.max(axis=1, keepdims=True)  # v − max v ≤ 0: exp cannot overflow
         exp_shifted = np.exp(shifted)
         normaliser = exp_shifted.sum(axis=1, keepdims=True)  # ≥ 1, so its log is finite
         a = exp_shifted / normaliser
         a.flags.writeable = False  # exposed as .probabilities; backward relies on it
-        log_a = shifted - np.log(normaliser)  # ln a_i by log-sum-exp: never ln 0
-        scale = self._batch_scale(logits.shape[0])
-        self._cache = (a, target, scale)
-        return scale * float(-np.sum(target * log_a))  # s · Σ_n (−Σ_i y_i ln a_i)
+        log_a = shifted - np.log(normaliser)  # ln a_c by log-sum-exp: never ln 0
+        weighted = class_weights * q  # w_c q_c
+        losses = -np.sum(weighted * log_a, axis=1)  # L_n = −Σ_c w_c q_c ln a_c
+        if self.reduction == "mean" and divisor == 0:  # every position ignored: 0/0
+            self._cache = (a if batched else a[0], weighted, 0.0, batched, losses.shape)
+            return float("nan")  # as PyTorch; the gradient is zero (nothing contributes)
+        scale = self._mean_scale(divisor)
+        self._cache = (a if batched else a[0], weighted, scale, batched, losses.shape)
+        if self.reduction == "none":
+            return losses if batched else losses[0]
+        return scale * float(np.sum(losses))  # s · Σ_n L_n
 
-    def backward(self) -> np.ndarray:
-        a, target, scale = self._recall()
-        dlogits = a * target.sum(axis=1, keepdims=True) - target  # ∂L/∂v = a·Σ_i y_i − y
-        dlogits *= scale
-        return dlogits
+    def backward(self, dloss: Any = None) -> np.ndarray:
+        _, weighted, scale, batched, loss_shape = self._recall()
+        a = self._cache[0] if batched else self._cache[0][None]
+        upstream = self._upstream(dloss, loss_shape, batched, a.dtype)
+        dlogits = a * weighted.sum(axis=1, keepdims=True) - weighted  # a_c Σ_k w_k q_k − w_c q_c
+        if self.reduction == "none":
+            dlogits *= np.expand_dims(upstream, 1)
+        else:
+            dlogits *= scale * upstream
+        return dlogits if batched else dlogits[0]
 
 
 class RBFEnergyLoss(_Loss):
@@ -333,12 +466,13 @@ class RBFEnergyLoss(_Loss):
         normaliser = np.exp(m - j) + exp_energies.sum(axis=1, keepdims=True)  # Z · e^m ≥ 1
         log_z = np.log(normaliser) - m  # ln Z
         mass = target.sum(axis=1, keepdims=True)  # Σ_i t_i (1 for a label)
-        scale = self._batch_scale(energies.shape[0])
+        scale = self._mean_scale(energies.shape[0])
         self._cache = (exp_energies / normaliser, target, mass, scale)
         return scale * float(np.sum(target * energies) + np.sum(mass * log_z))
 
-    def backward(self) -> np.ndarray:
+    def backward(self, dloss: Any = None) -> np.ndarray:
         posterior, target, mass, scale = self._recall()
+        scale *= self._upstream(dloss, mass.shape, True)
         denergies = target - mass * posterior  # ∂E/∂y_i = t_i − (Σ t) e^(−y_i)/Z
         denergies *= scale
         return denergies

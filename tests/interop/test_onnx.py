@@ -231,6 +231,12 @@ def test_adaptive_pool_needs_divisible_sizes() -> None:
     onnx_export.to_onnx(model, None, (1, 25, 30))  # divisible: fine
 
 
+def test_flatten_over_the_batch_axis_is_refused() -> None:
+    model = Sequential(L.Flatten(0))
+    with pytest.raises(onnx_export.ExportError, match=r"layer 0 \(Flatten.*batch axis"):
+        onnx_export.to_onnx(model, None, (2, 3))
+
+
 def test_batch_statistics_in_eval_are_refused() -> None:
     model = Sequential(BatchNorm2d(1, track_running_stats=False))
     with pytest.raises(onnx_export.ExportError, match="layer 0 .*track_running_stats=False"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from helpers import assert_gradients_match_numeric, assert_matches_torch
@@ -25,18 +27,24 @@ def _twins(torch):
         ReLU: (ReLU, torch.nn.ReLU()),
         LeakyReLU: (lambda: LeakyReLU(0.2), torch.nn.LeakyReLU(0.2)),
         ELU: (lambda: ELU(0.7), torch.nn.ELU(0.7)),
-        GELU: (GELU, torch.nn.GELU(approximate="tanh")),
+        GELU: (GELU, torch.nn.GELU()),
+        "GELU-tanh": (lambda: GELU("tanh"), torch.nn.GELU(approximate="tanh")),
         Softmax: (Softmax, torch.nn.Softmax(dim=1)),
     }
 
 
-ALL = [Sigmoid, Tanh, ScaledTanh, ReLU, LeakyReLU, ELU, GELU, Softmax]
+ALL = [Sigmoid, Tanh, ScaledTanh, ReLU, LeakyReLU, ELU, GELU, "GELU-tanh", Softmax]
 
 
 @pytest.mark.parametrize("cls", ALL)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_gradients_match_finite_differences(cls, shape, rng):
-    layer = {LeakyReLU: lambda: LeakyReLU(0.2), ELU: lambda: ELU(0.7)}.get(cls, cls)()
+    makers = {
+        LeakyReLU: lambda: LeakyReLU(0.2),
+        ELU: lambda: ELU(0.7),
+        "GELU-tanh": lambda: GELU("tanh"),
+    }
+    layer = makers.get(cls, cls)()
     assert_gradients_match_numeric(layer, _kink_free(rng, shape))
 
 
@@ -78,6 +86,8 @@ def test_extreme_inputs_do_not_overflow():
 def test_dtype_preserved_repr_and_errors(rng):
     x = rng.standard_normal((2, 3)).astype(np.float32)
     for cls in ALL:
+        if isinstance(cls, str):  # a second configuration of a class already in ALL
+            continue
         layer = cls()
         assert layer.forward(x).dtype == np.float32
         assert layer.backward(np.ones((2, 3), np.float32)).dtype == np.float32
@@ -101,13 +111,14 @@ KEPT = {
     LeakyReLU: "mask",
     ELU: "input",
     GELU: "input",
+    "GELU-tanh": "input",
     Softmax: "output",
 }
 
 
 @pytest.mark.parametrize("cls", ALL)
 def test_forward_keeps_one_array_and_memory_estimate_says_which(cls, rng):
-    layer = cls()
+    layer = GELU("tanh") if cls == "GELU-tanh" else cls()
     x = rng.standard_normal((4, 3, 5, 5))
     y = layer.forward(x)
     (kept,) = layer._cache
@@ -126,3 +137,16 @@ def test_leaky_relu_with_a_negative_slope_still_routes_by_the_input_sign(slope, 
     torch = pytest.importorskip("torch")
     layer = LeakyReLU(slope)
     assert_matches_torch(layer, torch.nn.LeakyReLU(slope), _kink_free(rng, (3, 7)), rng)
+
+
+def test_exact_gelu_is_u_times_normal_cdf():
+    x = np.array([-40.0, -8.0, -1.0, 0.0, 0.5, 3.0, 40.0])
+    expected = [v * 0.5 * math.erfc(-v / math.sqrt(2)) for v in x]
+    # rtol: rounding u/√2 moves erfc by up to 2(u²/2)·1e-16 relative (8e-15 at u = −8)
+    np.testing.assert_allclose(GELU().forward(x), expected, rtol=1e-13, atol=0)
+
+
+def test_gelu_default_is_exact_and_approximate_is_checked():
+    assert GELU().approximate == "none" and repr(GELU("tanh")) == "GELU(approximate='tanh')"
+    with pytest.raises(ValueError, match="approximate must be one of"):
+        GELU("erf")

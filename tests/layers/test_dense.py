@@ -52,18 +52,33 @@ def test_linear_errors_and_repr(rng):
         Linear(2, 2).backward(np.zeros((1, 2), np.float32))
 
 
-@pytest.mark.parametrize("start_dim,shape", [(1, (2, 3, 4, 5)), (2, (2, 3, 4, 5)), (1, (1, 7))])
-def test_flatten_matches_torch_and_round_trips(start_dim, shape, rng):
+FLATTEN_CASES = [
+    (1, -1, (2, 3, 4, 5)),
+    (2, -1, (2, 3, 4, 5)),
+    (1, -1, (1, 7)),
+    (0, -1, (2, 3, 4)),  # the batch axis merged too
+    (0, 1, (2, 3, 4)),
+    (1, 2, (2, 3, 4, 5)),
+    (-3, -2, (2, 3, 4, 5)),
+    (2, 2, (2, 3, 4)),  # one axis: nothing to merge
+    (-3, -1, (3, 4, 5)),
+]
+
+
+@pytest.mark.parametrize("start_dim,end_dim,shape", FLATTEN_CASES)
+def test_flatten_matches_torch_and_round_trips(start_dim, end_dim, shape, rng):
     torch = pytest.importorskip("torch")
-    layer = Flatten(start_dim)
+    layer = Flatten(start_dim, end_dim)
     x = rng.standard_normal(shape)
     assert_gradients_match_numeric(layer, x)
-    assert_matches_torch(layer, torch.nn.Flatten(start_dim), x, rng)
-    assert layer.forward(x).shape == torch.flatten(torch.tensor(x), start_dim).shape
+    assert_matches_torch(layer, torch.nn.Flatten(start_dim, end_dim), x, rng)
+    assert Flatten(**layer.config()).config() == layer.config()
 
 
 def test_flatten_errors():
-    with pytest.raises(ValueError, match="start_dim"):
-        Flatten(0)
-    with pytest.raises(ValueError, match="has no axis 2"):
+    with pytest.raises(ValueError, match="must not come after end_dim"):
+        Flatten(2, 1)
+    with pytest.raises(ValueError, match=r"axes 2\.\.-1 of an input with 2 axes"):
         Flatten(2).forward(np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match=r"axes -1\.\.1 of an input with 3 axes"):
+        Flatten(-1, 1).forward(np.zeros((3, 4, 5), np.float32))

@@ -19,6 +19,8 @@ CASES = [
     (BatchNorm1d, (6, 4), {}),
     (BatchNorm1d, (3, 2, 7), {"momentum": 0.5}),
     (BatchNorm3d, (2, 2, 3, 2, 3), {}),
+    (BatchNorm2d, (3, 2, 2, 3), {"momentum": None}),  # cumulative moving average
+    (BatchNorm1d, (5, 3), {"bias": False}),  # y = γ x̂
 ]
 TORCH_CLASSES = {BatchNorm1d: "BatchNorm1d", BatchNorm2d: "BatchNorm2d", BatchNorm3d: "BatchNorm3d"}
 
@@ -27,6 +29,7 @@ def _layer(cls, shape, kwargs, rng, dtype=np.float64):
     layer = cls(shape[1], dtype=dtype, **kwargs)
     if layer.affine:  # γ, β away from their 1/0 init, so a swapped gradient shows
         layer.params["weight"][...] = rng.uniform(0.5, 2.0, shape[1])
+    if "bias" in layer.params:
         layer.params["bias"][...] = rng.standard_normal(shape[1])
     return layer
 
@@ -57,15 +60,14 @@ def test_running_statistics_and_eval_match_torch(cls, shape, kwargs, rng):
     torch = pytest.importorskip("torch")
     layer = _layer(cls, shape, kwargs, rng)
     twin = getattr(torch.nn, TORCH_CLASSES[cls])(shape[1], **kwargs).double()
-    if layer.affine:
-        with torch.no_grad():
-            twin.weight.copy_(torch.tensor(layer.params["weight"]))
-            twin.bias.copy_(torch.tensor(layer.params["bias"]))
+    with torch.no_grad():
+        for key, value in layer.params.items():
+            getattr(twin, key).copy_(torch.tensor(value))
     for _ in range(3):
         x = _input(shape, rng)
         layer.forward(x)
         twin(torch.tensor(x))
-    for key in ("running_mean", "running_var"):
+    for key in layer.buffers:  # running_mean, running_var (and num_batches_tracked)
         expected = getattr(twin, key).numpy()
         np.testing.assert_allclose(layer.buffers[key], expected, rtol=1e-12, err_msg=key)
     layer.eval()
@@ -168,3 +170,30 @@ def test_repr_config_and_errors(rng):
     trained.forward(np.ones((3, 2), np.float32))
     with pytest.raises(ValueError, match=r"backward expected dy of shape \(3, 2\)"):
         trained.backward(np.ones((3, 3), np.float32))
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 4, 2)])
+def test_empty_batch_gives_pytorchs_result(shape, training, rng):
+    """An empty output, statistics untouched, zero parameter gradients (PyTorch's)."""
+    cls = BatchNorm1d if len(shape) == 2 else BatchNorm2d
+    layer = _layer(cls, shape, {"momentum": None}, rng).train(training)
+    x = np.zeros(shape)
+    y = layer.forward(x)
+    assert y.shape == shape
+    np.testing.assert_array_equal(layer.buffers["running_mean"], 0.0)
+    np.testing.assert_array_equal(layer.buffers["running_var"], 1.0)
+    assert layer.buffers["num_batches_tracked"] == (1 if training else 0)  # PyTorch counts it
+    if training:
+        assert layer.backward(np.zeros(shape)).shape == shape
+        np.testing.assert_array_equal(layer.grads["weight"], 0.0)
+        np.testing.assert_array_equal(layer.grads["bias"], 0.0)
+
+
+def test_momentum_none_and_bias_false_round_trip_through_model_files(tmp_path, rng):
+    model = Sequential(BatchNorm1d(3, momentum=None, dtype=np.float64), BatchNorm1d(3, bias=False))
+    model[0].forward(_input((4, 3), rng))
+    io.save(model, tmp_path / "m.safetensors")
+    loaded = io.load(tmp_path / "m.safetensors")
+    assert loaded[0].momentum is None and loaded[0].buffers["num_batches_tracked"] == 1
+    assert "bias" not in loaded[1].params and repr(loaded[1]).endswith("bias=False)")

@@ -258,9 +258,13 @@ def _shape(g: _Graph, *sizes: int) -> str:
 
 
 def _flatten(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
-    if layer.start_dim == 1:
+    first, last = layer.axes(len(shape) + 1)  # shape leaves out the batch axis
+    if first == 0:
+        raise ExportError("Flatten with start_dim=0 merges the batch axis, which stays dynamic")
+    if (first, last) == (1, len(shape)):
         return g.node("Flatten", [x], axis=1)
-    return g.node("Reshape", [x, _shape(g, *[0] * layer.start_dim, -1)])
+    # 0 keeps the (dynamic) batch axis; the other sizes are known
+    return g.node("Reshape", [x, _shape(g, 0, *shape[: first - 1], -1, *shape[last:])])
 
 
 def _euclidean_rbf(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
@@ -281,8 +285,8 @@ def _batch_norm(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
             "statistics to export"
         )
     channels = layer.num_features
-    gamma = layer.params["weight"] if layer.affine else np.ones(channels)
-    beta = layer.params["bias"] if layer.affine else np.zeros(channels)
+    gamma = layer.params.get("weight", np.ones(channels))  # affine=False: γ = 1, β = 0
+    beta = layer.params.get("bias", np.zeros(channels))  # bias=False: β = 0
     inputs = [
         x,
         g.constant(gamma, "weight"),
@@ -317,11 +321,14 @@ def _scaled_tanh(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str
 
 
 def _gelu(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
-    """u/2 · (1 + tanh(√(2/π)·(u + 0.044715·u³))) from elementary operators (ONNX's Gelu
-    needs opset 20)."""
-    cube = g.node("Mul", [g.node("Mul", [x, x]), x])
-    inner = g.node("Add", [x, g.node("Mul", [cube, g.constant(layer._K)])])
-    t = g.node("Tanh", [g.node("Mul", [inner, g.constant(layer._C)])])
+    """From elementary operators (ONNX's Gelu needs opset 20): u/2 · (1 + erf(u/√2)) for
+    approximate="none", u/2 · (1 + tanh(√(2/π)·(u + 0.044715·u³))) for "tanh"."""
+    if layer.approximate == "none":
+        t = g.node("Erf", [g.node("Mul", [x, g.constant(float(np.sqrt(0.5)))])])
+    else:
+        cube = g.node("Mul", [g.node("Mul", [x, x]), x])
+        inner = g.node("Add", [x, g.node("Mul", [cube, g.constant(layer._K)])])
+        t = g.node("Tanh", [g.node("Mul", [inner, g.constant(layer._C)])])
     half_x = g.node("Mul", [x, g.constant(0.5)])
     return g.node("Mul", [half_x, g.node("Add", [t, g.constant(1.0)])])
 

@@ -19,9 +19,8 @@ Mapping notes:
   would add them to its loss); the settings survive the round trip. Dropout draws its own
   masks in each library: training-mode outputs agree in distribution, not draw by draw.
 * Refused by ``from_torch``, with the module named: any module without a convnp
-  counterpart, ``padding_mode`` other than "zeros", ``GELU(approximate="none")`` (convnp's
-  GELU is the tanh form), ``BatchNorm(momentum=None)``, ``Softmax(dim=None)``,
-  ``Flatten(end_dim != -1)``, pools with ``return_indices=True``, non-float32/64 weights.
+  counterpart, ``padding_mode`` other than "zeros", ``Softmax(dim=None)``,
+  pools with ``return_indices=True``, non-float32/64 weights.
 
 Needs PyTorch (the CPU wheel is enough); without it, importing this module says so.
 """
@@ -230,7 +229,7 @@ def _loaded(module: nn.Module, arrays: dict[str, np.ndarray]) -> nn.Module:
     state = module.state_dict()
     with torch.no_grad():
         for key, value in arrays.items():
-            state[key].copy_(torch.from_numpy(np.ascontiguousarray(value)))
+            state[key].copy_(torch.from_numpy(np.require(value, requirements="C")))  # 0-d stays
     return module
 
 
@@ -252,7 +251,12 @@ def _pool_arguments(layer: Layer, *names: str) -> dict[str, Any]:
 def _batch_norm_to_torch(module_type: type[nn.Module]) -> Callable[[Layer], nn.Module]:
     return _with_state(
         lambda layer: module_type(
-            layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats
+            layer.num_features,
+            layer.eps,
+            layer.momentum,
+            layer.affine,
+            layer.track_running_stats,
+            bias=layer.config().get("bias", True),
         )
     )
 
@@ -285,7 +289,7 @@ TO_TORCH: dict[type[Layer], Callable[[Layer], nn.Module]] = {
     _FeatureMapCombination: FeatureMapCombination,
     _LocallyConnected2d: LocallyConnected2d,
     L.Linear: _with_state(lambda layer: nn.Linear(**layer.config())),
-    L.Flatten: lambda layer: nn.Flatten(layer.start_dim),
+    L.Flatten: lambda layer: nn.Flatten(layer.start_dim, layer.end_dim),
     _EuclideanRBF: EuclideanRBF,
     BatchNorm1d: _batch_norm_to_torch(nn.BatchNorm1d),
     BatchNorm2d: _batch_norm_to_torch(nn.BatchNorm2d),
@@ -298,7 +302,7 @@ TO_TORCH: dict[type[Layer], Callable[[Layer], nn.Module]] = {
     L.ReLU: lambda layer: nn.ReLU(),
     L.LeakyReLU: lambda layer: nn.LeakyReLU(layer.negative_slope),
     L.ELU: lambda layer: nn.ELU(layer.alpha),
-    L.GELU: lambda layer: nn.GELU(approximate="tanh"),
+    L.GELU: lambda layer: nn.GELU(approximate=layer.approximate),
     L.Softmax: lambda layer: nn.Softmax(layer.dim),
 }
 
@@ -380,24 +384,24 @@ def _from_wrapper(module: _Wrapper) -> Converted:
 
 def _batch_norm_from_torch(layer_type: type[Layer]) -> Callable[[nn.Module], Converted]:
     def convert(module: nn.Module) -> Converted:
-        if module.momentum is None:
-            raise ValueError("momentum=None (a cumulative average) has no convnp counterpart")
         names = ("num_features", "eps", "momentum", "affine", "track_running_stats")
-        return layer_type, {name: getattr(module, name) for name in names}, _arrays(module)
+        config = {name: getattr(module, name) for name in names}
+        if module.affine and module.bias is None:
+            config["bias"] = False
+        arrays = _arrays(module)
+        if module.momentum is None and module.track_running_stats:  # the count α = 1/t needs
+            arrays["num_batches_tracked"] = np.array(float(module.num_batches_tracked))
+        return layer_type, config, arrays
 
     return convert
 
 
 def _gelu_from_torch(module: nn.Module) -> Converted:
-    if module.approximate != "tanh":
-        raise ValueError("convnp's GELU is the tanh form; use nn.GELU(approximate='tanh')")
-    return L.GELU, {}, {}
+    return L.GELU, {"approximate": module.approximate}, {}
 
 
 def _flatten_from_torch(module: nn.Module) -> Converted:
-    if module.end_dim != -1:
-        raise ValueError("end_dim other than -1 has no convnp counterpart")
-    return L.Flatten, {"start_dim": module.start_dim}, {}
+    return L.Flatten, {"start_dim": module.start_dim, "end_dim": module.end_dim}, {}
 
 
 def _softmax_from_torch(module: nn.Module) -> Converted:

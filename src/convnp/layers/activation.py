@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from convnp.layers import _special
 from convnp.layers.base import Layer, MemoryEstimate
 
 
@@ -164,21 +165,50 @@ class ELU(_KeepsInput):
 
 
 class GELU(_KeepsInput):
-    """Gaussian error linear unit, tanh form (PyTorch's ``GELU(approximate="tanh")``):
+    """Gaussian error linear unit, y = u·Φ(u) (PyTorch's ``GELU``), exact or in tanh form.
 
-    y = u/2 · (1 + tanh(s)),  s = √(2/π)·(u + 0.044715·u³)
-    f'(u) = (1 + tanh s)/2 + u/2 · (1 − tanh² s) · √(2/π)·(1 + 3·0.044715·u²)
-    (The exact erf form needs erf, which NumPy lacks; the tanh form is within 1e-3 of it.)
+    approximate="none" (PyTorch's default), with Φ the standard normal distribution function:
+        y = u · Φ(u),   Φ(u) = ½ erfc(−u/√2)
+        f'(u) = Φ(u) + u · φ(u),   φ(u) = e^(−u²/2) / √(2π)
+    (erfc from ``_special``: Cody's rational approximations, accurate to float64 rounding;
+    erfc rather than 1 + erf keeps Φ accurate for large negative u.)
+    approximate="tanh":
+        y = u/2 · (1 + tanh(s)),  s = √(2/π)·(u + 0.044715·u³)
+        f'(u) = (1 + tanh s)/2 + u/2 · (1 − tanh² s) · √(2/π)·(1 + 3·0.044715·u²)
+
+    Args:
+        approximate: "none" or "tanh", as PyTorch.
     """
 
     _C = float(np.sqrt(2.0 / np.pi))
     _K = 0.044715
+    _APPROXIMATIONS = ("none", "tanh")
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        if approximate not in self._APPROXIMATIONS:
+            raise ValueError(
+                f"GELU: approximate must be one of {self._APPROXIMATIONS}, got {approximate!r}"
+            )
+        self.approximate = approximate
+
+    def config(self) -> dict[str, Any]:
+        return {"approximate": self.approximate}
+
+    @staticmethod
+    def _normal_cdf(x: np.ndarray) -> np.ndarray:
+        return (0.5 * _special.erfc(-x * np.sqrt(0.5))).astype(x.dtype)  # Φ(u)
 
     def _f(self, x: np.ndarray) -> np.ndarray:
+        if self.approximate == "none":
+            return x * self._normal_cdf(x)  # u·Φ(u)
         t = np.tanh(x.dtype.type(self._C) * (x + x.dtype.type(self._K) * x**3))
         return x * (1 + t) * x.dtype.type(0.5)
 
     def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+        if self.approximate == "none":
+            density = np.exp(-0.5 * x * x) * x.dtype.type(1.0 / np.sqrt(2.0 * np.pi))  # φ(u)
+            return dy * (self._normal_cdf(x) + x * density)  # Φ(u) + u·φ(u)
         c, k = x.dtype.type(self._C), x.dtype.type(self._K)
         t = np.tanh(c * (x + k * x**3))
         ds_du = c * (1 + 3 * k * x * x)

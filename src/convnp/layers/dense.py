@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -78,34 +79,53 @@ class Linear(Layer):
 
 
 class Flatten(Layer):
-    """Reshape (N, d1, d2, ...) to (N, d1·d2·...) from ``start_dim`` on (C order, as PyTorch).
+    """Merge the axes ``start_dim`` to ``end_dim`` into one (C order), exactly as PyTorch.
 
-    Bouvrie's network feeds the concatenated maps of the last subsampling layer to the
-    fully connected layer; backward only reshapes the gradient back.
+    (N, d1, d2, ...) -> (N, d1·d2·...) with the defaults start_dim=1, end_dim=-1: Bouvrie's
+    network feeds the concatenated maps of the last subsampling layer to the fully connected
+    layer. Negative axes count from the end; start_dim=0 merges the batch axis too. Backward
+    only reshapes the gradient back.
     """
 
-    def __init__(self, start_dim: int = 1) -> None:
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
         super().__init__()
-        if start_dim < 1:
-            raise ValueError(
-                f"Flatten: start_dim must be >= 1 (the batch axis stays), got {start_dim}"
-            )
         self.start_dim = int(start_dim)
+        self.end_dim = int(end_dim)
+        if (self.start_dim < 0) == (self.end_dim < 0) and self.start_dim > self.end_dim:
+            raise ValueError(
+                f"Flatten: start_dim ({start_dim}) must not come after end_dim ({end_dim})"
+            )
 
     def config(self) -> dict[str, Any]:
-        return {"start_dim": self.start_dim}
+        config = {"start_dim": self.start_dim}
+        if self.end_dim != -1:
+            config["end_dim"] = self.end_dim
+        return config
+
+    def axes(self, ndim: int) -> tuple[int, int]:
+        """(first, last) axis merged for an input of ``ndim`` axes; ValueError if absent."""
+        first = self.start_dim + ndim if self.start_dim < 0 else self.start_dim
+        last = self.end_dim + ndim if self.end_dim < 0 else self.end_dim
+        if not 0 <= first <= last < ndim:
+            raise ValueError(
+                f"{self!r}: cannot merge axes {self.start_dim}..{self.end_dim} of an input "
+                f"with {ndim} axes"
+            )
+        return first, last
 
     def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
         return MemoryEstimate()  # keeps only the input's shape
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x)
-        if x.ndim <= self.start_dim:
-            raise ValueError(f"{self!r}: input shape {x.shape} has no axis {self.start_dim}")
+        first, last = self.axes(x.ndim)
         self._remember(x.shape)
-        return x.reshape(*x.shape[: self.start_dim], -1)
+        return x.reshape(
+            *x.shape[:first], math.prod(x.shape[first : last + 1]), *x.shape[last + 1 :]
+        )
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         (shape,) = self._recall()
-        flat_shape = (*shape[: self.start_dim], int(np.prod(shape[self.start_dim :])))
+        first, last = self.axes(len(shape))
+        flat_shape = (*shape[:first], math.prod(shape[first : last + 1]), *shape[last + 1 :])
         return self._check_grad_output(dy, flat_shape).reshape(shape)

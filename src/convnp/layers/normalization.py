@@ -7,6 +7,7 @@ batch and, for maps, all spatial positions (m values per channel).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -21,10 +22,14 @@ class _BatchNorm(Layer):
         μ_c = (1/m) Σ x,   σ²_c = (1/m) Σ (x − μ_c)²              (biased, for normalising)
         x̂ = (x − μ_c) / σ_c,   σ_c = √(σ²_c + eps)
         y = γ_c x̂ + β_c
-    Running statistics (buffers, used in eval mode), PyTorch's update:
-        running_mean ← (1 − momentum)·running_mean + momentum·μ_c
-        running_var  ← (1 − momentum)·running_var  + momentum·σ²_c · m/(m − 1)   (unbiased)
+    Running statistics (buffers, used in eval mode), PyTorch's update with factor α:
+        running_mean ← (1 − α)·running_mean + α·μ_c
+        running_var  ← (1 − α)·running_var  + α·σ²_c · m/(m − 1)   (unbiased)
+    α = momentum, or with momentum=None α = 1/t after the t-th training batch (counted in
+    the ``num_batches_tracked`` buffer): the cumulative average of every batch's statistics.
     Eval mode normalises with the running statistics instead (an affine map per channel).
+    An empty batch (N = 0) gives an empty output and leaves the statistics as they are
+    (PyTorch's result; PyTorch still counts it in num_batches_tracked, and so does this).
 
     Backward (training mode; δ = dy, sums over the m values of channel c):
         ∂E/∂γ_c = Σ dy·x̂,   ∂E/∂β_c = Σ dy
@@ -35,8 +40,10 @@ class _BatchNorm(Layer):
     Args:
         num_features: number of channels C.
         eps: added to σ² before the square root.
-        momentum: weight of the newest batch in the running statistics.
+        momentum: weight α of the newest batch in the running statistics, or None for the
+            cumulative moving average.
         affine: learn γ ("weight", init 1) and β ("bias", init 0).
+        bias: with affine, whether β is learned (False: y = γ x̂, PyTorch's ``bias=False``).
         track_running_stats: keep running_mean/running_var buffers and use them in eval
             mode; if False, eval mode also normalises with the batch's own statistics.
     """
@@ -49,42 +56,51 @@ class _BatchNorm(Layer):
         self,
         num_features: int,
         eps: float = 1e-5,
-        momentum: float = 0.1,
+        momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
         *,
+        bias: bool = True,
         dtype: Any = DEFAULT_DTYPE,
     ) -> None:
         super().__init__()
         name = type(self).__name__
         if int(num_features) < 1:
             raise ValueError(f"{name}: num_features must be >= 1, got {num_features}")
-        if not eps > 0 or not 0 <= momentum <= 1:
-            raise ValueError(f"{name}: need eps > 0 and 0 <= momentum <= 1")
+        if not eps > 0 or not (momentum is None or 0 <= momentum <= 1):
+            raise ValueError(f"{name}: need eps > 0 and 0 <= momentum <= 1 (or None)")
         self.num_features = int(num_features)
         self.eps = float(eps)
-        self.momentum = float(momentum)
+        self.momentum = None if momentum is None else float(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         if self.affine:
             self._add_param("weight", np.ones(self.num_features, dtype=dtype))  # γ
-            self._add_param("bias", np.zeros(self.num_features, dtype=dtype))  # β
+            if bias:
+                self._add_param("bias", np.zeros(self.num_features, dtype=dtype))  # β
         if self.track_running_stats:
             self.buffers["running_mean"] = np.zeros(self.num_features, dtype=dtype)
             self.buffers["running_var"] = np.ones(self.num_features, dtype=dtype)
+            if self.momentum is None:  # t, for α = 1/t; saved with the model, as PyTorch
+                self.buffers["num_batches_tracked"] = np.zeros((), dtype=dtype)
 
     def config(self) -> dict[str, Any]:
-        return {
+        config: dict[str, Any] = {
             "num_features": self.num_features,
             "eps": self.eps,
             "momentum": self.momentum,
             "affine": self.affine,
             "track_running_stats": self.track_running_stats,
         }
+        if self.affine and "bias" not in self.params:
+            config["bias"] = False
+        return config
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}" + "".join(
-            f", {key}=False" for key in ("affine", "track_running_stats") if not getattr(self, key)
+            f", {key}=False"
+            for key, value in self.config().items()
+            if key in ("affine", "track_running_stats", "bias") and not value
         )
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -93,8 +109,13 @@ class _BatchNorm(Layer):
             x, ndim=tuple(self._layouts), layout=layout, channels=self.num_features
         )
         # (N, C, L) view, L = all spatial positions: per-channel sums become one einsum
-        x3 = x.reshape(x.shape[0], self.num_features, -1)
+        x3 = x.reshape(x.shape[0], self.num_features, math.prod(x.shape[2:]))  # N may be 0
         m = x3.shape[0] * x3.shape[2]
+        if m == 0:  # an empty batch: nothing to normalise or to learn from
+            if self.training and self.track_running_stats:
+                self._count_batch()
+            self._remember(x3, np.ones(self.num_features, x.dtype), x.shape)
+            return x.copy()
         if self.training or not self.track_running_stats:
             if m < 2:
                 raise ValueError(
@@ -116,15 +137,24 @@ class _BatchNorm(Layer):
         if not self.affine:
             return x_hat.reshape(x.shape)
         y = x_hat * _column(self.params["weight"])  # γ x̂
-        y += _column(self.params["bias"])  # + β
+        if "bias" in self.params:
+            y += _column(self.params["bias"])  # + β
         return y.reshape(x.shape)
 
+    def _count_batch(self) -> float:
+        """α for this training batch: momentum, or 1/t for the t-th batch when it is None."""
+        if self.momentum is not None:
+            return self.momentum
+        count = self.buffers["num_batches_tracked"]
+        count += 1
+        return 1.0 / float(count)
+
     def _update_running_stats(self, mean: np.ndarray, var: np.ndarray, m: int) -> None:
-        momentum = self.momentum
+        alpha = self._count_batch()
         running_mean = self.buffers["running_mean"]
         running_var = self.buffers["running_var"]
-        running_mean[...] = (1 - momentum) * running_mean + momentum * mean
-        running_var[...] = (1 - momentum) * running_var + momentum * var * (m / (m - 1))
+        running_mean[...] = (1 - alpha) * running_mean + alpha * mean
+        running_var[...] = (1 - alpha) * running_var + alpha * var * (m / (m - 1))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         x_hat, inv_std, x_shape = self._recall()
@@ -132,10 +162,11 @@ class _BatchNorm(Layer):
         m = x_hat.shape[0] * x_hat.shape[2]
         sum_dy = np.einsum("ncl->c", dy)  # Σ dy
         sum_dy_x_hat = np.einsum("ncl,ncl->c", dy, x_hat)  # Σ dy·x̂
-        scale = inv_std / m
+        scale = inv_std / max(m, 1)  # an empty batch has nothing to scale
         if self.affine:
             self.grads["weight"][...] = sum_dy_x_hat  # ∂E/∂γ
-            self.grads["bias"][...] = sum_dy  # ∂E/∂β
+            if "bias" in self.params:
+                self.grads["bias"][...] = sum_dy  # ∂E/∂β
             scale = scale * self.params["weight"]  # (1/m)·γ/σ
         dx = x_hat * _column(-sum_dy_x_hat)  # −x̂·Σ(dy·x̂)
         dx += m * dy  # + m·dy
