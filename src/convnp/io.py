@@ -320,9 +320,9 @@ def _batch_norm_tensors(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     if config.get("track_running_stats", True):
         names += ["running_mean", "running_var"]
     tensors = dict.fromkeys(names, features)
-    if config.get("track_running_stats", True) and "momentum" in config:
-        if config["momentum"] is None:  # the cumulative average counts its batches
-            tensors["num_batches_tracked"] = ()
+    # the cumulative average (momentum None) counts its batches
+    if config.get("track_running_stats", True) and config.get("momentum", 0.1) is None:
+        tensors["num_batches_tracked"] = ()
     return tensors
 
 

@@ -48,9 +48,9 @@ def workdir(tmp_path_factory):
                    input_shape=[1, 28, 28], class_names=list("0123456789"),
                    loss="squared_error", batch_size=500, epochs=1, seed=0, schedule="cosine",
                    base_lr=1e-3, train_size=3900, val_size=100, test_size=1000)  # fmt: skip
-    train.save_checkpoint(run / train.CHECKPOINT_NAME, model, SGD(model.parameters(), lr=1e-3),
+    io.save_checkpoint(run / io.CHECKPOINT_NAME, model, SGD(model.parameters(), lr=1e-3),
                           [{"epoch": 1, "train_loss": 0.5}], info.to_dict())  # fmt: skip
-    io.save(model, run / train.MODEL_NAME, info.to_dict())
+    io.save(model, run / io.MODEL_NAME, info.to_dict())
     np.save(folder / "digit.npy", load_dataset("mnist5k").test_images[0, 0])
     (folder / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
     (folder / "notes.txt").write_text("[[layers]]\ntype = 3\n")
