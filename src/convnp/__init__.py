@@ -11,8 +11,9 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from convnp.gradcheck import gradcheck  # noqa: E402  (after the setting above)
+from convnp.io import load  # noqa: E402
 from convnp.model import Sequential  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Sequential", "gradcheck", "__version__"]
+__all__ = ["Sequential", "gradcheck", "load", "__version__"]

@@ -29,6 +29,7 @@ import safetensors
 import safetensors.numpy
 
 from convnp import layers as L
+from convnp.losses import LOSSES
 from convnp.model import Sequential
 
 FORMAT_NAME = "convnp"
@@ -168,12 +169,16 @@ def load(path: str | os.PathLike[str]) -> Sequential:
     """Load a model saved by ``save``; shapes and names are checked against the architecture."""
     path = Path(path)
     tensors, metadata = load_tensors(path)
-    spec, _, dtype = _parse_metadata(path, metadata)
+    spec, info, dtype = _parse_metadata(path, metadata)
     try:
         model = build(spec, dtype=dtype)
         model.load_state_dict(tensors)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+    if info.get("input_shape"):  # recorded by `convnp train` and Sequential.save
+        model.input_shape = tuple(int(size) for size in info["input_shape"])
+    if info.get("loss") in LOSSES:  # so predict_proba/evaluate use the loss it trained with
+        model.compile(loss=info["loss"])
     return model
 
 
