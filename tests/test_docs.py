@@ -27,6 +27,17 @@ def test_every_cited_spec_section_is_in_the_repository() -> None:
     assert cited and cited <= sections, f"cited {sorted(cited)}, in docs/spec.md {sorted(sections)}"
 
 
+def test_every_cited_design_section_is_in_the_repository() -> None:
+    design = (ROOT / "docs" / "design.md").read_text()
+    cited = set()
+    for folder in ("src", "examples", "tests", "benchmarks"):
+        for path in (ROOT / folder).rglob("*.py"):
+            cited |= set(re.findall(r"DESIGN (\d+\.\d+)", path.read_text(encoding="utf-8")))
+    assert cited, "no DESIGN citations found: the pattern is wrong"
+    for section in cited:
+        assert f"### {section} " in design, f"DESIGN {section} is cited but not in docs/design.md"
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     pytest.importorskip("mkdocs")
