@@ -139,3 +139,27 @@ def on_files(files: Files, config: Any) -> Files:
         uri = "figures/" + path.relative_to(FIGURES).as_posix()
         files.append(File.generated(config, uri, abs_src_path=str(path)))
     return files
+
+
+# -- the derivation pages: equation, then the code ------------------------------------------
+# Their docstrings are written as plain text (equations on indented lines), which Markdown
+# would reflow into one paragraph; on these pages the KaTeX equations stand above each block
+# and the source (docstring included, with its line breaks) is shown open.
+_CODE_ONLY = ("show_bases", "show_docstring_description", "show_docstring_parameters",
+              "show_docstring_returns", "show_docstring_raises")  # fmt: skip
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
+    if not page.file.src_uri.startswith("derivations/"):
+        return markdown
+    out: list[str] = []
+    after_block = False
+    for line in markdown.split("\n"):
+        if after_block and line.strip() == "options:":
+            after_block = False
+            continue  # the block's own options follow ours under the same key
+        after_block = line.startswith(":::")
+        out.append(line)
+        if after_block:
+            out += ["    options:", *(f"      {name}: false" for name in _CODE_ONLY)]
+    return "\n".join(out)
