@@ -104,3 +104,20 @@ def test_train_fit_with_arrays_names_the_right_call(digits):
         with pytest.raises(TypeError, match=r"model\.fit\(x, y, epochs=\.\.\.") as error:
             train.fit(model, model.loss, Adam(model.parameters()), batches, epochs=1)
         assert "DataLoader(x, y, batch_size)" in str(error.value)
+
+
+def test_a_saved_model_predicts_the_same_through_the_command_line(digits, tmp_path, capsys):
+    from convnp.app import cli
+
+    x, y, test_x, _ = digits
+    model = small_model()
+    model.fit(x, y, epochs=1, verbose=False)
+    model.save(tmp_path / "model.safetensors")
+    paths = []
+    for index in range(3):
+        paths.append(str(tmp_path / f"digit{index}.npy"))
+        np.save(paths[-1], test_x[index, 0])
+    capsys.readouterr()
+    assert cli.main(["predict", str(tmp_path / "model.safetensors"), *paths]) == 0
+    printed = [line.split(": ")[1].split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert printed == [str(c) for c in model.predict_classes(test_x[:3])]

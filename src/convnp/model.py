@@ -329,10 +329,12 @@ class Sequential:
 
     def save(self, path: Any) -> None:
         """Write a model file (``convnp.io.save``) that ``convnp.load`` and the ``convnp``
-        command read: weights, architecture, input shape, loss and input scaling."""
+        command read: weights, architecture, input shape, loss and input scaling (raw 0-255
+        pixels divided by 255, as ``fit`` treats uint8 images; ``convnp predict`` and
+        ``convnp export`` apply it)."""
         from convnp import io
 
-        info: dict[str, Any] = {}
+        info: dict[str, Any] = {"normalize": {"kind": "unit", "mean": None, "std": None}}
         if self.input_shape is not None:
             info["input_shape"] = list(self.input_shape)
         if self.loss is not None:

@@ -18,6 +18,7 @@ The run's recorded info is read through ``_field``, which accepts the mapping th
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import platform
@@ -72,6 +73,8 @@ def _as_mapping(record: Any) -> dict[str, Any]:
         return {}
     if isinstance(record, Mapping):
         return dict(record)
+    if dataclasses.is_dataclass(record):
+        return dataclasses.asdict(record)
     return {key: value for key, value in vars(record).items() if not key.startswith("_")}
 
 
