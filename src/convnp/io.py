@@ -40,6 +40,7 @@ import safetensors
 import safetensors.numpy
 
 from convnp import layers as L
+from convnp.losses import LOSSES
 from convnp.model import Sequential
 from convnp.optim import Optimizer, optimizer_class
 
@@ -566,13 +567,13 @@ def check_info(info: Any) -> None:
     if not isinstance(info, dict):
         raise ValueError(f"'info' must be a JSON object, got {_describe(info)}")
     for key, (valid, rule) in INFO_FIELDS.items():
-        if key in info and not valid(info[key]):
+        if info.get(key) is not None and not valid(info[key]):  # None: not recorded
             raise ValueError(f"info.{key} {rule}, got {_describe(info[key])}")
 
 
 def _check_info_fits(path: Path, info: dict[str, Any], model: Sequential) -> None:
     """info.input_shape must run through the model, and class_names name every output."""
-    if "input_shape" not in info:
+    if info.get("input_shape") is None:
         return
     try:
         output = model.output_shapes(tuple(info["input_shape"]))[-1]
@@ -626,6 +627,10 @@ def load(path: str | os.PathLike[str], *, allow_non_finite: bool = False) -> Seq
     tensors, _ = load_tensors(path)
     model = _build_checked(path, spec, arguments, dtype, tensors, allow_non_finite)
     _check_info_fits(path, info, model)
+    if info.get("input_shape"):  # recorded by `convnp train` and Sequential.save
+        model.input_shape = tuple(int(size) for size in info["input_shape"])
+    if info.get("loss") in LOSSES:  # so predict_proba/evaluate use the loss it trained with
+        model.compile(loss=info["loss"])
     return model
 
 

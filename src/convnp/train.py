@@ -40,6 +40,30 @@ def predicted_classes(loss: Any, y: np.ndarray) -> np.ndarray:
     return decide(y) if decide is not None else y.argmax(axis=1)
 
 
+def output_scores(loss_kind: str, y: np.ndarray) -> tuple[np.ndarray, str]:
+    """Per-class scores for network outputs y, as ``convnp predict`` reports them, and what
+    they are: "probabilities" (softmax of the logits for "cross_entropy", softmax of minus
+    the RBF energies for "rbf", so the most probable class is argmin of the energies) or
+    "outputs" (a squared-error network's sigmoid outputs, used as they are)."""
+    if loss_kind == "squared_error":
+        return y, "outputs"
+    logits = y if loss_kind == "cross_entropy" else -y
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))  # max first: no overflow
+    return shifted / shifted.sum(axis=1, keepdims=True), "probabilities"
+
+
+def _refuse_arrays(batches: Any) -> None:
+    """``fit`` takes batches; arrays (or an (x, y) pair of them) get a message naming the
+    calls that take arrays, instead of a confusing failure inside the loop."""
+    pair = isinstance(batches, tuple | list) and len(batches) == 2
+    if isinstance(batches, np.ndarray) or (pair and isinstance(batches[0], np.ndarray)):
+        raise TypeError(
+            "fit: `train` must yield (x, labels) batches, not arrays; for arrays call "
+            "model.fit(x, y, epochs=..., batch_size=...), or pass "
+            "convnp.data.DataLoader(x, y, batch_size) here"
+        )
+
+
 def train_step(
     model: Sequential,
     loss: Any,
@@ -194,6 +218,7 @@ def fit(
     batch, all end with the same weights and history, and rank 0 alone shows progress and
     writes files. Inputs that differ between ranks are refused at the start.
     """
+    _refuse_arrays(train)
     history = list(history or [])
     if comm is not None:
         comm.start(model, optimizer, train, info=info, history=history, val=val)

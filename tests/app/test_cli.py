@@ -320,7 +320,7 @@ def test_no_command_and_version(capsys):
     code, _, err = invoke(capsys)
     assert code == 2 and err == (
         "convnp: error: give a command (train, evaluate, predict, summary, gradcheck, export, "
-        "plot, bench); see convnp --help\n"
+        "plot, report, bench); see convnp --help\n"
     )
     code, out, _ = invoke(capsys, "--version")
     assert code == 0 and out == f"convnp {convnp.__version__}\n"
