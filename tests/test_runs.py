@@ -110,6 +110,17 @@ def test_latest_falls_back_to_a_text_file_and_never_touches_a_real_folder(tmp_pa
     assert not list(tmp_path.glob(".latest*"))
 
 
+def test_latest_falls_back_to_a_text_file_where_links_cannot_be_made(tmp_path, monkeypatch):
+    def no_links(self, target, target_is_directory=False):
+        raise OSError("symbolic links are not supported here")
+
+    monkeypatch.setattr(runs.Path, "symlink_to", no_links)
+    run = runs.new_run_dir(tmp_path, "m")
+    assert runs.link_latest(run) == tmp_path / "latest.txt"
+    assert (tmp_path / "latest.txt").read_text() == f"{run.name}\n"
+    assert not (tmp_path / "latest").exists()
+
+
 def test_leftover_temporaries_of_run_files_are_removed_and_nothing_else(tmp_path):
     leftovers = [tmp_path / ".checkpoint.safetensors.1a2b.tmp", tmp_path / ".history.json.x.tmp"]
     kept = [tmp_path / ".notes.txt.x.tmp", tmp_path / "checkpoint.safetensors"]
