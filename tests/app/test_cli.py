@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import convnp
-from convnp import io, train
+from convnp import io, runs, train
 from convnp.data import load_dataset
 
 
@@ -324,3 +324,26 @@ def test_no_command_and_version(capsys):
     )
     code, out, _ = invoke(capsys, "--version")
     assert code == 0 and out == f"convnp {convnp.__version__}\n"
+
+
+def test_a_run_from_before_the_run_record_still_resumes(capsys, tiny_run, tmp_path):
+    import safetensors.numpy
+
+    run_dir = tmp_path / "old"
+    shutil.copytree(tiny_run, run_dir)
+    path = run_dir / "checkpoint.safetensors"
+    with safetensors.safe_open(path, "np") as stream:
+        metadata = stream.metadata()
+        tensors = {name: stream.get_tensor(name) for name in stream.keys()}  # noqa: SIM118
+    info = json.loads(metadata["info"])
+    old_keys = (
+        *("dataset", "model", "input_shape", "class_names", "loss", "normalize", "batch_size"),
+        *("epochs", "seed", "schedule", "warmup", "base_lr", "augment"),
+    )
+    metadata["info"] = json.dumps({key: info[key] for key in old_keys})  # no schema_version
+    safetensors.numpy.save_file(tensors, path, metadata=metadata)
+    code, out, err = invoke(capsys, "train", "--resume", run_dir, "--epochs", "2")
+    assert code == 0, err
+    assert "4000 training images, no validation split" in out  # as it was trained
+    _, info, _ = runs.load_model(run_dir)
+    assert info.schema_version == 0 and info.val_was_test and info.epochs == 2
