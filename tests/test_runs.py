@@ -36,7 +36,9 @@ def test_run_info_round_trips_and_keeps_unknown_keys():
                    versions=runs.current_versions(), extra={"note": "from a plugin"})  # fmt: skip
     stored = info.to_dict()
     assert stored["schema_version"] == runs.SCHEMA_VERSION and stored["note"] == "from a plugin"
+    assert "test_accuracy" not in stored and "class_names" not in stored  # unknown: left out
     assert RunInfo.from_dict(stored) == info
+    assert RunInfo.from_dict({**stored, "test_accuracy": None}) == info  # null reads as unknown
 
 
 def test_a_plain_info_dict_from_before_the_schema_still_loads():

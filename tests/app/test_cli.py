@@ -296,7 +296,8 @@ def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(capsys, tmp_
         (["train", "--val-split", "4000"], "validation size 4000 leaves no training images"),
         (["train", "--lr", "inf"], "argument --lr: must be > 0 (a number), got 'inf'"),
         (["train", "--momentum", "nan"], "argument --momentum: must be in [0, 1)"),
-        (["train", "--seed", "-1"], "argument --seed: must be >= 0 (an integer)"),
+        (["train", "--seed", "-1"], "argument --seed: must be >= 0 (an integer below 2**63)"),
+        (["train", "--epochs", "2147483648"], "must be >= 1 (an integer up to 2147483647)"),
         (["train", "--out", ""], "argument --out: expected a path, got ''"),
         (["train", "--resume", "nowhere"], "--resume nowhere: no such file or folder"),
         (["train", "--bogus"], "unrecognized arguments: --bogus"),
@@ -340,7 +341,7 @@ def test_a_run_from_before_the_run_record_still_resumes(capsys, tiny_run, tmp_pa
         *("dataset", "model", "input_shape", "class_names", "loss", "normalize", "batch_size"),
         *("epochs", "seed", "schedule", "warmup", "base_lr", "augment"),
     )
-    metadata["info"] = json.dumps({key: info[key] for key in old_keys})  # no schema_version
+    metadata["info"] = json.dumps({k: info[k] for k in old_keys if k in info})  # no schema_version
     safetensors.numpy.save_file(tensors, path, metadata=metadata)
     code, out, err = invoke(capsys, "train", "--resume", run_dir, "--epochs", "2")
     assert code == 0, err
