@@ -208,7 +208,12 @@ def fit(
 
     ``train`` yields (x, labels) batches; if it has ``set_epoch(e)`` it is called first, so
     a loader whose shuffling is a function of (seed, epoch) replays the same batches after a
-    resume. ``schedule(step)`` sets the optimizer's lr before every step. With ``out_dir``,
+    resume. ``val`` is a validation set held out of the training data
+    (``convnp.data.train_val_split``), evaluated after every epoch; keep the test set for one
+    evaluation after training. ``schedule(step)`` sets the optimizer's lr before every step.
+    Training stops with ``TrainingDiverged`` as soon as the loss, a gradient, a weight after
+    the update or the validation loss is NaN/inf; a checkpoint never holds NaN/inf. With
+    ``out_dir``,
     a checkpoint is written atomically after each epoch (plus history.csv/json); ``history``
     passed back from ``resume`` continues an interrupted run. ``threads`` caps the cores a
     large batch is split over (None: all this process may use; 1: never split).

@@ -46,6 +46,7 @@ from convnp.runtime.parallel import available_cores, predict_in_blocks
 DEFAULT_MODEL = "bouvrie"
 DEFAULT_DATA = "mnist5k"
 RUNS_ROOT = "runs"
+MAX_COUNT = 2**31 - 1  # epochs, batch size, steps...: what a model file may record
 COMMANDS = (
     "train",
     "evaluate",
@@ -667,9 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedule", choices=schedules.SCHEDULES, help="learning-rate schedule (default: recipe)"
     )
     p.add_argument("--warmup", type=_non_negative_int, help="linear warm-up steps (default 0)")
-    p.add_argument(
-        "--seed", type=_non_negative_int, help="random seed: init, shuffling, split (default 0)"
-    )
+    p.add_argument("--seed", type=_seed, help="random seed: init, shuffling, split (default 0)")
     p.add_argument(
         "--out",
         type=_path,
@@ -712,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gradcheck", help="finite-difference check of a model's layers")
     p.add_argument("--model", choices=list(zoo.RECIPES), default=DEFAULT_MODEL)
     p.add_argument("--samples", type=_positive_int, default=20, help="entries checked per array")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(handler=cmd_gradcheck)
 
     p = sub.add_parser("export", help="write a saved model as an ONNX file (needs convnp[onnx])")
@@ -786,11 +785,15 @@ def _number(text: str, kind: type, condition: str, accept: Any) -> Any:
 
 
 def _positive_int(text: str) -> int:
-    return _number(text, int, ">= 1 (an integer)", lambda value: value >= 1)
+    return _number(text, int, f">= 1 (an integer up to {MAX_COUNT})", lambda v: 1 <= v <= MAX_COUNT)
 
 
 def _non_negative_int(text: str) -> int:
-    return _number(text, int, ">= 0 (an integer)", lambda value: value >= 0)
+    return _number(text, int, f">= 0 (an integer up to {MAX_COUNT})", lambda v: 0 <= v <= MAX_COUNT)
+
+
+def _seed(text: str) -> int:
+    return _number(text, int, ">= 0 (an integer below 2**63)", lambda v: 0 <= v < 2**63)
 
 
 def _positive_float(text: str) -> float:
