@@ -193,6 +193,25 @@ def _linear_tensors(in_features=2, out_features=3):
             "unknown argument 'dtype'",
         ),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        # no tensor bounds these, but a forward pass would allocate terabytes
+        (
+            [
+                {
+                    "type": "Conv2d",
+                    "config": {
+                        "in_channels": 1,
+                        "out_channels": 3,
+                        "kernel_size": 3,
+                        "padding": 2**20,
+                    },
+                }
+            ],
+            r"entry 0 \(Conv2d\): padding 1048576 exceeds the kernel's extent",
+        ),
+        (
+            [{"type": "AdaptiveAvgPool2d", "config": {"output_size": [2**20, 1]}}],
+            r"output_size \[1048576, 1\] makes 1,048,576 cells a map",
+        ),
     ],
 )
 def test_hostile_architectures_are_refused_before_building(tmp_path, architecture, message):
