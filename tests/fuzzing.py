@@ -14,10 +14,13 @@ each test prints its counts (``pytest -s`` shows them): inputs checked, accepted
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +56,13 @@ def run_in_child(module: str, target: str, count: int, timeout: float = 300) -> 
     counts = json.loads(result.stdout.strip().splitlines()[-1])
     print(f"{module}.{target}: {counts}")
     return counts
+
+
+def scratch_folder() -> Path:
+    """A temporary folder for the fuzzed files, removed when the child process exits."""
+    folder = tempfile.mkdtemp(prefix="convnp-fuzz-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return Path(folder)
 
 
 def fuzz(count: int, strategy: st.SearchStrategy[Any], check: Callable[[Any], str]) -> dict:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
-from pathlib import Path
 
-from fuzzing import HOSTILE_JSON, examples, fuzz, outcome, run_in_child
+from fuzzing import HOSTILE_JSON, examples, fuzz, outcome, run_in_child, scratch_folder
 from hypothesis import strategies as st
 
 from convnp import io
@@ -107,7 +105,7 @@ def toml_files(draw: st.DrawFn) -> str:
 
 def fuzz_toml(count: int) -> dict:
     architectures.MAX_LAYER_PARAMETERS = FUZZ_LAYER_CAP
-    path = Path(tempfile.mkdtemp()) / "fuzzed.toml"
+    path = scratch_folder() / "fuzzed.toml"
 
     def check(text: str) -> str:
         path.write_text(text, encoding="utf-8", errors="surrogatepass")

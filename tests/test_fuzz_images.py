@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import io as bytes_io
 import struct
-import tempfile
 import zlib
-from pathlib import Path
 
 import numpy as np
-from fuzzing import examples, fuzz, mutate_bytes, outcome, run_in_child
+from fuzzing import examples, fuzz, mutate_bytes, outcome, run_in_child, scratch_folder
 from hypothesis import strategies as st
 
 from convnp.data import images
@@ -70,15 +68,15 @@ def image_files(draw: st.DrawFn) -> tuple[str, bytes]:
 
 
 def fuzz_image_readers(count: int) -> dict:
-    with tempfile.TemporaryDirectory() as folder:
+    folder = scratch_folder()
 
-        def check(case: tuple[tuple[str, bytes], tuple[int, int, int]]) -> str:
-            (suffix, blob), shape = case
-            path = Path(folder) / f"fuzzed{suffix}"
-            path.write_bytes(blob)
-            return outcome(lambda: images.read_images(path, shape), str(path))
+    def check(case: tuple[tuple[str, bytes], tuple[int, int, int]]) -> str:
+        (suffix, blob), shape = case
+        path = folder / f"fuzzed{suffix}"
+        path.write_bytes(blob)
+        return outcome(lambda: images.read_images(path, shape), str(path))
 
-        return fuzz(count, st.tuples(image_files(), MODEL_SHAPES), check)
+    return fuzz(count, st.tuples(image_files(), MODEL_SHAPES), check)
 
 
 def test_fuzz_image_readers():

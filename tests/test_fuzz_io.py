@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from fuzzing import examples, fuzz, hostile_json_text, mutate_bytes, outcome, run_in_child
+from fuzzing import (
+    examples,
+    fuzz,
+    hostile_json_text,
+    mutate_bytes,
+    outcome,
+    run_in_child,
+    scratch_folder,
+)
 from hypothesis import strategies as st
 
 from convnp import Sequential, io
@@ -68,7 +75,7 @@ def _mutated_file(data: st.DataObject, template: Path, target: Path) -> None:
 
 
 def fuzz_model_files(count: int) -> dict:
-    folder = Path(tempfile.mkdtemp())
+    folder = scratch_folder()
     template, path = folder / "template.safetensors", folder / "fuzzed.safetensors"
     io.save(_model(), template, INFO)
 
@@ -82,7 +89,7 @@ def fuzz_model_files(count: int) -> dict:
 
 
 def fuzz_checkpoints(count: int) -> dict:
-    folder = Path(tempfile.mkdtemp())
+    folder = scratch_folder()
     templates = []
     for optimizer in (SGD, Adam):
         model = _model()

@@ -163,6 +163,7 @@ def _linear_tensors(in_features=2, out_features=3):
         ),
         ('[{"type": "ELU", "config": {"alpha": NaN}}]', r"entry 0 \(ELU\): alpha must be float"),
         (_linear(10**12), r"in_features must be int, got 1000000000000 .*at most 2147483647"),
+        (_linear(1, 10**12), r"out_features must be int, got 1000000000000 .*at most 2147483647"),
         (
             '[{"type": "Linear", "config": {"in_features": 1'
             + "0" * 5000
