@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 from fuzzing import (
+    EDGE_INTS,
+    HOSTILE_SCALARS,
     examples,
     fuzz,
     hostile_json_text,
@@ -50,8 +52,14 @@ TENSOR = st.one_of(
 def _mutated_file(data: st.DataObject, template: Path, target: Path) -> None:
     """Write ``target``: the template with one field, tensor or byte range made hostile."""
     tensors, metadata = io.load_tensors(template)
-    kind = data.draw(st.sampled_from(["field", "field", "field", "tensor", "bytes"]))
-    if kind == "field":
+    kind = data.draw(st.sampled_from(["field", "field", "config", "config", "tensor", "bytes"]))
+    if kind == "config":  # one argument of one layer: the rest stays valid, so checks run deep
+        spec = json.loads(metadata["architecture"])
+        entry = data.draw(st.sampled_from([e for e in spec if e.get("config")]))
+        key = data.draw(st.sampled_from(sorted(entry["config"])))
+        entry["config"][key] = data.draw(EDGE_INTS | HOSTILE_SCALARS)
+        metadata["architecture"] = json.dumps(spec)
+    elif kind == "field":
         field = data.draw(st.sampled_from(sorted(metadata)))
         try:
             document = json.loads(metadata[field])
