@@ -143,6 +143,11 @@ def _linear(in_features=2, out_features=3, **extra):
     ]
 
 
+def _conv(**config):
+    base = {"in_channels": 1, "out_channels": 3, "kernel_size": 3}
+    return [{"type": "Conv2d", "config": {**base, **config}}]
+
+
 def _linear_tensors(in_features=2, out_features=3):
     return {
         "0.weight": np.zeros((out_features, in_features), np.float32),
@@ -207,8 +212,10 @@ def _linear_tensors(in_features=2, out_features=3):
                     },
                 }
             ],
-            r"entry 0 \(Conv2d\): padding 1048576 exceeds the kernel's extent",
+            r"entry 0 \(Conv2d\): padding 1048576 exceeds 1024",
         ),
+        (_conv(padding=[1, 5000], dilation=2), r"entry 0 \(Conv2d\): padding \[1, 5000\] exceeds"),
+        (_conv(dilation=2**20, padding="same"), r"entry 0 \(Conv2d\): dilation 1048576 exceeds"),
         (
             [{"type": "AdaptiveAvgPool2d", "config": {"output_size": [2**20, 1]}}],
             r"output_size \[1048576, 1\] makes 1,048,576 cells a map",

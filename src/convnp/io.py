@@ -73,6 +73,7 @@ MAX_CONFIG_INT = 2**31 - 1  # sizes, strides, indices: anything larger is not a 
 MAX_INPUT_ELEMENTS = 2**26  # one input image (info.input_shape): 64 Mi values
 MAX_NAME_LENGTH = 1_000
 MAX_ADAPTIVE_CELLS = 2**16  # adaptive pooling: a 256x256 output map
+MAX_PADDING = MAX_DILATION = 1024  # far above real networks (DeepLab's atrous rates: 24)
 FLOAT_DTYPES = ("float32", "float64")
 
 
@@ -196,19 +197,14 @@ def _per_axis(value: Any, axes: int) -> list[Any]:
 
 
 def _check_window_sizes(config: dict[str, Any], where: str) -> None:
-    """Sizes no tensor in the file bounds but a forward pass allocates: zero padding beyond
-    the kernel's extent (it only adds zeros, yet a padding of 2^20 asks for terabytes), and
-    adaptive pooling outputs beyond ``MAX_ADAPTIVE_CELLS`` per map."""
-    kernel, padding = config.get("kernel_size"), config.get("padding", 0)
-    if kernel is not None and not isinstance(padding, str):
-        kernels = _per_axis(kernel, 1)
-        dilations = _per_axis(config.get("dilation", 1), len(kernels))
-        for k, d, p in zip(kernels, dilations, _per_axis(padding, len(kernels))):
-            if p > max(d * (k - 1), 1):
-                raise ValueError(
-                    f"{where}: padding {p} exceeds the kernel's extent dilation·(kernel_size − 1)"
-                    f" = {d * (k - 1)}"
-                )
+    """Sizes no tensor in the file bounds but a forward pass allocates: zero padding and
+    dilation (a padding of 2^20 asks for terabytes of padded maps) beyond
+    ``MAX_PADDING``/``MAX_DILATION``, and adaptive pooling outputs beyond
+    ``MAX_ADAPTIVE_CELLS`` per map."""
+    for name, limit in (("padding", MAX_PADDING), ("dilation", MAX_DILATION)):
+        value = config.get(name, 0)
+        if not isinstance(value, str) and max(_per_axis(value, 1), default=0) > limit:
+            raise ValueError(f"{where}: {name} {value} exceeds {limit}")
     output = config.get("output_size")
     if output is not None:
         cells = math.prod(size for size in _per_axis(output, 1) if size is not None)
