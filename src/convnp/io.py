@@ -76,6 +76,8 @@ MAX_LAYERS = 10_000
 MAX_CONFIG_INT = 2**31 - 1  # sizes, strides, indices: anything larger is not a real layer
 MAX_INPUT_ELEMENTS = 2**26  # one input image (info.input_shape): 64 Mi values
 MAX_NAME_LENGTH = 1_000
+MAX_ADAPTIVE_CELLS = 2**16  # adaptive pooling: a 256x256 output map
+MAX_PADDING = MAX_DILATION = 1024  # far above real networks (DeepLab's atrous rates: 24)
 FLOAT_DTYPES = ("float32", "float64")
 
 
@@ -190,7 +192,31 @@ def check_architecture(spec: Any) -> list[dict[str, Any]]:
             )
         where = f"architecture entry {index} ({name})"
         arguments.append(check_arguments(LAYER_TYPES[name], entry.get("config", {}), where))
+        _check_window_sizes(arguments[-1], where)
     return arguments
+
+
+def _per_axis(value: Any, axes: int) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * axes
+
+
+def _check_window_sizes(config: dict[str, Any], where: str) -> None:
+    """Sizes no tensor in the file bounds but a forward pass allocates: zero padding and
+    dilation (a padding of 2^20 asks for terabytes of padded maps) beyond
+    ``MAX_PADDING``/``MAX_DILATION``, and adaptive pooling outputs beyond
+    ``MAX_ADAPTIVE_CELLS`` per map."""
+    for name, limit in (("padding", MAX_PADDING), ("dilation", MAX_DILATION)):
+        value = config.get(name, 0)
+        if not isinstance(value, str) and max(_per_axis(value, 1), default=0) > limit:
+            raise ValueError(f"{where}: {name} {value} exceeds {limit}")
+    output = config.get("output_size")
+    if output is not None:
+        cells = math.prod(size for size in _per_axis(output, 1) if size is not None)
+        if cells > MAX_ADAPTIVE_CELLS:
+            raise ValueError(
+                f"{where}: output_size {output} makes {cells:,} cells a map "
+                f"(at most {MAX_ADAPTIVE_CELLS:,})"
+            )
 
 
 def _conforms(value: Any, annotation: Any) -> bool:
