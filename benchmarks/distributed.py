@@ -4,7 +4,8 @@ Configurations, for bouvrie (batch 50), lenet5 (64) and modern (128), P = the co
 
     convnp P=1        one MPI rank, one BLAS thread
     convnp P=cores    one rank per core, one BLAS thread each (what `convnp train` runs)
-    convnp threads    one process, BLAS and convnp's own threads on every core
+    convnp threads    one process, BLAS threads on every core (the threaded training step,
+                      BatchSplitter, was removed after results-mpi.json: see README)
     torch             PyTorch's default single process (threads = cores)
     torch DDP         DistributedDataParallel on CPU, gloo, one process per core, 1 thread
 
@@ -54,7 +55,7 @@ def _rss_mb() -> float:
 
 
 # -- workers (one per configuration and model; under mpiexec for the multi-rank ones) ----
-def _convnp_worker(name: str, batch: int, steps: int, windows: int, threaded: bool) -> dict:
+def _convnp_worker(name: str, batch: int, steps: int, windows: int) -> dict:
     from convnp import train
     from convnp.runtime import distributed
 
@@ -63,14 +64,12 @@ def _convnp_worker(name: str, batch: int, steps: int, windows: int, threaded: bo
 
     runner = _ConvnpRunner(name, batch, seed=0)
     comm = distributed.Communicator() if distributed.launched_by_mpi() else None
-    splitter = getattr(runner, "splitter", None) if threaded else None
     if comm is not None:
         comm.start(runner.model, runner.optimizer, runner.loader)
 
     def step() -> None:
         x, t = next(runner.batches)
-        extra = {"comm": comm} if splitter is None else {"splitter": splitter}
-        train.train_step(runner.model, runner.loss, runner.optimizer, x, t, **extra)
+        train.train_step(runner.model, runner.loss, runner.optimizer, x, t, comm=comm)
 
     return _timed(step, batch, steps, windows, comm)
 
@@ -172,7 +171,7 @@ def worker_main(argv: list[str]) -> int:
     else:
         name, batch, steps, windows = rest[0], int(rest[1]), int(rest[2]), int(rest[3])
         if kind in ("convnp", "convnp-threads"):
-            result = _convnp_worker(name, batch, steps, windows, kind == "convnp-threads")
+            result = _convnp_worker(name, batch, steps, windows)
         else:
             result = _torch_worker(name, batch, steps, windows, kind == "torch-ddp")
     if result:

@@ -54,6 +54,7 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -283,6 +284,13 @@ class Communicator:
         """Before training: per-rank thread limits, and the start-up fingerprint check."""
         self.seed = int(getattr(train, "seed", 0))
         self._limit_threads(model)
+        per_slice = [repr(layer) for layer in model if not layer.samples_independent]
+        if per_slice and self.is_root and self.size > 1:
+            warnings.warn(
+                f"{', '.join(per_slice)} work on each rank's slice of the batch (its own "
+                "statistics, its own dropout masks), so results depend on the number of ranks",
+                stacklevel=3,
+            )
         optimizer_state = {key: value for key, value in optimizer.state_dict().items()}
         fingerprints = {
             "model": model_fingerprint(model),
