@@ -397,13 +397,16 @@ class Communicator:
                 )
 
     def _limit_threads(self, model: Any) -> None:
-        """BLAS threads and inference blocks: this rank's share of the node's cores."""
+        """BLAS threads and inference blocks: at most this rank's share of the node's cores
+        (a lower limit already set, e.g. OMP_NUM_THREADS=1, is kept)."""
         node = self.comm.Split_type(self._mpi.COMM_TYPE_SHARED)
         share = max(1, available_cores() // node.Get_size())
         node.Free()
-        model.inference_threads = share
+        model.inference_threads = min(model.inference_threads, share)
         from convnp.runtime.parallel import _blas_controller
 
         controller = _blas_controller()
         if controller is not None:
-            controller.limit(limits=share, user_api="blas")
+            blas = controller.select(user_api="blas")
+            current = min((lib.num_threads for lib in blas.lib_controllers), default=share)
+            blas.limit(limits=min(current, share))
