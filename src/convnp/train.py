@@ -24,7 +24,7 @@ from convnp import io
 from convnp.layers.base import NonFiniteInputError
 from convnp.model import Sequential
 from convnp.optim import Optimizer
-from convnp.runtime.parallel import BatchSplitter, predict_in_blocks
+from convnp.runtime.parallel import predict_in_blocks
 
 if TYPE_CHECKING:
     from convnp.runtime.distributed import Communicator
@@ -70,21 +70,16 @@ def train_step(
     optimizer: Optimizer,
     x: np.ndarray,
     t: Any,
-    splitter: BatchSplitter | None = None,
     comm: Communicator | None = None,
 ) -> tuple[np.ndarray, float]:
     """One step on batch (x, t); returns the network output and the loss E.
 
-    With a ``splitter``, a batch large enough to gain from it runs its forward and backward
-    as sub-batches on all cores (``convnp.runtime.parallel.BatchSplitter``): the same three lines on
-    each part, the parts' gradients summed. With ``comm`` (MPI ranks), (x, t) is the global
-    batch: each rank runs forward and backward on its slice and the gradients, outputs and
-    loss are summed over the ranks (``convnp.runtime.distributed``).
+    With ``comm`` (MPI ranks), (x, t) is the global batch: each rank runs forward and
+    backward on its slice and the gradients, outputs and loss are summed over the ranks
+    (``convnp.runtime.distributed``).
     """
     if comm is not None:
         y, error = comm.forward_backward(model, loss, x, t)
-    elif splitter is not None and splitter.worthwhile(x):
-        y, error = splitter.forward_backward(x, t)
     else:
         y = model.forward(x)  # x^L: the network's output
         error = loss.forward(y, t)  # E
@@ -201,7 +196,6 @@ def fit(
     history: list[dict[str, Any]] | None = None,
     info: dict[str, Any] | None = None,
     progress: bool = True,
-    threads: int | None = None,
     comm: Communicator | None = None,
 ) -> list[dict[str, Any]]:
     """Train until ``epochs`` epochs are complete; returns the per-epoch history.
@@ -215,8 +209,7 @@ def fit(
     the update or the validation loss is NaN/inf; a checkpoint never holds NaN/inf. With
     ``out_dir``,
     a checkpoint is written atomically after each epoch (plus history.csv/json); ``history``
-    passed back from ``resume`` continues an interrupted run. ``threads`` caps the cores a
-    large batch is split over (None: all this process may use; 1: never split).
+    passed back from ``resume`` continues an interrupted run.
 
     ``comm`` (``convnp.runtime.distributed.Communicator``) trains data-parallel on MPI ranks:
     every rank calls ``fit`` with the same arguments; each trains on its slice of every
@@ -228,7 +221,6 @@ def fit(
     if comm is not None:
         comm.start(model, optimizer, train, info=info, history=history, val=val)
         progress, out_dir = progress and comm.is_root, out_dir if comm.is_root else None
-    splitter = BatchSplitter(model, loss, threads)
     out = Path(out_dir) if out_dir is not None else None
     for epoch in range(len(history), epochs):
         if hasattr(train, "set_epoch"):
@@ -254,7 +246,7 @@ def fit(
             try:
                 # overflow is detected and reported below; NumPy's warnings would only add noise
                 with np.errstate(over="ignore", invalid="ignore"):
-                    y, error = train_step(model, loss, optimizer, x, labels, splitter, comm)
+                    y, error = train_step(model, loss, optimizer, x, labels, comm)
             except NonFiniteInputError:
                 where = _first_non_finite_output(model, x)
                 raise TrainingDiverged(f"epoch {epoch + 1}: {where}") from None
