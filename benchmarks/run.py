@@ -378,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="convnp only")
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--json", default="benchmarks/results.json", help="output file")
+    parser.add_argument(
+        "--memory", action="store_true", help="then benchmarks/memory.py (real image sizes)"
+    )
     args = parser.parse_args(argv)
 
     with_torch = not args.no_torch and _torch_available()
@@ -410,7 +413,17 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.json, "w") as stream:
         json.dump(report, stream, indent=2)
     print(f"\nresults written to {args.json}")
+    if args.memory:
+        _memory_section(with_torch)
     return 0
+
+
+def _memory_section(with_torch: bool) -> None:
+    """VGG-style network at 32-224 px: speed, peak RSS and memory curves (memory.py)."""
+    import memory  # benchmarks/memory.py, next to this script
+
+    print("\nmemory at real image sizes (benchmarks/memory.py) ...", flush=True)
+    memory.main([] if with_torch else ["--no-torch"])
 
 
 if __name__ == "__main__":
