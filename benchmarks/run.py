@@ -397,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta-target", type=float, default=0.93,
                         help="--mpi: time-to-accuracy target for fashion (0 skips)")  # fmt: skip
     parser.add_argument("--tta-epochs", type=int, help="--mpi: fashion epochs (default recipe)")
+    parser.add_argument(
+        "--memory", action="store_true", help="then benchmarks/memory.py (real image sizes)"
+    )
     args = parser.parse_args(argv)
 
     with_torch = not args.no_torch and _torch_available()
@@ -433,7 +436,17 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.json, "w") as stream:
         json.dump(report, stream, indent=2)
     print(f"\nresults written to {args.json}")
+    if args.memory:
+        _memory_section(with_torch)
     return 0
+
+
+def _memory_section(with_torch: bool) -> None:
+    """VGG-style network at 32-224 px: speed, peak RSS and memory curves (memory.py)."""
+    import memory  # benchmarks/memory.py, next to this script
+
+    print("\nmemory at real image sizes (benchmarks/memory.py) ...", flush=True)
+    memory.main([] if with_torch else ["--no-torch"])
 
 
 if __name__ == "__main__":
