@@ -33,6 +33,7 @@ from convnp.layers.pool import (
 from convnp.layers.rbf import EuclideanRBF
 from convnp.layers.subsample import Subsample2d
 from convnp.layers.unpool import MaxUnpool1d, MaxUnpool2d, MaxUnpool3d
+from convnp.layers.upsample import Upsample
 
 __all__ = [
     "Layer",
@@ -66,6 +67,7 @@ __all__ = [
     "MaxUnpool1d",
     "MaxUnpool2d",
     "MaxUnpool3d",
+    "Upsample",
     # fully connected (SPEC §1)
     "Linear",
     "Flatten",
