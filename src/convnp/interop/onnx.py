@@ -75,10 +75,12 @@ class _Graph:
         self._count += 1
         return f"{self.prefix}{hint}_{self._count}"
 
-    def constant(self, value: Any, name: str = "const", *, integer: bool = False) -> str:
-        """Add an initializer (in the graph's dtype, or int64 for shapes); return its name,
-        "<layer index>.<name>" (a counter is appended if the layer already used it)."""
-        array = np.asarray(value, dtype=np.int64 if integer else self.dtype)
+    def constant(
+        self, value: Any, name: str = "const", *, integer: bool = False, dtype: Any = None
+    ) -> str:
+        """Add an initializer (in ``dtype``, else the graph's, or int64 for shapes); return its
+        name, "<layer index>.<name>" (a counter is appended if the layer already used it)."""
+        array = np.asarray(value, dtype=dtype or (np.int64 if integer else self.dtype))
         name = self._name(name) if f"{self.prefix}{name}" in self._constants else self.prefix + name
         self._constants.add(name)
         self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
@@ -216,6 +218,37 @@ def _lp_pool(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
     average = _window_average(g, layer, powered, shape)
     total = g.node("Mul", [average, g.constant(math.prod(layer.kernel_size))])  # K · avg(x^p)
     return g.node("Pow", [total, g.constant(1.0 / p)])
+
+
+def _upsample(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    """Resize with PyTorch's source coordinates: nearest = "asymmetric" with floor, linear =
+    "align_corners" or "pytorch_half_pixel". A scale factor goes in as ONNX's scales (the
+    source coordinate is then j/scale_factor, as PyTorch's), a size as sizes (j·L/L')."""
+    spatial = shape[1:]
+    out_shape = layer.output_shape(spatial)
+    attributes: dict[str, Any] = {"mode": "nearest" if layer.mode == "nearest" else "linear"}
+    if layer.mode == "nearest":
+        attributes.update(coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    elif layer.align_corners:
+        attributes["coordinate_transformation_mode"] = "align_corners"
+    else:
+        if any(out == 1 < length for length, out in zip(spatial, out_shape)):
+            raise ExportError(
+                "an axis resized to 1 samples its centre in PyTorch, its first cell in ONNX"
+            )
+        attributes["coordinate_transformation_mode"] = "pytorch_half_pixel"
+    if layer.scale_factor is not None:
+        factors = layer._per_axis(layer.scale_factor, len(spatial))
+        if any(np.float32(f) != f for f in factors):
+            raise ExportError(f"scale_factor {factors} is not exact in ONNX's float32 scales")
+        scales = g.constant([1.0, 1.0, *factors], "scales", dtype=np.float32)
+        return g.node("Resize", [x, "", scales], **attributes)
+    sizes = g.node(
+        "Concat",
+        [g.node("Shape", [x], end=2), g.constant(out_shape, "sizes", integer=True)],
+        axis=0,
+    )
+    return g.node("Resize", [x, "", "", sizes], **attributes)
 
 
 def _adaptive_pool(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...], kind: str) -> str:
@@ -358,6 +391,7 @@ CONVERTERS: dict[type[Layer], Converter] = {
     L.Subsample2d: _subsample,
     L.Linear: _linear,
     L.Flatten: _flatten,
+    L.Upsample: _upsample,
     EuclideanRBF: _euclidean_rbf,
     **dict.fromkeys((BatchNorm1d, BatchNorm2d, BatchNorm3d), _batch_norm),
     Dropout: _identity_in_eval,

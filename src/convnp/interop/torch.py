@@ -290,6 +290,9 @@ TO_TORCH: dict[type[Layer], Callable[[Layer], nn.Module]] = {
     _LocallyConnected2d: LocallyConnected2d,
     L.Linear: _with_state(lambda layer: nn.Linear(**layer.config())),
     L.Flatten: lambda layer: nn.Flatten(layer.start_dim, layer.end_dim),
+    L.Upsample: lambda layer: nn.Upsample(
+        **_pool_arguments(layer, "size", "scale_factor", "mode", "align_corners")
+    ),
     _EuclideanRBF: EuclideanRBF,
     BatchNorm1d: _batch_norm_to_torch(nn.BatchNorm1d),
     BatchNorm2d: _batch_norm_to_torch(nn.BatchNorm2d),
@@ -432,6 +435,13 @@ def _flatten_from_torch(module: nn.Module) -> Converted:
     return L.Flatten, {"start_dim": module.start_dim, "end_dim": module.end_dim}, {}
 
 
+def _upsample_from_torch(module: nn.Module) -> Converted:
+    if module.recompute_scale_factor:
+        raise ValueError("recompute_scale_factor=True has no convnp counterpart")
+    names = ("size", "scale_factor", "mode", "align_corners")
+    return L.Upsample, {name: getattr(module, name) for name in names}, {}
+
+
 def _softmax_from_torch(module: nn.Module) -> Converted:
     if module.dim is None:
         raise ValueError("dim=None (torch's implicit, deprecated axis choice) is ambiguous")
@@ -462,6 +472,7 @@ FROM_TORCH: dict[type[nn.Module], Callable[[nn.Module], Converted]] = {
     nn.AdaptiveMaxPool3d: _attributes(L.AdaptiveMaxPool3d, "output_size"),
     nn.Linear: _linear_from_torch,
     nn.Flatten: _flatten_from_torch,
+    nn.Upsample: _upsample_from_torch,
     nn.BatchNorm1d: _batch_norm_from_torch(BatchNorm1d),
     nn.BatchNorm2d: _batch_norm_from_torch(BatchNorm2d),
     nn.BatchNorm3d: _batch_norm_from_torch(BatchNorm3d),

@@ -32,6 +32,8 @@ from convnp.layers.pool import (
 )
 from convnp.layers.rbf import EuclideanRBF
 from convnp.layers.subsample import Subsample2d
+from convnp.layers.unpool import MaxUnpool1d, MaxUnpool2d, MaxUnpool3d
+from convnp.layers.upsample import Upsample
 
 __all__ = [
     "Layer",
@@ -62,6 +64,10 @@ __all__ = [
     "AdaptiveMaxPool3d",
     "GlobalAvgPool2d",
     "GlobalMaxPool2d",
+    "MaxUnpool1d",
+    "MaxUnpool2d",
+    "MaxUnpool3d",
+    "Upsample",
     # fully connected (SPEC §1)
     "Linear",
     "Flatten",

@@ -119,6 +119,7 @@ class _PoolNd(Layer):
             "padding": [0] * nd,
             "dilation": [1] * nd,
             "ceil_mode": False,
+            "return_indices": False,
             "count_include_pad": True,
             "sigma": 1.0,
         }
@@ -143,12 +144,15 @@ class _MaxPoolNd(_PoolNd):
     Args:
         kernel_size, stride (default kernel_size), padding (at most half the kernel),
         dilation, ceil_mode: as ``torch.nn.MaxPool2d``.
+        return_indices: forward returns (y, indices), indices (int64, y's shape) holding
+            each winner's flat position i in its input plane (N, C fixed, padding not
+            counted), as PyTorch; ``MaxUnpool`` takes them. backward still takes dy only.
 
     Shape:
         input (N, C, *spatial) -> output (N, C, *out), out by PyTorch's Shape formula.
     """
 
-    _arguments = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+    _arguments = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
 
     def __init__(
         self,
@@ -156,17 +160,33 @@ class _MaxPoolNd(_PoolNd):
         stride: int | Sequence[int] | None = None,
         padding: int | Sequence[int] = 0,
         dilation: int | Sequence[int] = 1,
+        return_indices: bool = False,
         ceil_mode: bool = False,
     ) -> None:
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
+        self.return_indices = bool(return_indices)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         x, out_shape = self._validated(x)
         x_padded = self._pad(x, -np.inf)  # −∞: a pad cell must never win the max
         patches = self._patches(x_padded, out_shape)  # W(x)
-        y, argmax = _windows.max_over_windows(patches, self.nd, with_argmax=self.training)
+        with_argmax = self.training or self.return_indices
+        y, argmax = _windows.max_over_windows(patches, self.nd, with_argmax=with_argmax)
         self._remember(argmax, x_padded.shape, x.shape[2:])
+        if self.return_indices:
+            return y, self._input_indices(argmax, x.shape[2:])
         return y
+
+    def _input_indices(self, argmax: np.ndarray, spatial: tuple[int, ...]) -> np.ndarray:
+        """Flat index in the input plane of each window's winner: per axis a, the winner
+        sits at o_a·s_a + k_a·d_a − p_a, k = the winning kernel offset."""
+        offsets = np.unravel_index(argmax, self.kernel_size)
+        flat = np.zeros(argmax.shape, dtype=np.int64)
+        for axis, offset in enumerate(offsets):
+            out = np.arange(argmax.shape[2 + axis]).reshape((-1,) + (1,) * (self.nd - 1 - axis))
+            position = out * self.stride[axis] + offset * self.dilation[axis] - self.padding[axis]
+            flat = flat * spatial[axis] + position  # row-major over the input plane
+        return flat
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         argmax, padded_shape, spatial = self._recall()
