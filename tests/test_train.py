@@ -92,6 +92,17 @@ def test_divergence_message_names_the_layer(digits):
         train.fit(model, CrossEntropyLoss(), opt, [(x, labels)], epochs=1, progress=False)
 
 
+def test_non_finite_input_batch_stops_training_naming_the_input(digits):
+    """The model's entry check (Sequential.forward) stops the step; the message says the
+    batch itself, not a layer, holds the NaN."""
+    model, loader, _, opt = _setup(digits)
+    x, labels = next(iter(loader))
+    x = x.copy()
+    x[3, 0, 5, 5] = np.nan
+    with pytest.raises(train.TrainingDiverged, match="epoch 1: the input batch contains NaN"):
+        train.fit(model, CrossEntropyLoss(), opt, [(x, labels)], epochs=1, progress=False)
+
+
 def test_evaluate_confusion_matrix(digits):
     model, _, val, _ = _setup(digits)
     result = train.evaluate(model, val, CrossEntropyLoss(), num_classes=10)
@@ -106,14 +117,3 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="checkpoint.safetensors"):
         train.resume(tmp_path)
-
-
-def test_non_finite_input_batch_stops_training_naming_the_input(digits):
-    """The model's entry check (Sequential.forward) stops the step; the message says the
-    batch itself, not a layer, holds the NaN."""
-    model, loader, _, opt = _setup(digits)
-    x, labels = next(iter(loader))
-    x = x.copy()
-    x[3, 0, 5, 5] = np.nan
-    with pytest.raises(train.TrainingDiverged, match="epoch 1: the input batch contains NaN"):
-        train.fit(model, CrossEntropyLoss(), opt, [(x, labels)], epochs=1, progress=False)
