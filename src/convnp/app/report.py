@@ -148,9 +148,12 @@ def _data_section(data: Dataset | None, info: Any) -> str:
     if data is None:
         return "<h2>Data</h2><p>No data set is recorded for this run.</p>"
     rows = [
-        ("training", len(data.train_labels), "trains the weights"),
-        ("test", len(data.test_labels), "validation after each epoch, and every figure below"),
+        ("training", len(data.train_labels), "the weights (less any validation hold-out)"),
+        ("test", len(data.test_labels), "the test accuracy, confusion matrix and figures below"),
     ]
+    for key in ("val_split", "validation_split", "val_size"):  # named as the run records it
+        if _field(info, key) is not None:
+            rows.append(("validation", _field(info, key), f"the val_* columns ({key})"))
     shape = "×".join(map(str, data.train_images.shape[1:]))
     normalize = _field(info, "normalize") or {}
     return (
