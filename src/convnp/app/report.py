@@ -148,7 +148,7 @@ def _data_section(data: Dataset | None, info: Any) -> str:
     if data is None:
         return "<h2>Data</h2><p>No data set is recorded for this run.</p>"
     rows = [
-        ("training", len(data.train_labels), "the weights (less any validation hold-out)"),
+        ("training", _field(info, "train_size") or len(data.train_labels), "the weights"),
         ("test", len(data.test_labels), "the test accuracy, confusion matrix and figures below"),
     ]
     for key in ("val_split", "validation_split", "val_size"):  # named as the run records it
