@@ -23,6 +23,7 @@ import html
 import json
 import platform
 import re
+import shlex
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -118,6 +119,8 @@ def _command_section(info: Any) -> str:
                       ("schedule", "--schedule"), ("seed", "--seed")):  # fmt: skip
         if _field(info, key) is not None:
             options.append(f"{flag} {_field(info, key)}")
+    if isinstance(recorded, list | tuple):  # an argv list, as a typed run record keeps it
+        recorded = shlex.join(str(part) for part in recorded)
     command = recorded or "convnp train " + " ".join(options)
     caption = "as recorded" if recorded else "an equivalent command, rebuilt from the recorded run"
     skipped = {"class_names", "command"}
