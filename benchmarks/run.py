@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                      # bouvrie, lenet5, modern + scaling
     python benchmarks/run.py --models modern --windows 3 --no-scaling
+    python benchmarks/run.py --mpi               # + MPI ranks vs PyTorch and DDP (distributed.py)
 
 For each built-in model, two worker processes (convnp and PyTorch) train the same network
 (PyTorch's copy is made with ``convnp.interop.torch.to_torch``, so the initial weights are equal)
@@ -28,8 +29,9 @@ import time
 import tracemalloc
 from typing import Any
 
-# What `import convnp` sets when it loads before NumPy (see convnp/__init__.py); here NumPy
-# loads first, so set it explicitly. Only OpenBLAS reads it: PyTorch's kernels do not.
+# OpenBLAS's idle threads sleep at once instead of spinning for ~0.1 s after each product
+# on the cores convnp's own threads need (README, Speed). OpenBLAS reads it when NumPy
+# loads, so it is set before the import. Only OpenBLAS reads it: PyTorch's kernels do not.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy as np  # noqa: E402
@@ -101,11 +103,11 @@ class _ConvnpRunner:
         return count / (time.perf_counter() - started)
 
     def infer(self) -> float:
-        self.model.eval()
+        from convnp.runtime.parallel import predict_in_blocks
+
         started = time.perf_counter()
-        self.model.forward(self.test_x)
+        predict_in_blocks(self.model, self.test_x)  # as the CLI and train.evaluate
         seconds = time.perf_counter() - started
-        self.model.train()
         return len(self.test_x) / seconds
 
     def profile(self, repeats: int = 5) -> list[dict[str, Any]]:
@@ -369,6 +371,24 @@ def _print_report(report: dict[str, Any]) -> None:
             )
 
 
+def _distributed_module() -> Any:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import distributed
+
+    return distributed
+
+
+def _mpi_section(args: argparse.Namespace) -> dict[str, Any]:
+    """convnp on MPI ranks vs threads vs PyTorch and DDP; see benchmarks/distributed.py."""
+    print("MPI data parallelism ...", flush=True)
+    models = {name: MODELS[name] for name in args.models}
+    data = "fashion-mnist" if "fashion" in _dataset().name else "mnist5k"
+    tta = {"target": args.tta_target, "epochs": args.tta_epochs, "data": data}
+    return _distributed_module().run(
+        models, args.steps, args.windows, tta if args.tta_target else None
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
@@ -378,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="convnp only")
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--json", default="benchmarks/results.json", help="output file")
+    parser.add_argument("--mpi", action="store_true", help="MPI section (distributed.py)")
+    parser.add_argument("--tta-target", type=float, default=0.93,
+                        help="--mpi: time-to-accuracy target for fashion (0 skips)")  # fmt: skip
+    parser.add_argument("--tta-epochs", type=int, help="--mpi: fashion epochs (default recipe)")
     args = parser.parse_args(argv)
 
     with_torch = not args.no_torch and _torch_available()
@@ -406,7 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_scaling:
         print("scaling ...", flush=True)
         report["scaling"] = scaling(args.seed)
+    if args.mpi:
+        report["mpi"] = _mpi_section(args)
     _print_report(report)
+    if args.mpi:
+        _distributed_module().print_report(report["mpi"])
     with open(args.json, "w") as stream:
         json.dump(report, stream, indent=2)
     print(f"\nresults written to {args.json}")

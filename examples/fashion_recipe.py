@@ -68,7 +68,7 @@ def main() -> None:
     seconds = time.perf_counter() - started
     accuracy = history[-1]["val_accuracy"]
     if args.out:
-        io.save(model, f"{args.out}/{train.MODEL_NAME}", {"test_accuracy": accuracy})
+        io.save(model, f"{args.out}/{io.MODEL_NAME}", {"test_accuracy": accuracy})
     print(json.dumps({"recipe": recipe.name, "epochs": args.epochs, "seed": args.seed,
                       "test_accuracy": accuracy, "seconds": round(seconds, 1)}))  # fmt: skip
 

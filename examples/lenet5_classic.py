@@ -73,7 +73,7 @@ def run(model_name: str, data_name: str, count: int | None, args: argparse.Names
         },
         "test_accuracy": history[-1]["val_accuracy"],
     }
-    io.save(model, out / train.MODEL_NAME, info)
+    io.save(model, out / io.MODEL_NAME, info)
     return {
         "model": model_name,
         "data": data_name,

@@ -10,6 +10,15 @@ def rng() -> np.random.Generator:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _one_process_training():
+    """`convnp train` launches MPI ranks on every core by default; the tests that want ranks
+    ask for them (tests/runtime/test_distributed.py), the rest train in one process."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CONVNP_PROCS", "1")
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _torch_single_thread():
     """PyTorch's second thread only spins on the small tensors of the parity tests (seen on a
     2-core machine: 0.5 s instead of 2 ms a step); one thread keeps the suite fast."""

@@ -131,10 +131,10 @@ def test_architecture_and_published_parameter_count(rng):
     assert [type(layer) for layer in model if layer.params] == [
         Conv2d, Subsample2d, Conv2d, Subsample2d, Conv2d, Linear, EuclideanRBF,
     ]  # fmt: skip
-    np.testing.assert_array_equal(model[4]._mask, np.array(zoo.LENET5_C3_TABLE))
+    np.testing.assert_array_equal(model[4].connection_mask, np.array(zoo.LENET5_C3_TABLE))
     assert model[2].params["beta"].tolist() == [0.25] * 6
     # trainable parameters as LeCun et al. count them (C3's unconnected kernels excluded)
-    trainable = model.num_parameters() - int((~model[4]._mask).sum()) * 25
+    trainable = model.num_parameters() - int((~model[4].connection_mask).sum()) * 25
     assert trainable == 156 + 12 + 1516 + 32 + 48120 + 10164 + 840
     assert model.output_shapes((1, 28, 28))[8] == (120, 1, 1)
     assert model.output_shapes((1, 28, 28))[-1] == (10,)

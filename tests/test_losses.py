@@ -7,7 +7,7 @@ import pytest
 
 from convnp.gradcheck import numerical_gradient, relative_error
 from convnp.layers.base import NonFiniteInputError
-from convnp.losses import CrossEntropyLoss, SquaredErrorLoss, one_hot
+from convnp.losses import CrossEntropyLoss, RBFEnergyLoss, SquaredErrorLoss, one_hot
 
 GRADCHECK_TOLERANCE = 1e-7
 
@@ -325,6 +325,26 @@ def test_bad_constructor_arguments():
         SquaredErrorLoss(reduction="elementwise")
     with pytest.raises(ValueError, match="label_smoothing"):
         CrossEntropyLoss(label_smoothing=1.5)
+
+
+def test_class_probabilities_are_distributions_ranked_like_the_decision(rng):
+    from convnp.train import predicted_classes
+
+    y = rng.standard_normal((6, 4)) * 5
+    y[0] = -1.0  # squared error: no positive output -> uniform
+    for loss in (CrossEntropyLoss(), RBFEnergyLoss(), SquaredErrorLoss()):
+        probabilities = loss.class_probabilities(y)
+        assert probabilities.shape == y.shape and (probabilities >= 0).all()
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-12)
+        decided = predicted_classes(loss, y)
+        np.testing.assert_array_equal(probabilities[1:].argmax(axis=1), decided[1:])
+    ce = CrossEntropyLoss()
+    ce.forward(y, np.zeros(6, np.int64))
+    np.testing.assert_allclose(ce.class_probabilities(y), ce.probabilities, rtol=1e-12)
+    torch = pytest.importorskip("torch")
+    expected = torch.softmax(-torch.from_numpy(y), dim=1).numpy()
+    np.testing.assert_allclose(RBFEnergyLoss.class_probabilities(y), expected, rtol=1e-12)
+    np.testing.assert_array_equal(SquaredErrorLoss.class_probabilities(y)[0], 0.25)
 
 
 # -- PyTorch's options: class weights, ignore_index, reduction="none", per-pixel logits ---------

@@ -52,22 +52,11 @@ def test_predict_restores_mode_and_batches(rng):
     assert model.training
 
 
-@pytest.mark.parametrize("block", [1, 3, 7, 100])
-def test_eval_forward_in_blocks_equals_one_pass(rng, block):
-    model = _small_model(rng).eval()
-    x = rng.standard_normal((7, 1, 6, 6))
-    model.inference_block = 1000
-    one_pass = model.forward(x)
-    model.inference_block = block
-    np.testing.assert_allclose(model.forward(x), one_pass, rtol=1e-13, atol=1e-13)
-
-
-def test_training_forward_is_never_split_into_blocks(rng):
+def test_training_forward_keeps_the_whole_batch_cache(rng):
     model = _small_model(rng)
-    model.inference_block = 2
     model.forward(rng.standard_normal((5, 1, 6, 6)))
-    patches = model[0]._cache[0]
-    assert patches.batch == 5  # backward needs the whole batch's cache
+    (kept_input,) = model[0]._cache
+    assert len(kept_input) == 5  # backward needs the whole batch's cache
 
 
 def test_state_dict_round_trip_is_exact_and_in_place(rng):
@@ -144,19 +133,8 @@ def test_backward_without_input_gradient_fills_the_same_grads(rng):
         np.testing.assert_array_equal(grad, expected[name], err_msg=name)
 
 
-def test_eval_blocks_on_threads_report_bad_input_like_one_pass(rng):
-    model = _small_model(rng).eval()
-    model.inference_block = 2
-    x = rng.standard_normal((6, 1, 6, 6))
-    x[5, 0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="layer 0 of 5"):
-        model.forward(rng.standard_normal((6, 2, 6, 6)))
-    with pytest.raises(ValueError, match="NaN|finite"):
-        model.forward(x)
-
-
 def test_only_the_network_input_is_scanned_for_nan_and_the_scan_comes_back(rng):
-    from convnp.layers.base import NonFiniteInputError
+    from convnp.layers.base import NonFiniteInputError, check_finite
 
     class MakesNaN(Sigmoid):  # a layer whose output goes non-finite inside the network
         def forward(self, x):
@@ -171,5 +149,25 @@ def test_only_the_network_input_is_scanned_for_nan_and_the_scan_comes_back(rng):
         model.forward(bad)  # the network's own input still is
     with pytest.raises(ValueError, match="layer 0 of 3"):
         model.forward(rng.standard_normal((2, 3, 5, 5)))
-    with pytest.raises(NonFiniteInputError):  # standalone layers check again afterwards
-        ReLU().forward(np.full((1, 2), np.nan))
+    with pytest.raises(NonFiniteInputError, match="layer 0 of 3"):
+        model.forward(bad)  # the scan comes back on every call: nothing is left switched off
+    # a layer validates the same way inside and outside a network: shapes and dtypes only
+    assert np.isnan(ReLU().forward(np.full((1, 2), np.nan))).all()
+    with pytest.raises(NonFiniteInputError, match=r"ReLU\(\): input of shape \(1, 2\)"):
+        check_finite(np.full((1, 2), np.inf), "ReLU()")
+
+
+def test_training_memory_counts_an_array_kept_by_two_layers_once(rng):
+    from convnp.layers import Conv2d, ReLU
+
+    model = Sequential(
+        Conv2d(2, 3, 3, padding=1, rng=rng), ReLU(), Conv2d(3, 4, 3, padding=1, rng=rng)
+    )
+    rows = model.training_memory((2, 5, 5), batch_size=10)
+    kept = [row[1] for row in rows]
+    item = 4  # float32
+    # conv 0 keeps the network input, ReLU its output, conv 2 the same array as its input
+    assert kept == [10 * 2 * 25 * item, 10 * 3 * 25 * item, 0]
+    assert all(row[2] > 0 for row in (rows[0], rows[2])) and rows[1][2] == 0
+    text = model.memory_summary((2, 5, 5), 10, print_fn=None)
+    assert "estimated total" in text and "Conv2d(3, 4" in text

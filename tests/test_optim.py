@@ -10,7 +10,7 @@ import pytest
 from convnp.layers import Conv2d
 from convnp.losses import SquaredErrorLoss
 from convnp.model import Sequential
-from convnp.optim import SGD, Adam
+from convnp.optim import SGD, Adam, optimizer_class
 
 STEPS = 6
 
@@ -308,3 +308,12 @@ def test_constructor_errors(rng):
         SGD(model.parameters(), -0.1)
     with pytest.raises(ValueError, match="betas"):
         Adam(model.parameters(), betas=(0.9, 1.0))
+
+
+def test_one_registry_resolves_recipe_and_checkpoint_names():
+    # recipes and the CLI say "sgd"/"adam", checkpoints record the class name
+    assert optimizer_class("sgd") is optimizer_class("SGD") is SGD
+    assert optimizer_class("Adam") is Adam
+    for bad in ("rmsprop", "", None, ["sgd"]):
+        with pytest.raises(ValueError, match="unknown optimizer .*known: sgd, adam"):
+            optimizer_class(bad)

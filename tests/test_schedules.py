@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from convnp.optim import SGD
-from convnp.schedules import ConstantLR, CosineLR, ExponentialLR, InvLR, StepLR
+from convnp.schedules import (
+    SCHEDULES,
+    ConstantLR,
+    CosineLR,
+    ExponentialLR,
+    InvLR,
+    StepLR,
+    make_schedule,
+)
 
 
 def _torch_lrs(base_lr, make_scheduler, steps):
@@ -142,3 +150,19 @@ def test_bad_arguments(build, message):
 def test_bad_step(step):
     with pytest.raises(ValueError, match="StepLR: step must be an integer >= 0"):
         StepLR(0.1, 5)(step)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_schedules_by_name_are_planned_over_the_whole_run(name):
+    schedule = make_schedule(name, 0.1, total_steps=90, warmup_steps=10)
+    assert schedule(0) == 0.0 and schedule(10) == pytest.approx(0.1)  # warm-up, then base_lr
+    final = {"constant": 0.1, "step": 0.1 * 0.1**2, "exponential": 0.1 * 0.01 ** (80 / 90),
+             "inv": 0.1 * (1 + 1e-4 * 80) ** -0.75, "cosine": 0.0}  # fmt: skip
+    assert schedule(90) == pytest.approx(final[name])
+    longer = make_schedule(name, 0.1, total_steps=180, warmup_steps=10)
+    assert (longer(90) > schedule(90)) == (name in ("step", "exponential", "cosine"))
+
+
+def test_an_unknown_schedule_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown schedule 'linear'; known: constant, step"):
+        make_schedule("linear", 0.1, 100)

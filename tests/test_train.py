@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from convnp import train
+from convnp import io, train
 from convnp.app.architectures import from_string
 from convnp.data import DataLoader, load_dataset
 from convnp.losses import CrossEntropyLoss
@@ -47,7 +47,7 @@ def test_fit_learns_and_records_history(digits, tmp_path):
     assert json.loads((tmp_path / "history.json").read_text()) == history
     rows = (tmp_path / "history.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,train_loss") and len(rows) == 4
-    assert (tmp_path / train.CHECKPOINT_NAME).is_file()
+    assert (tmp_path / io.CHECKPOINT_NAME).is_file()
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
@@ -60,7 +60,7 @@ def test_resume_mid_way_equals_uninterrupted_run(digits, tmp_path, optimizer):
     interrupted, loader2, _, opt2 = _setup(digits, optimizer=optimizer)
     train.fit(interrupted, loss, opt2, loader2, epochs=2, schedule=schedule,
               out_dir=tmp_path, progress=False)  # fmt: skip
-    resumed, opt3, history, _ = train.resume(tmp_path)
+    resumed, opt3, history, _ = io.resume(tmp_path)
     assert len(history) == 2
     _, fresh_loader, _, _ = _setup(digits, optimizer=optimizer)
     train.fit(resumed, loss, opt3, fresh_loader, epochs=4, schedule=schedule, history=history,
@@ -73,13 +73,13 @@ def test_divergence_stops_cleanly_and_keeps_last_good_checkpoint(digits, tmp_pat
     model, loader, _, _ = _setup(digits)
     opt = SGD(model.parameters(), lr=0.05)
     train.fit(model, CrossEntropyLoss(), opt, loader, epochs=1, out_dir=tmp_path, progress=False)
-    checkpoint = (tmp_path / train.CHECKPOINT_NAME).read_bytes()
+    checkpoint = (tmp_path / io.CHECKPOINT_NAME).read_bytes()
     opt.lr = 1e30
     with pytest.raises(train.TrainingDiverged, match=r"epoch 2: .*(NaN|inf)"):
         train.fit(model, CrossEntropyLoss(), opt, loader, epochs=2, out_dir=tmp_path,
                   history=[{"epoch": 1}], progress=False)  # fmt: skip
-    assert (tmp_path / train.CHECKPOINT_NAME).read_bytes() == checkpoint
-    restored, _, history, _ = train.resume(tmp_path)
+    assert (tmp_path / io.CHECKPOINT_NAME).read_bytes() == checkpoint
+    restored, _, history, _ = io.resume(tmp_path)
     assert all(np.isfinite(p).all() for _, p, _ in restored.parameters())
     assert len(history) == 1
 
@@ -102,7 +102,52 @@ def test_evaluate_confusion_matrix(digits):
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
-    bad = tmp_path / train.CHECKPOINT_NAME
+    bad = tmp_path / io.CHECKPOINT_NAME
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="checkpoint.safetensors"):
-        train.resume(tmp_path)
+        io.resume(tmp_path)
+
+
+def test_an_update_that_overflows_stops_at_once_and_is_never_checkpointed(digits, tmp_path):
+    model, loader, _, _ = _setup(digits)
+    opt = SGD(model.parameters(), lr=0.05)
+    train.fit(model, CrossEntropyLoss(), opt, loader, epochs=1, out_dir=tmp_path, progress=False)
+    checkpoint = (tmp_path / io.CHECKPOINT_NAME).read_bytes()
+    batches = list(loader)
+
+    class OverflowOnLastStep:  # the epoch's last update overflows: the old trainer saved it
+        def __iter__(self):
+            yield from batches[:-1]
+            opt.lr = 1e39  # finite gradients, but lr·gradient overflows float32
+            yield batches[-1]
+
+    with pytest.raises(train.TrainingDiverged, match=r"epoch 2: the update made '\d+\.\w+' NaN"):
+        train.fit(model, CrossEntropyLoss(), opt, OverflowOnLastStep(), epochs=2,
+                  out_dir=tmp_path, history=[{"epoch": 1}], progress=False)  # fmt: skip
+    assert opt.step_count == 2 * len(batches)
+    assert (tmp_path / io.CHECKPOINT_NAME).read_bytes() == checkpoint
+
+
+def test_a_checkpoint_never_holds_nan_or_inf(digits, tmp_path):
+    model, loader, _, opt = _setup(digits)
+    batches = list(loader)[:2]
+
+    class PoisonedLastStep:  # the step is finite, but a buffer overflows (Adam's v, say)
+        def __iter__(self):
+            yield from batches
+            opt.state_dict = lambda: {"v.0.weight": np.array([np.inf], np.float32)}
+
+    with pytest.raises(train.TrainingDiverged, match="optimizer state 'v.0.weight' holds NaN"):
+        train.fit(model, CrossEntropyLoss(), opt, PoisonedLastStep(), epochs=1,
+                  out_dir=tmp_path, progress=False)  # fmt: skip
+    assert not (tmp_path / io.CHECKPOINT_NAME).exists()
+
+
+def test_a_divergence_first_seen_at_validation_is_a_divergence(digits, tmp_path):
+    model, loader, _, opt = _setup(digits)
+    huge = np.full((10, 1, 28, 28), 3e38, np.float32)  # finite inputs whose outputs overflow
+    val = DataLoader(huge, np.zeros(10, np.int64), batch_size=5, shuffle=False, normalize=None)
+    with pytest.raises(train.TrainingDiverged, match="epoch 1: the validation loss is not finite"):
+        train.fit(model, CrossEntropyLoss(), opt, loader, epochs=1, val=val, out_dir=tmp_path,
+                  progress=False)  # fmt: skip
+    assert not (tmp_path / io.CHECKPOINT_NAME).exists()

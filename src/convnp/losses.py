@@ -27,6 +27,12 @@ import numpy as np
 from convnp.layers.base import NonFiniteInputError
 
 
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """exp(v_i − max v) / Σ_j exp(v_j − max v) along axis 1 (max subtracted: no overflow)."""
+    exp = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 def _check_labels(owner: str, labels: Any, num_classes: int) -> np.ndarray:
     """Return labels as an integer array; ValueError unless each lies in [0, num_classes)."""
     labels = np.asarray(labels)
@@ -212,6 +218,15 @@ class SquaredErrorLoss(_Loss):
     def config(self) -> dict[str, Any]:
         return {"reduction": self.reduction, "off_value": self.off_value}
 
+    @staticmethod
+    def class_probabilities(y: np.ndarray) -> np.ndarray:
+        """Outputs (N, C) as a distribution over classes: clipped at 0 and scaled to sum to
+        1 (uniform where all are ≤ 0). A ranking with the loss's argmax, not calibrated."""
+        positive = np.clip(y, 0.0, None)
+        total = positive.sum(axis=1, keepdims=True)
+        uniform = np.full_like(positive, 1 / y.shape[1])
+        return np.divide(positive, total, out=uniform, where=total > 0)
+
     def forward(self, y: np.ndarray, target: Any) -> float | np.ndarray:
         y = self._check_output(y, batched=False)
         t = self._dense_target(y, target, self.off_value, 1.0)
@@ -298,6 +313,11 @@ class CrossEntropyLoss(_Loss):
             config["ignore_index"] = self.ignore_index
         config["label_smoothing"] = self.label_smoothing
         return config
+
+    @staticmethod
+    def class_probabilities(y: np.ndarray) -> np.ndarray:
+        """Logits (N, C) as class probabilities: softmax(y), the a of the equations above."""
+        return softmax(y)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -430,6 +450,12 @@ class RBFEnergyLoss(_Loss):
     def predictions(y: np.ndarray) -> np.ndarray:
         """The decided class per sample: argmin_i y_i (the best-matching RBF centre)."""
         return y.argmin(axis=1)
+
+    @staticmethod
+    def class_probabilities(y: np.ndarray) -> np.ndarray:
+        """Energies (N, C) as class probabilities: softmax(−y), the posterior e^(−y_i)/Z
+        renormalised without the rubbish class."""
+        return softmax(-y)
 
     def forward(self, y: np.ndarray, target: Any) -> float:
         energies = self._check_output(y, exact_ndim=2)

@@ -8,12 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from convnp.layers.base import INPUT_IS_INNER, Layer
-from convnp.runtime.parallel import available_cores, map_blocks
-
-# Samples per block in eval-mode forward. Measured for the built-in models on 28x28 images,
-# batch 1000, 2 cores: 64 is best or within noise of best for all three (32 to 256 tried).
-INFERENCE_BLOCK = 64
+from convnp.layers.base import Layer, check_finite
 
 
 class Sequential:
@@ -31,8 +26,6 @@ class Sequential:
                 )
         self.layers: list[Layer] = list(layers)
         self.training = True
-        self.inference_block = INFERENCE_BLOCK
-        self.inference_threads = available_cores()
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -51,34 +44,20 @@ class Sequential:
         return self.forward(x)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Run the layers in order.
+        """Run the layers in order, on the calling thread.
 
-        In eval mode a batch larger than ``inference_block`` samples goes through the whole
-        network block by block, so each layer's output is still in the CPU cache when the
-        next layer reads it (depth-first, as fused inference engines do), and the blocks run
-        on ``inference_threads`` cores at once (``convnp.runtime.parallel``). Eval-mode layers treat
-        samples independently, so the result equals one pass over the batch. Set
-        ``inference_threads = 1`` to keep inference on the calling thread.
+        The network's input is scanned for NaN/inf here, once (``check_finite``); layers
+        check only shapes and dtypes. An error raised by a layer says which one it is. For
+        inference on several cores see ``convnp.runtime.parallel.predict_in_blocks``.
         """
-        block = self.inference_block
-        if self.training or np.ndim(x) == 0 or len(x) <= block:
-            return self._forward_layers(x)
-        blocks = [x[start : start + block] for start in range(0, len(x), block)]
-        return np.concatenate(map_blocks(self._forward_layers, blocks, self.inference_threads))
-
-    def _forward_layers(self, x: np.ndarray) -> np.ndarray:
-        inner = None  # the first layer checks the network's input for NaN/inf, the rest skip
-        try:
-            for index, layer in enumerate(self.layers):
-                try:
-                    x = layer.forward(x)
-                except ValueError as error:  # say where in the network the bad input arrived
-                    raise type(error)(f"layer {index} of {len(self.layers)}: {error}") from None
-                if inner is None:
-                    inner = INPUT_IS_INNER.set(True)
-        finally:
-            if inner is not None:
-                INPUT_IS_INNER.reset(inner)
+        count = len(self.layers)
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and count:
+            check_finite(x, f"layer 0 of {count}: {self.layers[0]!r}")
+        for index, layer in enumerate(self.layers):
+            try:
+                x = layer.forward(x)
+            except ValueError as error:  # say where in the network the bad input arrived
+                raise type(error)(f"layer {index} of {count}: {error}") from None
         return x
 
     def backward(self, dy: np.ndarray, *, input_grad: bool = True) -> np.ndarray | None:
@@ -100,7 +79,11 @@ class Sequential:
         return float(sum(penalty(layer) for layer in self.layers for penalty in layer.regularizers))
 
     def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """Forward in eval mode, in batches (memory stays bounded), restoring the mode."""
+        """Forward in eval mode, in batches (memory stays bounded), restoring the mode.
+
+        Runs on the calling thread; ``convnp.runtime.parallel.predict_in_blocks`` computes the
+        same output on several cores.
+        """
         was_training = self.training
         self.eval()
         try:
@@ -209,6 +192,67 @@ class Sequential:
         lines.insert(1, rule)
         lines.append(rule)
         lines.append(f"total parameters: {self.num_parameters():,}   dtype: {self.dtype}")
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def training_memory(
+        self, input_shape: tuple[int, ...], batch_size: int
+    ) -> list[tuple[str, int, int]]:
+        """Estimated bytes a training step holds, per layer: (layer, kept, workspace).
+
+        "kept" is what the layer's forward keeps for backward (``Layer.memory_estimate``);
+        an array kept by two neighbours (a ReLU's output that the next convolution keeps as
+        its input) is counted once, at the first. Add the parameters and their gradients
+        and the transient y/dx of one layer (``memory_summary``) for the step's peak.
+        """
+        shapes = [tuple(input_shape), *self.output_shapes(tuple(input_shape))]
+        sizes = self._activation_bytes(input_shape, batch_size)
+        rows, previous_kept_output = [], False
+        for index, layer in enumerate(self.layers):
+            estimate = layer.memory_estimate((batch_size, *shapes[index]))
+            kept = estimate.other_bytes
+            if estimate.keeps_input and not previous_kept_output:
+                kept += sizes[index]
+            if estimate.keeps_output:
+                kept += sizes[index + 1]
+            rows.append((repr(layer), kept, estimate.workspace_bytes))
+            previous_kept_output = estimate.keeps_output
+        return rows
+
+    def _activation_bytes(self, input_shape: tuple[int, ...], batch_size: int) -> list[int]:
+        """Bytes of the network's input and of every layer's output, for ``batch_size``."""
+        itemsize = np.dtype(self.dtype or np.float32).itemsize
+        shapes = [tuple(input_shape), *self.output_shapes(tuple(input_shape))]
+        return [batch_size * int(np.prod(shape)) * itemsize for shape in shapes]
+
+    def memory_summary(
+        self, input_shape: tuple[int, ...], batch_size: int, *, print_fn: Any = print
+    ) -> str:
+        """Table of ``training_memory`` in MiB with the step's estimated total; printed and
+        returned. Total = kept + workspaces + parameters and gradients + the largest
+        transient pair (a layer's output y and the dx its backward returns)."""
+        rows = self.training_memory(input_shape, batch_size)
+        sizes = self._activation_bytes(input_shape, batch_size)
+        itemsize = np.dtype(self.dtype or np.float32).itemsize
+        transient = max(a + b for a, b in zip(sizes, sizes[1:])) if len(sizes) > 1 else 0
+        parameters = 2 * self.num_parameters() * itemsize
+        mib = 2.0**20
+        width = max([len(name) for name, _, _ in rows] + [5])
+        lines = [f"training memory, batch {batch_size} (MiB):"]
+        lines.append(f"  {'#':>2}  {'layer':<{width}}  {'kept':>9}  {'workspace':>9}")
+        for index, (name, kept, workspace) in enumerate(rows):
+            cells = f"{kept / mib:9.1f}  {workspace / mib:9.1f}"
+            lines.append(f"  {index:>2}  {name:<{width}}  {cells}")
+        kept_total = sum(kept for _, kept, _ in rows)
+        workspace_total = sum(workspace for _, _, workspace in rows)
+        lines.append(f"  activations kept for backward {kept_total / mib:9.1f}")
+        lines.append(f"  workspaces                    {workspace_total / mib:9.1f}")
+        lines.append(f"  parameters + gradients        {parameters / mib:9.1f}")
+        lines.append(f"  largest layer's y + dx        {transient / mib:9.1f}")
+        total = kept_total + workspace_total + parameters + transient
+        lines.append(f"  estimated total               {total / mib:9.1f}")
         text = "\n".join(lines)
         if print_fn is not None:
             print_fn(text)

@@ -319,3 +319,16 @@ class Adam(Optimizer):
         np.divide(first, update, out=update)
         update *= lr / (1.0 - beta1**t)
         param -= update  # θ ← θ − lr·m̂/(√ŝ + ε)
+
+
+# The one table of optimizers by name. Recipes and the command line use these lower-case
+# names; checkpoints record the class name ("SGD", "Adam"): ``optimizer_class`` takes both.
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam}
+
+
+def optimizer_class(name: str) -> type[Optimizer]:
+    """The optimizer class called ``name`` (case-insensitive); ValueError lists the known."""
+    found = OPTIMIZERS.get(name.lower()) if isinstance(name, str) else None
+    if found is None:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+    return found

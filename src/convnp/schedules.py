@@ -201,3 +201,29 @@ class CosineLR(Schedule):
     def _decayed(self, step: int) -> float:
         progress = min(step, self.total_steps) / self.total_steps
         return self.min_lr + (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * progress)) / 2
+
+
+#: Schedules by name, as ``convnp train --schedule`` and the recipes name them.
+SCHEDULES: tuple[str, ...] = ("constant", "step", "exponential", "inv", "cosine")
+
+
+def make_schedule(name: str, base_lr: float, total_steps: int, warmup_steps: int = 0) -> Schedule:
+    """The named schedule planned over a run of ``total_steps`` steps (warm-up included).
+
+    "step" divides the lr by 10 after each third of the run, "exponential" decays it to
+    1% by the end, "inv" is Caffe's LeNet policy (γ = 1e-4, power 0.75), "cosine" anneals
+    it to 0 over the steps after the warm-up. Because the plan depends on ``total_steps``,
+    extending a run re-plans it (``convnp train --resume DIR --epochs N`` says so).
+    """
+    options = {"warmup_steps": warmup_steps}
+    if name == "constant":
+        return ConstantLR(base_lr, **options)
+    if name == "step":
+        return StepLR(base_lr, step_size=max(total_steps // 3, 1), gamma=0.1, **options)
+    if name == "exponential":
+        return ExponentialLR(base_lr, gamma=0.01 ** (1 / max(total_steps, 1)), **options)
+    if name == "inv":
+        return InvLR(base_lr, gamma=1e-4, power=0.75, **options)
+    if name == "cosine":
+        return CosineLR(base_lr, total_steps=max(total_steps - warmup_steps, 1), **options)
+    raise ValueError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")

@@ -3,7 +3,8 @@
 One step is four lines (``train_step``): forward, loss, backward, optimizer step. Around
 them ``fit`` adds what a dependable trainer needs: a progress bar, per-epoch history, a
 clean stop when the loss or a gradient stops being finite (naming the layer), and an
-atomic checkpoint after every epoch from which ``resume`` continues bit-for-bit.
+atomic checkpoint after every epoch (``convnp.io.save_checkpoint``) from which
+``convnp.io.resume`` continues bit-for-bit.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -22,13 +23,11 @@ from tqdm.auto import tqdm
 from convnp import io
 from convnp.layers.base import NonFiniteInputError
 from convnp.model import Sequential
-from convnp.optim import SGD, Adam, Optimizer
-from convnp.runtime.parallel import BatchSplitter
+from convnp.optim import Optimizer
+from convnp.runtime.parallel import BatchSplitter, predict_in_blocks
 
-CHECKPOINT_FORMAT = "convnp-checkpoint"
-CHECKPOINT_NAME = "checkpoint.safetensors"
-MODEL_NAME = "model.safetensors"
-OPTIMIZERS: dict[str, type[Optimizer]] = {"SGD": SGD, "Adam": Adam}
+if TYPE_CHECKING:
+    from convnp.runtime.distributed import Communicator
 
 
 class TrainingDiverged(RuntimeError):
@@ -48,14 +47,19 @@ def train_step(
     x: np.ndarray,
     t: Any,
     splitter: BatchSplitter | None = None,
+    comm: Communicator | None = None,
 ) -> tuple[np.ndarray, float]:
     """One step on batch (x, t); returns the network output and the loss E.
 
     With a ``splitter``, a batch large enough to gain from it runs its forward and backward
     as sub-batches on all cores (``convnp.runtime.parallel.BatchSplitter``): the same three lines on
-    each part, the parts' gradients summed.
+    each part, the parts' gradients summed. With ``comm`` (MPI ranks), (x, t) is the global
+    batch: each rank runs forward and backward on its slice and the gradients, outputs and
+    loss are summed over the ranks (``convnp.runtime.distributed``).
     """
-    if splitter is not None and splitter.worthwhile(x):
+    if comm is not None:
+        y, error = comm.forward_backward(model, loss, x, t)
+    elif splitter is not None and splitter.worthwhile(x):
         y, error = splitter.forward_backward(x, t)
     else:
         y = model.forward(x)  # x^L: the network's output
@@ -64,6 +68,7 @@ def train_step(
     error += model.apply_regularizers()  # attached penalties add their value and gradient
     _stop_if_not_finite(model, x, error)
     optimizer.step()  # the solver turns gradients into updates
+    _stop_if_update_not_finite(model)
     return y, error
 
 
@@ -79,9 +84,29 @@ def _stop_if_not_finite(model: Sequential, x: np.ndarray, error: float) -> None:
                 )
 
 
+def _stop_if_update_not_finite(model: Sequential) -> None:
+    """Finite gradients can still give an update that overflows (a huge lr, float32)."""
+    name = first_non_finite({name: param for name, param, _ in model.parameters()})
+    if name is not None:
+        raise TrainingDiverged(
+            f"the update made '{name}' NaN or inf (its gradient was finite; the step "
+            "overflowed); try a smaller learning rate"
+        )
+
+
+def first_non_finite(arrays: dict[str, np.ndarray]) -> str | None:
+    """The name of the first float array holding NaN or inf, or None if all are finite."""
+    for name, array in arrays.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            return name
+    return None
+
+
 def _first_non_finite_output(model: Sequential, x: np.ndarray) -> str:
     """Re-run the batch layer by layer (eval mode) to find where non-finite values start."""
     was_training = model.training
+    if not np.isfinite(x).all():
+        return "the input batch contains NaN or inf"
     model.eval()
     try:
         for index, layer in enumerate(model):
@@ -89,8 +114,6 @@ def _first_non_finite_output(model: Sequential, x: np.ndarray) -> str:
                 x = layer.forward(x)
             if not np.isfinite(x).all():
                 return f"layer {index} ({layer!r}) is the first to output NaN or inf"
-    except NonFiniteInputError as error:
-        return f"the input batch is not finite: {error}" if index == 0 else str(error)
     finally:
         model.train(was_training)
     return "every layer's output is finite, so the loss itself overflowed"
@@ -101,15 +124,20 @@ def evaluate(
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
     loss: Any,
     num_classes: int | None = None,
+    comm: Communicator | None = None,
 ) -> dict[str, Any]:
-    """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted).
+
+    With ``comm`` (MPI ranks), each rank runs the network on its slice of every batch and
+    every rank gets the whole batch's outputs, so all of them return the same figures.
+    """
     was_training = model.training
     model.eval()
     total_loss, count = 0.0, 0
     true_parts, predicted_parts = [], []
     try:
         for x, labels in batches:
-            y = model.forward(x)
+            y = predict_in_blocks(model, x) if comm is None else comm.forward(model, x)
             total_loss += loss.forward(y, labels) * _loss_weight(loss, len(x))
             count += len(x)
             true_parts.append(np.asarray(labels))
@@ -150,6 +178,7 @@ def fit(
     info: dict[str, Any] | None = None,
     progress: bool = True,
     threads: int | None = None,
+    comm: Communicator | None = None,
 ) -> list[dict[str, Any]]:
     """Train until ``epochs`` epochs are complete; returns the per-epoch history.
 
@@ -159,18 +188,29 @@ def fit(
     a checkpoint is written atomically after each epoch (plus history.csv/json); ``history``
     passed back from ``resume`` continues an interrupted run. ``threads`` caps the cores a
     large batch is split over (None: all this process may use; 1: never split).
+
+    ``comm`` (``convnp.runtime.distributed.Communicator``) trains data-parallel on MPI ranks:
+    every rank calls ``fit`` with the same arguments; each trains on its slice of every
+    batch, all end with the same weights and history, and rank 0 alone shows progress and
+    writes files. Inputs that differ between ranks are refused at the start.
     """
     history = list(history or [])
+    if comm is not None:
+        comm.start(model, optimizer, train, info=info, history=history, val=val)
+        progress, out_dir = progress and comm.is_root, out_dir if comm.is_root else None
     splitter = BatchSplitter(model, loss, threads)
     out = Path(out_dir) if out_dir is not None else None
     for epoch in range(len(history), epochs):
         if hasattr(train, "set_epoch"):
             train.set_epoch(epoch)
+        if comm is not None:
+            comm.start_epoch(model, epoch)
         model.train()
         started = time.perf_counter()
         total_loss, correct, count = 0.0, 0, 0
         bar = tqdm(
-            train,
+            iter(train),  # once: tqdm.auto's class also calls iter() on what it is given
+            total=len(train) if hasattr(train, "__len__") else None,
             desc=f"epoch {epoch + 1}/{epochs}",
             unit="batch",
             disable=not progress,
@@ -184,7 +224,7 @@ def fit(
             try:
                 # overflow is detected and reported below; NumPy's warnings would only add noise
                 with np.errstate(over="ignore", invalid="ignore"):
-                    y, error = train_step(model, loss, optimizer, x, labels, splitter)
+                    y, error = train_step(model, loss, optimizer, x, labels, splitter, comm)
             except NonFiniteInputError:
                 where = _first_non_finite_output(model, x)
                 raise TrainingDiverged(f"epoch {epoch + 1}: {where}") from None
@@ -201,6 +241,8 @@ def fit(
                 refresh=False,
             )
         bar.close()
+        if comm is not None:
+            comm.end_epoch(model)
         seconds = time.perf_counter() - started
         record = {
             "epoch": epoch + 1,
@@ -211,16 +253,50 @@ def fit(
             "images_per_second": count / max(seconds, 1e-9),
         }
         if val is not None:
-            result = evaluate(model, val, loss)
+            result = _validate(model, val, loss, epoch, comm)
             record["val_loss"] = result["loss"]
             record["val_accuracy"] = result["accuracy"]
         history.append(record)
         if progress:
             tqdm.write(_format_record(record))
         if out is not None:
-            save_checkpoint(out / CHECKPOINT_NAME, model, optimizer, history, info)
+            _refuse_non_finite_checkpoint(model, optimizer, epoch)
+            io.save_checkpoint(out / io.CHECKPOINT_NAME, model, optimizer, history, info)
             write_history(out, history)
     return history
+
+
+def _validate(
+    model: Sequential,
+    val: Iterable[tuple[np.ndarray, np.ndarray]],
+    loss: Any,
+    epoch: int,
+    comm: Communicator | None = None,
+) -> dict[str, Any]:
+    """``evaluate`` on the validation batches; a non-finite result is a divergence."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = evaluate(model, val, loss, comm=comm)
+    except NonFiniteInputError as error:
+        result = {"loss": float("nan"), "error": str(error)}
+    if np.isfinite(result["loss"]):
+        return result
+    where = result.get("error") or "; ".join(
+        dict.fromkeys(_first_non_finite_output(model, x) for x, _ in val)
+    )
+    raise TrainingDiverged(
+        f"epoch {epoch + 1}: the validation loss is not finite (the weights are, but their "
+        f"outputs overflow): {where}"
+    )
+
+
+def _refuse_non_finite_checkpoint(model: Sequential, optimizer: Optimizer, epoch: int) -> None:
+    """A checkpoint is "last good": it never holds NaN or inf."""
+    tensors = {"weight": model.state_dict(), "optimizer state": optimizer.state_dict()}
+    for what, arrays in tensors.items():
+        name = first_non_finite(arrays)
+        if name is not None:
+            raise TrainingDiverged(f"epoch {epoch + 1}: the {what} '{name}' holds NaN or inf")
 
 
 def _format_record(record: dict[str, Any]) -> str:
@@ -243,77 +319,3 @@ def write_history(out_dir: str | Path, history: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(history)
     io.write_atomic(out / "history.csv", table.getvalue().encode())
-
-
-# -- checkpoints ------------------------------------------------------------------------
-def _rng_states(model: Sequential) -> dict[str, Any]:
-    """Bit-generator states of layers that draw random numbers while training (dropout)."""
-    return {
-        str(index): layer.rng.bit_generator.state
-        for index, layer in enumerate(model)
-        if isinstance(getattr(layer, "rng", None), np.random.Generator)
-    }
-
-
-def save_checkpoint(
-    path: str | Path,
-    model: Sequential,
-    optimizer: Optimizer,
-    history: list[dict[str, Any]],
-    info: dict[str, Any] | None = None,
-) -> None:
-    """Model, optimizer state, history and layer RNG states in one safetensors file."""
-    tensors = {f"model/{key}": value for key, value in model.state_dict().items()}
-    tensors.update({f"optimizer/{key}": value for key, value in optimizer.state_dict().items()})
-    metadata = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": str(io.FORMAT_VERSION),
-        "dtype": str(model.dtype),
-        "architecture": json.dumps(io.architecture(model)),
-        "optimizer": json.dumps({"type": type(optimizer).__name__, "config": optimizer.config()}),
-        "history": json.dumps(history),
-        "rng_states": json.dumps(_rng_states(model)),
-        "info": json.dumps(info or {}),
-    }
-    io.save_tensors(path, tensors, metadata)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Parse a checkpoint: model (rebuilt), optimizer spec and state, history, info."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    tensors, metadata = io.load_tensors(path)
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a convnp checkpoint")
-    try:
-        model = io.build(json.loads(metadata["architecture"]), dtype=metadata["dtype"])
-        model.load_state_dict(_with_prefix(tensors, "model/"))
-        for index, state in json.loads(metadata["rng_states"]).items():
-            model[int(index)].rng.bit_generator.state = state
-        return {
-            "model": model,
-            "optimizer": json.loads(metadata["optimizer"]),
-            "optimizer_state": _with_prefix(tensors, "optimizer/"),
-            "history": json.loads(metadata["history"]),
-            "info": json.loads(metadata["info"]),
-        }
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path}: corrupt checkpoint ({error})") from None
-
-
-def resume(path: str | Path) -> tuple[Sequential, Optimizer, list[dict[str, Any]], dict[str, Any]]:
-    """Model, optimizer (with its state), history and info from a checkpoint, ready for
-    ``fit(..., history=history)`` to continue exactly where the run stopped."""
-    checkpoint = load_checkpoint(path)
-    model = checkpoint["model"]
-    spec = checkpoint["optimizer"]
-    if spec.get("type") not in OPTIMIZERS:
-        raise ValueError(f"{path}: unknown optimizer {spec.get('type')!r} in checkpoint")
-    optimizer = OPTIMIZERS[spec["type"]](model.parameters(), **spec["config"])
-    optimizer.load_state_dict(checkpoint["optimizer_state"])
-    return model, optimizer, checkpoint["history"], checkpoint["info"]
-
-
-def _with_prefix(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}

@@ -1,11 +1,14 @@
-"""The architecture string grammar, TOML files and the built-in recipes."""
+"""The architecture string grammar and TOML files (the built-in recipes: test_zoo.py)."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from convnp.app import architectures, zoo
+from convnp.app import architectures
 from convnp.layers import (
     AvgPool2d,
     Conv2d,
@@ -83,18 +86,88 @@ def test_toml_file(tmp_path):
         architectures.from_toml(path)
 
 
-@pytest.mark.parametrize("name", ["bouvrie", "lenet5", "modern"])
-def test_built_in_recipes_build_and_run(name):
-    recipe = zoo.get_recipe(name)
-    model = recipe.build(rng=np.random.default_rng(0))
-    assert model.forward(np.zeros((3, 1, 28, 28), np.float32)).shape == (3, 10)
-    assert recipe.loss in ("squared_error", "cross_entropy")
+# -- degenerate strings and hostile TOML (issue 12) ----------------------------------------
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("6c5s0", r"stride.* must be >= 1 \(token 1, '6c5s0'\)"),  # was silently stride 1
+        ("6c5-2ms0", r"stride.* must be >= 1 \(token 2, '2ms0'\)"),
+        ("", "is empty"),
+        ("  ", "is empty"),
+        ("6c0", r"kernel_size.* must be >= 1 \(token 1"),
+        ("0c5", "out_channels must be >= 1"),
+        ("0f", "out_features must be >= 1"),
+        ("6c5-0s", r"kernel_size.* must be >= 1 \(token 2"),
+        ("99999c99", r"99999c99': this layer would have 980,090,199 weights \(at most"),
+        ("6c5p100000", "padding 100000 makes maps of 40,011,200,784 values"),
+        ("1000000c1", "the output layer: this layer would have 7,840,000,000 weights"),
+        ("9" * 5000 + "f", r"Exceeds the limit .* \(token 1"),
+        ("d1.5", r"p must be in \[0, 1\]"),
+        ("6c5--2s", r"unknown token \(token 2, ''\)"),
+    ],
+)
+def test_degenerate_strings_are_clear_errors(text, problem):
+    with pytest.raises(ValueError, match=problem):
+        architectures.from_string(text)
 
 
-def test_recipes_are_seeded_and_unknown_names_rejected():
-    first = zoo.get_recipe("modern").build(rng=np.random.default_rng(4))
-    second = zoo.get_recipe("modern").build(rng=np.random.default_rng(4))
-    for (_, a, _), (_, b, _) in zip(first.parameters(), second.parameters()):
-        np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="unknown model 'alexnet'; built-in models: bouvrie"):
-        zoo.get_recipe("alexnet")
+def test_empty_arch_on_the_command_line_is_an_error_not_the_default(tmp_path):
+    command = [sys.executable, "-m", "convnp", "train", "--arch", "", "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "architecture '' is empty" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("layers = [1, 2]", r"layers\[0\] must be a table"),
+        ("layers = ['Conv2d']", r"layers\[0\] must be a table"),
+        ("layers = 3", "expected one or more"),
+        (
+            "[[layers]]\ntype = 'Linear'\nin_features = '3'\nout_features = 2",
+            r"entry 0 \(Linear\): in_features must be int, got '3'",
+        ),
+        (
+            "[[layers]]\ntype = 'Linear'\nin_features = 3.5\nout_features = 2",
+            "in_features must be int",
+        ),
+        (
+            "[[layers]]\ntype = 'Linear'\nin_features = 99999999999\nout_features = 2",
+            "in_features must be int",
+        ),
+        ("[[layers]]\ntype = 'ELU'\nalpha = inf", r"entry 0 \(ELU\): alpha must be float, got inf"),
+        ("[[layers]]\ntype = 'ELU'\nalpha = 1979-05-27", r"alpha must be float, got datetime"),
+        (
+            "[[layers]]\ntype = 'Conv2d'\nin_channels = 1\nout_channels = 2\nkernel_size = [[3]]",
+            r"kernel_size must be int \| Sequence\[int\]",
+        ),
+        ("[[layers]]\ntype = ['Conv2d']", r"unknown layer type \['Conv2d'\]"),
+        (
+            "[[layers]]\ntype = 'Linear'\nin_features = 100000\nout_features = 100000",
+            r"weights 0.weight of shape \(100000, 100000\) exceed 268,435,456",
+        ),
+        ("a = " + "[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("a" + ".a" * 100 + " = 1", "a dotted key of more than 64 parts"),
+        ("a = {" + "b." * 80 + "c = 1}", "a dotted key of more than 64 parts"),
+        ("".join(f"k{i} = 1\n" for i in range(10_001)), "more than 10,000 keys"),
+        ("[[layers]\n", "cannot read TOML"),
+    ],
+)
+def test_hostile_toml_files_are_clear_errors(tmp_path, text, problem):  # fmt: skip
+    path = tmp_path / "net.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"net.toml: .*{problem}"):
+        architectures.from_toml(path)
+
+
+def test_toml_size_is_capped_before_parsing(tmp_path):
+    path = tmp_path / "net.toml"
+    path.write_bytes(b"# " + b"x" * architectures.MAX_TOML_BYTES)
+    with pytest.raises(ValueError, match="net.toml: larger than 1,048,576 bytes"):
+        architectures.from_toml(path)
+    path.write_bytes(b"\xff\xfe[[layers]]")
+    with pytest.raises(ValueError, match="net.toml: not UTF-8"):
+        architectures.from_toml(path)
+    with pytest.raises(ValueError, match="missing.toml: cannot read"):
+        architectures.from_toml(tmp_path / "missing.toml")

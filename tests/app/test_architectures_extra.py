@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from convnp import io
-from convnp.app import architectures, zoo
-from convnp.data import augment
+from convnp.app import architectures
 from convnp.layers import (
     BatchNorm1d,
     BatchNorm2d,
@@ -94,16 +91,3 @@ def test_errors_point_at_the_bad_token(text, token, problem):
     with pytest.raises(ValueError, match=problem) as caught:
         architectures.from_string(text)
     assert token in str(caught.value) and "bn, d<P>, gap" in str(caught.value)
-
-
-def test_fashion_recipe_builds_runs_and_names_its_augmentation():
-    recipe = zoo.get_recipe("fashion")
-    model = recipe.build(rng=np.random.default_rng(0))
-    assert any(isinstance(layer, BatchNorm2d) for layer in model)
-    assert any(isinstance(layer, Dropout) for layer in model)
-    assert model.predict(np.zeros((3, 1, 28, 28), np.float32)).shape == (3, 10)
-    transform = recipe.make_augmentation()
-    assert json.loads(json.dumps(augment.describe(transform)))["type"] == "Compose"
-    x = np.random.default_rng(1).standard_normal((4, 1, 28, 28)).astype(np.float32)
-    assert transform(x, np.random.default_rng(2)).shape == x.shape
-    assert recipe.schedule == "cosine" and recipe.loss == "cross_entropy"

@@ -23,6 +23,7 @@ from convnp.layers import (  # noqa: E402
     ReLU,
 )
 from convnp.model import Sequential  # noqa: E402
+from convnp.runs import RunInfo  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -138,3 +139,25 @@ def test_missing_matplotlib_gives_install_advice(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
     with pytest.raises(ImportError, match=r"pip install 'convnp\[plot\]'"):
         plot.plot_history(_history(), tmp_path / "x.png")
+
+
+def _legends(monkeypatch, plot_call):
+    """The legend labels of each axes of the figure ``plot_call`` draws."""
+    figures = []
+    monkeypatch.setattr(plot, "_save", lambda figure, path: figures.append(figure) or path)
+    plot_call()
+    return [axes.get_legend_handles_labels()[1] for axes in figures[0].axes]
+
+
+def test_curves_say_validation_and_show_the_test_set_once(rng, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    (run / "history.json").parent.mkdir()
+    (run / "history.json").write_text(json.dumps(_history()))
+    info = RunInfo(model="tiny", val_size=10, test_accuracy=0.7, test_loss=0.9).to_dict()
+    io.save(_model(rng), run / "model.safetensors", info=info)
+    labels = _legends(monkeypatch, lambda: plot.plot_run(run, tmp_path / "figures"))
+    assert labels == [["train", "validation", "test (once)"]] * 2
+    # a run from before the validation split: its "val" curve was the test set
+    io.save(_model(rng), run / "model.safetensors", info={"model": "tiny"})
+    labels = _legends(monkeypatch, lambda: plot.plot_run(run, tmp_path / "figures"))
+    assert labels == [["train", "test (per epoch, older run)"]] * 2

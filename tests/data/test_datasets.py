@@ -188,9 +188,9 @@ def test_lookup_order_data_dir_then_system_then_cache(folders, write_idx_set):
     np.testing.assert_array_equal(loaded(), expected["system"][label_file])
     for name in expected["system"]:
         (folders["system"] / name).unlink()
-    np.testing.assert_array_equal(
-        loaded(data_dir=folders["data_dir"] / "absent"), expected["cache"][label_file]
-    )
+    np.testing.assert_array_equal(loaded(), expected["cache"][label_file])
+    with pytest.raises(DatasetNotFoundError, match="absent: no such folder"):
+        loaded(data_dir=folders["data_dir"] / "absent")  # a typo is an error, not a fallback
 
 
 def test_uncompressed_files_are_accepted(folders, write_idx_set):
@@ -230,6 +230,27 @@ def test_image_and_label_counts_must_agree(folders, write_idx_set):
     write_idx(folders["data_dir"] / "t10k-labels-idx1-ubyte.gz", np.zeros(3, np.uint8))
     with pytest.raises(ValueError, match="test: 4 images but 3 labels"):
         load_dataset("fashion-mnist", data_dir=folders["data_dir"], download=False)
+
+
+def test_a_data_set_with_no_training_images_is_an_error(folders, write_idx_set):
+    write_idx_set(folders["data_dir"])
+    write_idx(folders["data_dir"] / "train-images-idx3-ubyte.gz", np.zeros((0, 5, 4), np.uint8))
+    write_idx(folders["data_dir"] / "train-labels-idx1-ubyte.gz", np.zeros(0, np.uint8))
+    with pytest.raises(ValueError, match="data_dir: the train files hold 0 images"):
+        load_dataset("fashion-mnist", data_dir=folders["data_dir"], download=False)
+
+
+def test_a_data_set_says_which_copy_it_was_read_from(folders, write_idx_set):
+    write_idx_set(folders["data_dir"])
+    data = load_dataset("fashion-mnist", data_dir=folders["data_dir"], download=False)
+    assert data.source == str(folders["data_dir"])
+    assert "bundled" in load_dataset("mnist5k").source
+
+
+def test_the_not_found_message_speaks_command_line(folders):
+    with pytest.raises(DatasetNotFoundError) as error:
+        load_dataset("fashion-mnist", download=False)
+    assert "--data-dir" in str(error.value) and "data_dir=" not in str(error.value)
 
 
 def test_unknown_name_lists_known_ones():

@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from convnp.data.loader import DataLoader, channel_stats
+from convnp.data.loader import DataLoader, channel_stats, default_val_size, train_val_split
 
 N = 50
 
@@ -253,3 +253,68 @@ def test_signals_and_volumes_batch_and_standardize_per_channel(shape):
     axes = (0, *range(2, len(shape)))
     np.testing.assert_allclose(x.mean(axis=axes), 0, atol=1e-5)
     np.testing.assert_allclose(x.std(axis=axes), 1, atol=1e-5)
+
+
+# -- the validation split --------------------------------------------------------------------
+def _labels() -> np.ndarray:
+    """Unbalanced classes: 100, 60, 30, 7 and 3 images, interleaved."""
+    labels = np.repeat(np.arange(5), [100, 60, 30, 7, 3])
+    return np.random.default_rng(1).permutation(labels)
+
+
+@pytest.mark.parametrize("val_size", [20, 0.1, 37, 0.5, 1])
+def test_train_val_split_is_stratified_and_a_partition(val_size):
+    labels = _labels()
+    train, val = train_val_split(labels, val_size, seed=3)
+    n_val = val_size if isinstance(val_size, int) else int(np.ceil(val_size * len(labels)))
+    assert len(val) == n_val and len(train) + len(val) == len(labels)
+    assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(len(labels)))
+    assert np.all(np.diff(train) > 0) and np.all(np.diff(val) > 0)
+    # each class contributes its share of n_val, rounded up or down (largest remainder)
+    share = n_val * np.bincount(labels) / len(labels)
+    got = np.bincount(labels[val], minlength=5)
+    assert np.all((got == np.floor(share)) | (got == np.ceil(share))), (got, share)
+
+
+def test_train_val_split_depends_only_on_the_seed():
+    labels = _labels()
+    first = train_val_split(labels, 40, seed=7)
+    again = train_val_split(labels.copy(), 40, seed=7)
+    other = train_val_split(labels, 40, seed=8)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not np.array_equal(first[1], other[1])
+
+
+def test_train_val_split_of_zero_keeps_every_image_for_training():
+    train, val = train_val_split(_labels(), 0, seed=0)
+    assert len(val) == 0 and np.array_equal(train, np.arange(200))
+    assert len(train_val_split(_labels(), 0.0, seed=0)[1]) == 0
+
+
+@pytest.mark.parametrize(
+    ("val_size", "message"),
+    [
+        (200, "leaves no training images"),
+        (10**9, "leaves no training images"),
+        (1.0, r"fraction must lie in \[0, 1\)"),
+        (-1, "leaves no training images"),
+        (-0.1, "fraction must lie"),
+        (float("nan"), "fraction must lie"),
+        (True, "a count or a fraction"),
+        ("10", "a count or a fraction"),
+    ],
+)
+def test_train_val_split_rejects_impossible_sizes(val_size, message):
+    with pytest.raises(ValueError, match=message):
+        train_val_split(_labels(), val_size, seed=0)
+
+
+def test_train_val_split_of_no_images_is_an_error():
+    with pytest.raises(ValueError, match="no training images"):
+        train_val_split(np.zeros(0, dtype=np.int64), 0, seed=0)
+
+
+def test_default_val_size_is_ten_percent_capped_at_5000():
+    assert default_val_size(4000) == 400
+    assert default_val_size(60000) == 5000
+    assert default_val_size(7) == 1

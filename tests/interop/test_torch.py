@@ -4,24 +4,20 @@ gradients as convnp on real images (float32 and float64); from_torch maps back e
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from sample_networks import NETWORKS, connection_table, images_as, randomise_state, seeded  # noqa: E402
 from torch import nn  # noqa: E402
 
 from convnp import layers as L  # noqa: E402
 from convnp.app import zoo  # noqa: E402
 from convnp.data import load_dataset  # noqa: E402
 from convnp.interop import torch as torch_interop  # noqa: E402
-from convnp.layers.combine import FeatureMapCombination  # noqa: E402
-from convnp.layers.dropout import Dropout, Dropout2d  # noqa: E402
-from convnp.layers.local import LocallyConnected2d  # noqa: E402
-from convnp.layers.normalization import BatchNorm1d, BatchNorm2d, BatchNorm3d  # noqa: E402
-from convnp.layers.rbf import EuclideanRBF  # noqa: E402
+from convnp.layers.dropout import Dropout  # noqa: E402
 from convnp.model import Sequential  # noqa: E402
 
 
@@ -45,14 +41,6 @@ def images() -> np.ndarray:
     test = load_dataset("mnist5k").test_images[::125].astype(np.float64) / 255  # all classes
     jitter = np.random.default_rng(0).normal(0, 0.01, test.shape)
     return (test - test.mean()) / test.std() + jitter
-
-
-def _images_as(shape: tuple[int, ...], images: np.ndarray) -> np.ndarray:
-    """Real pixels in any (C, *spatial) layout, from the digits' flattened pixels."""
-    size = int(np.prod(shape))
-    flat = images.reshape(-1)
-    n = min(len(images), flat.size // size)
-    return np.ascontiguousarray(flat[: n * size].reshape(n, *shape))
 
 
 def _close(name: str, ours: np.ndarray, theirs: np.ndarray) -> float:
@@ -104,192 +92,30 @@ def assert_same_function(model: Sequential, x: np.ndarray, seed: int = 0) -> flo
     return worst
 
 
-def _rng(seed: int) -> dict:
-    return {"rng": np.random.default_rng(seed)}
+CASES = NETWORKS  # every sample network converts
 
 
-def _table(out_channels: int, in_channels: int, seed: int) -> np.ndarray:
-    table = np.random.default_rng(seed).random((out_channels, in_channels)) < 0.5
-    table[np.arange(out_channels), np.arange(out_channels) % in_channels] = True
-    return table
-
-
-# (id, input shape, factory): together every class in torch_interop.TO_TORCH, plus the cases
-# that decide between a torch.nn module and a wrapper (tables, flips, asymmetric padding).
-CASES: list[tuple[str, tuple[int, ...], Callable[[], Sequential]]] = [
-    (
-        "conv2d-plain-and-grouped",
-        (2, 14, 14),
-        lambda: Sequential(
-            L.Conv2d(2, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), **_rng(0)),
-            L.Conv2d(4, 6, 3, padding="same", groups=2, **_rng(1)),
-            L.Conv2d(6, 6, 2, padding="valid", groups=6, bias=False, **_rng(2)),
-            L.ReLU(),
-        ),
-    ),
-    (
-        "conv2d-wrapped",
-        (2, 14, 14),
-        lambda: Sequential(
-            L.Conv2d(2, 5, 5, connection_table=_table(5, 2, 3), flip_kernel=True, **_rng(3)),
-            L.Sigmoid(),
-            L.Conv2d(5, 4, 4, stride=2, padding="same", **_rng(4)),  # asymmetric + stride 2
-            L.Conv2d(4, 4, 3, padding=1, groups=2, flip_kernel=True, bias=False, **_rng(5)),
-            L.Tanh(),
-        ),
-    ),
-    (
-        "1d-layers",
-        (7, 60),
-        lambda: Sequential(
-            L.Conv1d(7, 5, 5, stride=2, padding=3, dilation=2, **_rng(6)),
-            L.Conv1d(5, 4, 3, flip_kernel=True, **_rng(7)),
-            L.MaxPool1d(3, stride=2, padding=1, dilation=2, ceil_mode=True),
-            L.AvgPool1d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
-            L.ReLU(),
-            L.LPPool1d(1.5, 2, ceil_mode=True),
-            BatchNorm1d(4),
-            L.AdaptiveMaxPool1d(3),
-            L.AdaptiveAvgPool1d(2),
-            L.Flatten(),
-        ),
-    ),
-    (
-        "3d-layers",
-        (1, 4, 14, 16),
-        lambda: Sequential(
-            L.Conv3d(1, 3, (2, 3, 3), stride=(1, 2, 2), padding=(1, 1, 0), **_rng(8)),
-            BatchNorm3d(3, momentum=0.3),
-            L.MaxPool3d(2, ceil_mode=True),
-            L.AvgPool3d((1, 2, 2), padding=(0, 1, 1), divisor_override=3),
-            L.LPPool3d(2, (2, 2, 2), ceil_mode=True),
-            L.AdaptiveAvgPool3d((1, 2, 3)),
-            L.AdaptiveMaxPool3d(1),
-        ),
-    ),
-    (
-        "2d-pools",
-        (1, 28, 28),
-        lambda: Sequential(
-            L.AvgPool2d(3, stride=2, padding=1, ceil_mode=True),
-            L.MaxPool2d((3, 2), stride=2, padding=(1, 0), ceil_mode=True),
-            L.WeightedAvgPool2d(3, stride=2, padding=1, ceil_mode=True, sigma=0.8),
-            L.LPPool2d(2, 2),
-            L.AdaptiveAvgPool2d((None, 3)),
-            L.AdaptiveMaxPool2d((2, 1)),
-        ),
-    ),
-    (
-        "bouvrie-style",
-        (1, 28, 28),
-        lambda: Sequential(
-            L.Conv2d(1, 4, 5, flip_kernel=True, **_rng(9)),
-            L.Sigmoid(),
-            L.Subsample2d(4, 2),
-            L.Subsample2d(4, (3, 2)),
-            L.GlobalAvgPool2d(),
-            L.Flatten(),
-        ),
-    ),
-    (
-        "global-max-dropout2d-bn2d",
-        (3, 12, 12),
-        lambda: Sequential(
-            BatchNorm2d(3, affine=False),
-            Dropout2d(0.0),
-            L.GlobalMaxPool2d(),
-            L.Flatten(start_dim=2),
-        ),
-    ),
-    (
-        "feature-map-combinations",
-        (3, 14, 14),
-        lambda: Sequential(
-            FeatureMapCombination(3, 5, (3, 2), padding="same", flip_kernel=True, **_rng(10)),
-            L.Tanh(),
-            FeatureMapCombination(
-                5,
-                4,
-                3,
-                stride=2,
-                dilation=(1, 2),
-                kernels="per_input",
-                penalty="entropy",
-                penalty_weight=0.1,
-                **_rng(11),
-            ),
-        ),
-    ),
-    (
-        "locally-connected",
-        (2, 14, 14),
-        lambda: Sequential(
-            LocallyConnected2d(2, 3, 14, (3, 2), stride=(2, 1), padding=1, **_rng(12)),
-            L.ReLU(),
-            LocallyConnected2d(3, 2, (7, 15), 4, stride=2, padding="same", bias=False, **_rng(13)),
-        ),
-    ),
-    (
-        "upsample",
-        (2, 5, 6),
-        lambda: Sequential(
-            L.Upsample(scale_factor=2),
-            L.Upsample(size=(7, 9)),
-            L.Upsample(scale_factor=(1.5, 0.5), mode="bilinear"),
-            L.Upsample(size=(8, 5), mode="bilinear", align_corners=True),
-            L.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False),
-        ),
-    ),
-    (
-        "dense-activations-rbf",
-        (1, 28, 28),
-        lambda: Sequential(
-            L.Flatten(),
-            L.Linear(784, 32, **_rng(14)),
-            L.LeakyReLU(0.2),
-            Dropout(0.0),
-            BatchNorm1d(32, eps=1e-3),
-            BatchNorm1d(32, momentum=None, bias=False),
-            L.ELU(0.7),
-            L.Linear(32, 16, bias=False, **_rng(15)),
-            L.GELU(),
-            L.GELU("tanh"),
-            L.Linear(16, 12, **_rng(16)),
-            L.ScaledTanh(),
-            EuclideanRBF(12, 10, **_rng(17)),
-            L.Softmax(),
-        ),
-    ),
-]
-
-
-def _randomise(model: Sequential, seed: int) -> Sequential:
-    """Move constant-initialised state (β, γ, α logits, running stats) to random values."""
-    rng = np.random.default_rng(seed)
+def _without_dropout(model: Sequential) -> Sequential:
+    """Dropout probabilities set to 0: each library draws its own masks, and p = 0 keeps the
+    training-mode comparison exact (eval-mode dropout is tested on its own below)."""
     for layer in model:
-        for key, value in (*layer.params.items(), *layer.buffers.items()):
-            if key in ("beta", "running_var") or (key in ("weight", "bias") and value.ndim == 1):
-                value[...] = rng.uniform(0.5, 1.5, value.shape)
-            elif key in ("running_mean", "alpha_logits"):
-                value[...] = rng.normal(0, 1, value.shape)
+        if isinstance(layer, (L.Dropout, L.Dropout2d)):
+            layer.p = 0.0
     return model
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape, factory", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_layers_match_torch_outputs_and_gradients(shape, factory, dtype, images) -> None:
-    model = _randomise(factory(), 1).astype(dtype)
-    assert_same_function(model, _images_as(shape, images).astype(dtype))
+    model = _without_dropout(randomise_state(factory(), 1)).astype(dtype)
+    assert_same_function(model, images_as(shape, images).astype(dtype))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("name", sorted(zoo.RECIPES))
 def test_built_in_models_match_torch(name: str, dtype, images) -> None:
-    model = _randomise(zoo.get_recipe(name).build(rng=np.random.default_rng(2)), 3)
-    for layer in model:
-        if isinstance(layer, (L.Dropout, L.Dropout2d)):
-            layer.p = 0.0  # each library draws its own masks; p = 0 keeps training mode exact
-    assert_same_function(model.astype(dtype), images.astype(dtype))
+    model = randomise_state(zoo.get_recipe(name).build(rng=np.random.default_rng(2)), 3)
+    assert_same_function(_without_dropout(model).astype(dtype), images.astype(dtype))
 
 
 def test_every_layer_has_a_case() -> None:
@@ -299,7 +125,7 @@ def test_every_layer_has_a_case() -> None:
 
 @pytest.mark.parametrize("shape, factory", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_round_trip_restores_the_model(shape, factory) -> None:
-    model = _randomise(factory(), 4)
+    model = randomise_state(factory(), 4)
     back = torch_interop.from_torch(torch_interop.to_torch(model))
     assert len(back) == len(model)
     renamed = {L.GlobalAvgPool2d: L.AdaptiveAvgPool2d, L.GlobalMaxPool2d: L.AdaptiveMaxPool2d}
@@ -316,7 +142,9 @@ def test_round_trip_restores_the_model(shape, factory) -> None:
 def test_conv_configs_survive_where_torch_can_say_them() -> None:
     model = Sequential(
         L.Conv2d(2, 4, 3, padding="same", groups=2),
-        L.Conv2d(4, 4, 3, padding="full", connection_table=_table(4, 4, 0), flip_kernel=True),
+        L.Conv2d(
+            4, 4, 3, padding="full", connection_table=connection_table(4, 4, 0), flip_kernel=True
+        ),
     )
     module = torch_interop.to_torch(model)
     assert type(module[0]) is nn.Conv2d and module[0].padding == "same"
@@ -337,7 +165,7 @@ def test_modes_and_dtype_carry_over(images) -> None:
 
 
 def test_dropout_models_agree_in_eval_mode(images) -> None:
-    model = Sequential(L.Flatten(), L.Linear(784, 20, **_rng(6)), Dropout(0.5), L.ReLU())
+    model = Sequential(L.Flatten(), L.Linear(784, 20, **seeded(6)), Dropout(0.5), L.ReLU())
     module = torch_interop.to_torch(model.eval())
     x = images[:8].astype(np.float32)
     np.testing.assert_allclose(

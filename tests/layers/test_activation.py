@@ -102,6 +102,42 @@ def test_dtype_preserved_repr_and_errors(rng):
     assert relu._cache is None
 
 
+# what a training forward keeps: one array, the least f' needs ("output", "input", "mask")
+KEPT = {
+    Sigmoid: "output",
+    Tanh: "output",
+    ScaledTanh: "output",
+    ReLU: "output",
+    LeakyReLU: "mask",
+    ELU: "input",
+    GELU: "input",
+    Softmax: "output",
+}
+
+
+@pytest.mark.parametrize("cls", list(KEPT))
+def test_forward_keeps_one_array_and_memory_estimate_says_which(cls, rng):
+    layer = cls()
+    x = rng.standard_normal((4, 3, 5, 5))
+    y = layer.forward(x)
+    (kept,) = layer._cache
+    estimate = layer.memory_estimate(x.shape)
+    if KEPT[cls] == "output":
+        assert kept is y and estimate.keeps_output and not estimate.keeps_input
+    elif KEPT[cls] == "input":
+        assert kept is x and estimate.keeps_input and not estimate.keeps_output
+    else:
+        assert kept.dtype == bool and kept.nbytes == estimate.other_bytes == x.size
+        assert not estimate.keeps_input and not estimate.keeps_output
+
+
+@pytest.mark.parametrize("slope", [0.2, -0.5])
+def test_leaky_relu_with_a_negative_slope_still_routes_by_the_input_sign(slope, rng):
+    torch = pytest.importorskip("torch")
+    layer = LeakyReLU(slope)
+    assert_matches_torch(layer, torch.nn.LeakyReLU(slope), _kink_free(rng, (3, 7)), rng)
+
+
 def test_exact_gelu_is_u_times_normal_cdf():
     x = np.array([-40.0, -8.0, -1.0, 0.0, 0.5, 3.0, 40.0])
     expected = [v * 0.5 * math.erfc(-v / math.sqrt(2)) for v in x]

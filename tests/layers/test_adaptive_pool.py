@@ -133,7 +133,7 @@ ALL_LAYERS = [
 
 
 def _shape(layer):
-    return (2, 3, 5, 6, 7)[: layer._nd + 2]
+    return (2, 3, 5, 6, 7)[: layer.nd + 2]
 
 
 @pytest.mark.parametrize("layer", ALL_LAYERS, ids=repr)
@@ -185,5 +185,5 @@ def test_backward_rejects_a_wrongly_shaped_dy(rng):
 )
 def test_adaptive_max_ties_go_to_the_first_cell_like_torch(cls, output_size, rng):
     torch = pytest.importorskip("torch")
-    x = rng.integers(0, 3, (2, 2, 7, 6, 5)[: cls._nd + 2]).astype(np.float64)  # tied maxima
+    x = rng.integers(0, 3, (2, 2, 7, 6, 5)[: cls.nd + 2]).astype(np.float64)  # tied maxima
     assert_matches_torch(cls(output_size), getattr(torch.nn, cls.__name__)(output_size), x, rng)

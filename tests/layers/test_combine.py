@@ -10,6 +10,7 @@ from helpers import assert_gradients_match_numeric, assert_matches_torch
 from convnp import io
 from convnp.gradcheck import numerical_gradient, relative_error
 from convnp.layers import FeatureMapCombination, Flatten, Linear
+from convnp.layers.base import Layer
 from convnp.layers.combine import AlphaPenalty, softmax_over_inputs
 from convnp.losses import CrossEntropyLoss
 from convnp.model import Sequential
@@ -49,8 +50,8 @@ def _layer(shape, kernels, rng, dtype=np.float64, **kwargs):
 def _torch_twin(layer):
     """u_j = Σ_i softmax_i(c)_ij (x_i * k_ij) + b_j from torch primitives (autograd does ∂)."""
     torch = pytest.importorskip("torch")
-    conv = layer._conv
-    pads = [p for before_after in reversed(conv._pads) for p in before_after]
+    conv = layer
+    pads = [p for before_after in reversed(conv.pads) for p in before_after]
 
     def twin(x, params):
         alpha = torch.softmax(params["alpha_logits"], dim=1)  # (out, in): α[j, i]
@@ -317,7 +318,9 @@ def test_dtype_preserved_and_eval_caches_nothing(kernels, rng):
     assert all(g.dtype == np.float32 for g in layer.grads.values())
     layer.eval()
     layer.forward(x)
-    assert layer._cache is None and layer._conv._cache is None
+    assert layer._cache is None
+    # no inner layer that could hold a cache of its own: the layer is built on primitives
+    assert not any(isinstance(value, Layer) for value in vars(layer).values())
     with pytest.raises(RuntimeError, match="before forward"):
         layer.backward(np.ones_like(y))
     layer.train().astype(np.float64)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import assert_gradients_match_numeric, assert_matches_torch
 
-from convnp import train
+from convnp import io
 from convnp.layers import Dropout, Dropout2d, Linear
 from convnp.model import Sequential
 from convnp.optim import SGD
@@ -131,9 +131,9 @@ def test_checkpoint_resume_replays_the_same_masks(rng, tmp_path):
     optimizer = SGD(model.parameters(), lr=0.1)
     x = np.ones((5, 4), np.float32)
     model.forward(x)  # advance the generator past its seed state
-    train.save_checkpoint(tmp_path / "c.safetensors", model, optimizer, [])
+    io.save_checkpoint(tmp_path / "c.safetensors", model, optimizer, [])
     expected = model.forward(x)
-    restored = train.load_checkpoint(tmp_path / "c.safetensors")["model"]
+    restored = io.load_checkpoint(tmp_path / "c.safetensors")["model"]
     np.testing.assert_array_equal(restored.forward(x), expected)
 
 

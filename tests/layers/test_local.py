@@ -8,6 +8,7 @@ from helpers import assert_gradients_match_numeric, assert_matches_torch
 
 from convnp import io
 from convnp.layers import Conv2d, LocallyConnected2d
+from convnp.layers._conv_ops import Workspace
 from convnp.model import Sequential
 
 # (batch, in, out, input size, kernel, stride, padding)
@@ -35,7 +36,7 @@ def test_gradients_match_finite_differences(shape, rng):
 def _torch_twin(layer):
     """unfold gathers the patches (N, C·K, L); an einsum applies each position's kernels."""
     torch = pytest.importorskip("torch")
-    pads = [p for before_after in reversed(layer._pads) for p in before_after]
+    pads = [p for before_after in reversed(layer.pads) for p in before_after]
     positions = layer.output_size[0] * layer.output_size[1]
 
     def twin(x, params):
@@ -144,3 +145,19 @@ def test_backward_params_fills_the_same_gradients_without_dx(rng):
     assert layer.backward_params(dy) is None
     for key, grad in layer.grads.items():
         np.testing.assert_array_equal(grad, expected[key])
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:])
+def test_blocks_of_samples_equal_one_pass(shape, rng):
+    """A workspace that holds two samples' patches (blocks 2, 2, 1 of 5) gives the one-pass
+    output and gradients in float64 at 1e-12."""
+    _, cin, cout, size, kernel, stride, padding = shape
+    layer, x = _layer(5, cin, cout, size, kernel, stride, padding, rng)
+    dy = rng.standard_normal((5, cout, *layer.output_size))
+    results = []
+    for limit in (2**30, 2 * layer._bytes_per_sample(x.itemsize)):
+        layer.workspace = Workspace(limit)
+        results.append((layer.forward(x), layer.backward(dy), layer.grads["weight"].copy()))
+    assert len(layer._sample_blocks(5, x.itemsize)) == 3
+    for got, expected in zip(*results):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)

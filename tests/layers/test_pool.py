@@ -19,7 +19,6 @@ from convnp.layers import (
     MaxPool1d,
     MaxPool2d,
     MaxPool3d,
-    Subsample2d,
     WeightedAvgPool2d,
 )
 
@@ -84,13 +83,8 @@ WEIGHTED_CASES = [
         dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, sigma=2.0),
     ),
 ]
-SUBSAMPLE_CASES = [
-    (Subsample2d, (1, 1, 4, 4), dict(channels=1, kernel_size=2)),
-    (Subsample2d, (2, 3, 6, 4), dict(channels=3, kernel_size=2)),
-    (Subsample2d, (2, 2, 6, 9), dict(channels=2, kernel_size=(2, 3))),
-]
 TORCH_MODULE_CASES = MAX_CASES + AVG_CASES + LP_CASES
-ALL_CASES = TORCH_MODULE_CASES + WEIGHTED_CASES + SUBSAMPLE_CASES
+ALL_CASES = TORCH_MODULE_CASES + WEIGHTED_CASES
 
 
 def _case_id(case):
@@ -101,12 +95,7 @@ def _case_id(case):
 
 
 def _make(cls, kwargs, dtype, rng):
-    """The layer (Subsample2d gets random β, b so their gradients are exercised)."""
-    if cls is Subsample2d:
-        layer = cls(**kwargs, dtype=dtype)
-        layer.params["beta"][...] = rng.uniform(0.5, 1.5, layer.params["beta"].shape)
-        layer.params["bias"][...] = rng.standard_normal(layer.params["bias"].shape)
-        return layer
+    """The layer (pools have no parameters: dtype and rng only keep one call shape)."""
     return cls(**kwargs)
 
 
@@ -170,19 +159,6 @@ def _weighted_twin(kwargs):
     return twin
 
 
-def _subsample_twin(kwargs):
-    """x_j = β_j · down(x_j) + b_j with down() = n_h·n_w · avg_pool2d (Bouvrie, SPEC §3)."""
-    torch = pytest.importorskip("torch")
-    kernel = kwargs["kernel_size"]
-    n = kernel * kernel if isinstance(kernel, int) else kernel[0] * kernel[1]
-
-    def twin(x, params):
-        down = torch.nn.functional.avg_pool2d(x, kernel) * n
-        return params["beta"][:, None, None] * down + params["bias"][:, None, None]
-
-    return twin
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", ALL_CASES, ids=_case_id)
 def test_matches_torch(case, dtype, rng):
@@ -190,8 +166,6 @@ def test_matches_torch(case, dtype, rng):
     cls, shape, kwargs = case
     if cls is WeightedAvgPool2d:
         twin = _weighted_twin(kwargs)
-    elif cls is Subsample2d:
-        twin = _subsample_twin(kwargs)
     else:
         twin = getattr(torch.nn, cls.__name__)(**kwargs)
     layer = _make(cls, kwargs, dtype, rng)
@@ -216,7 +190,6 @@ def test_repr_shows_non_default_arguments():
     assert (
         repr(WeightedAvgPool2d(3, sigma=0.5)) == "WeightedAvgPool2d(kernel_size=(3, 3), sigma=0.5)"
     )
-    assert repr(Subsample2d(6, 2)) == "Subsample2d(6, kernel_size=(2, 2))"
 
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=_case_id)
@@ -280,7 +253,7 @@ def test_wrong_input_rank_or_dtype_is_rejected(case, rng):
     "layer", [MaxPool2d(5), AvgPool2d(6, padding=1), LPPool1d(2, 7), WeightedAvgPool2d((2, 6))]
 )
 def test_kernel_larger_than_input_is_rejected(layer):
-    shape = (1, 1, 3, 3)[: layer._nd + 2]
+    shape = (1, 1, 3, 3)[: layer.nd + 2]
     with pytest.raises(
         ValueError, match=re.escape(f"larger than the padded input; input shape {shape}")
     ):
@@ -361,39 +334,34 @@ def test_weighted_avg_pool_weights_are_a_normalised_centred_gaussian(rng):
     np.testing.assert_allclose(wide, AvgPool2d(3, stride=2).forward(x), rtol=1e-6)
 
 
-def test_subsample_starts_as_the_block_sum(rng):
-    x = rng.standard_normal((2, 3, 4, 6)).astype(np.float32)
-    layer = Subsample2d(3, 2)
-    assert (layer.params["beta"] == 1).all() and (layer.params["bias"] == 0).all()
-    expected = np.array(
-        [
-            [
-                [
-                    [x[n, c, 2 * u : 2 * u + 2, 2 * v : 2 * v + 2].sum() for v in range(3)]
-                    for u in range(2)
-                ]
-                for c in range(3)
-            ]
-            for n in range(2)
-        ]
-    )
-    np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-6)
-
-
-def test_subsample_rejects_indivisible_or_mismatched_input():
-    layer = Subsample2d(3, 2)
-    with pytest.raises(ValueError, match=r"Subsample2d.*multiples.*\(1, 3, 5, 4\)"):
-        layer.forward(np.zeros((1, 3, 5, 4), dtype=np.float32))
-    with pytest.raises(ValueError, match=r"\(N, 3, H, W\).*\(1, 2, 4, 4\)"):
-        layer.forward(np.zeros((1, 2, 4, 4), dtype=np.float32))
-    with pytest.raises(ValueError, match="dtype"):
-        layer.forward(np.zeros((1, 3, 4, 4), dtype=np.float64))
-
-
 @pytest.mark.parametrize("cls", [MaxPool1d, MaxPool2d, MaxPool3d])
 def test_max_pool_ties_go_to_the_first_cell_like_torch(cls, rng):
     torch = pytest.importorskip("torch")
-    shape = (2, 2, 7, 6, 5)[: cls._nd + 2]
+    shape = (2, 2, 7, 6, 5)[: cls.nd + 2]
     x = rng.integers(0, 3, shape).astype(np.float64)  # many tied maxima
     kwargs = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
     assert_matches_torch(cls(**kwargs), getattr(torch.nn, cls.__name__)(**kwargs), x, rng)
+
+
+def test_exporter_surface_window_divisor_weights_and_overhang():
+    """What exporters read: D(o) per input size, the weights w (None: plain average), and
+    whether ceil_mode's last window hangs past the padded border."""
+    layer = AvgPool1d(3, 2, 1, ceil_mode=True)  # L = 6: windows [-1,2) [1,4) [3,6) [5,8)
+    np.testing.assert_array_equal(layer.window_divisor((6,)), [3, 3, 3, 2])
+    assert layer.window_weights() is None and layer.nd == 1
+    assert layer.overhangs((6,)) and not layer.overhangs((7,))
+    assert layer.window_pads((6,)) == ((1, 2),)
+    assert AvgPool2d(2, divisor_override=3).window_divisor((4, 4)) == 3
+    weights = WeightedAvgPool2d(3, sigma=0.5).window_weights(np.float32)
+    assert weights.shape == (3, 3) and weights.dtype == np.float32
+    np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
+
+
+def test_avg_pool_keeps_one_divisor_for_variable_input_sizes(rng):
+    """The divisor cache holds the last input size only, and never serves a stale one."""
+    layer = AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)
+    for size in [*range(5, 40), 7, 5, 7]:
+        x = rng.standard_normal((1, 2, size, size + 1))
+        fresh = AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)
+        np.testing.assert_array_equal(layer.forward(x), fresh.forward(x))
+    assert layer._last_divisor[0] == ((7, 8), np.dtype(np.float64))  # one slot, not 35

@@ -38,6 +38,7 @@ A TOML file lists layers with their constructor arguments:
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -82,6 +83,18 @@ _DENSE = re.compile(r"(\d+)f")
 _DROPOUT = re.compile(r"d(\d*\.?\d+)")
 _TOKENS = "<N>c<K>[p<P>][s<S>], <K>s, <K>b, <K>m[s<S>], <N>f, bn, d<P>, gap"
 GRAMMAR = _TOKENS + ", " + ", ".join(ACTIVATIONS)
+# One layer's weights at most (2^28 values: 1 GiB in float32, twice VGG-16's largest layer):
+# a typo such as 99999c99 is an error, not an attempt to allocate terabytes.
+MAX_LAYER_PARAMETERS = 2**28
+# A TOML architecture file is a few KB. These bound what is parsed, since Python's TOML
+# parser takes time and memory quadratic in the parts of a dotted key (a 50 KB key: 50 s, 2 GB).
+MAX_TOML_BYTES = 2**20
+MAX_TOML_KEYS = 10_000
+MAX_DOTTED_KEY_PARTS = 64
+_KEY_PART = r"""(?:[\w-]+|"[^"\n]*"|'[^'\n]*')"""
+_LONG_DOTTED_KEY = re.compile(
+    rf"{_KEY_PART}(?:[ \t]*\.[ \t]*{_KEY_PART}){{{MAX_DOTTED_KEY_PARTS},}}"
+)
 
 
 class _ShapeTracker:
@@ -118,6 +131,8 @@ def from_string(
 ) -> Sequential:
     """Build a Sequential from the compact notation above; errors point at the bad token."""
     rng = np.random.default_rng() if rng is None else rng
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"architecture {text!r} is empty; tokens: {GRAMMAR}")
     tokens = text.strip().lower().split("-")
     classic = not any(token in ACTIVATIONS for token in tokens)
     tracker = _ShapeTracker(input_shape)
@@ -132,11 +147,16 @@ def from_string(
                 maps, kernel, padding, stride = (int(g) if g else None for g in match.groups())
                 if len(tracker.shape) != 3:
                     raise ValueError("a convolution needs (C, H, W) input, not features")
+                _check_layer_size(maps * tracker.shape[0] * kernel * kernel)
+                channels, height, width = tracker.shape
+                padded = channels * (height + 2 * (padding or 0)) * (width + 2 * (padding or 0))
+                if padded > MAX_LAYER_PARAMETERS:
+                    raise ValueError(f"padding {padding} makes maps of {padded:,} values")
                 conv = Conv2d(
                     tracker.shape[0],
                     maps,
                     kernel,
-                    stride or 1,
+                    1 if stride is None else stride,  # s0 is an error, not stride 1
                     padding or 0,
                     flip_kernel=classic,
                     dtype=dtype,
@@ -153,10 +173,11 @@ def from_string(
                 elif kind == "b":
                     tracker.add(Subsample2d(tracker.shape[0], size, dtype=dtype))
                 else:
-                    tracker.add(MaxPool2d(size, int(stride) if stride else None))
+                    tracker.add(MaxPool2d(size, None if stride is None else int(stride)))
             elif match := _DENSE.fullmatch(token):
                 if len(tracker.shape) != 1:
                     tracker.add(Flatten())
+                _check_layer_size(tracker.shape[0] * int(match[1]))
                 tracker.add(Linear(tracker.shape[0], int(match[1]), dtype=dtype, rng=rng))
                 add_classic_sigmoid()
             elif token in ACTIVATIONS:
@@ -183,28 +204,77 @@ def from_string(
     if len(tracker.shape) != 1:
         tracker.add(Flatten())
     if tokens[-1] != "gap":
+        try:
+            _check_layer_size(tracker.shape[0] * num_classes)
+        except ValueError as error:
+            raise ValueError(f"architecture {text!r}: the output layer: {error}") from None
         tracker.add(Linear(tracker.shape[0], num_classes, dtype=dtype, rng=rng))
     add_classic_sigmoid()
     return Sequential(*tracker.layers)
 
 
+def _check_layer_size(parameters: int) -> None:
+    if parameters > MAX_LAYER_PARAMETERS:
+        raise ValueError(
+            f"this layer would have {parameters:,} weights (at most {MAX_LAYER_PARAMETERS:,})"
+        )
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a small TOML file defensively: size, key count and dotted-key length are
+    bounded before parsing; every problem is a ValueError naming the file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_TOML_BYTES + 1)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read ({error.strerror or error})") from None
+    if len(data) > MAX_TOML_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_TOML_BYTES:,} bytes; not an architecture file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
+    if text.count("=") > MAX_TOML_KEYS:
+        raise ValueError(f"{path}: more than {MAX_TOML_KEYS:,} keys; not an architecture file")
+    if _LONG_DOTTED_KEY.search(text):
+        raise ValueError(f"{path}: a dotted key of more than {MAX_DOTTED_KEY_PARTS} parts")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: cannot read TOML ({error})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: arrays or tables nested too deeply") from None
+
+
 def from_toml(
     path: str | Path, *, dtype: Any = np.float32, rng: np.random.Generator | None = None
 ) -> Sequential:
-    """Build a Sequential from a TOML file with one ``[[layers]]`` table per layer."""
+    """Build a Sequential from a TOML file with one ``[[layers]]`` table per layer.
+
+    Each table's ``type`` names a layer class and its other keys are the constructor's
+    arguments, checked as a model file's are (``convnp.io.check_architecture``: known
+    names, value types, finite numbers); each layer's weights are bounded by
+    ``MAX_LAYER_PARAMETERS``. Errors are ValueErrors naming the file and the layer.
+    """
     path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise ValueError(f"{path}: cannot read TOML ({error})") from None
-    layers = document.get("layers")
+    layers = read_toml(path).get("layers")
     if not isinstance(layers, list) or not layers:
         raise ValueError(f"{path}: expected one or more [[layers]] tables")
     spec = []
-    for entry in layers:
+    for index, entry in enumerate(layers):
+        if not isinstance(entry, dict):
+            raise ValueError(
+                f"{path}: layers[{index}] must be a table ([[layers]] with type = ...), "
+                f"got {entry!r:.60}"
+            )
         config = dict(entry)
         spec.append({"type": config.pop("type", None), "config": config})
     try:
+        arguments = io.check_architecture(spec)
+        for name, shape in io.declared_tensors(spec, arguments).items():
+            if math.prod(shape) > MAX_LAYER_PARAMETERS:
+                raise ValueError(f"weights {name} of shape {shape} exceed {MAX_LAYER_PARAMETERS:,}")
         return io.build(spec, dtype=dtype, rng=rng)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None

@@ -5,7 +5,7 @@ module. Figures are drawn with matplotlib's object interface on its Agg canvas: 
 so the caller's pyplot backend and state are never touched and no window ever opens.
 
 * ``plot_history``: loss and accuracy per epoch, train and validation (``train.fit``'s
-  history, also ``<run>/history.json``).
+  history, also ``<run>/history.json``), and the test set's, measured once after training.
 * ``plot_kernels``: a convolution layer's kernels as a grid of small images.
 * ``plot_feature_maps``: one input image and the maps of every conv/pool layer.
 * ``plot_alpha``: α of a ``FeatureMapCombination`` (SPEC §4) as a heat map.
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from convnp import io, train
+from convnp import runs, train
 from convnp.app import zoo
 from convnp.data import DataLoader, Dataset, channel_stats, load_dataset
 from convnp.layers import (
@@ -81,9 +81,19 @@ def _grid_shape(count: int, max_columns: int) -> tuple[int, int]:
 
 # -- learning curves ------------------------------------------------------------------------
 def plot_history(
-    history: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = ""
+    history: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    title: str = "",
+    val_label: str = "validation",
+    test: Mapping[str, float] | None = None,
 ) -> Path:
-    """Loss (left) and accuracy (right) per epoch, train and validation where recorded."""
+    """Loss (left) and accuracy (right) per epoch, train and validation where recorded.
+
+    ``test`` ({"loss": ..., "accuracy": ...}), the test set evaluated once after training,
+    is drawn as a single marker at the last epoch. ``val_label`` names the "val" curve
+    (runs from before the validation split recorded the test set there).
+    """
     if not history:
         raise ValueError("plot_history: the history is empty")
     epochs = [record["epoch"] for record in history]
@@ -94,7 +104,9 @@ def plot_history(
             key = f"{split}_{quantity}"
             if all(key in record for record in history):
                 values = [record[key] for record in history]
-                axes.plot(epochs, values, style, label="validation" if split == "val" else split)
+                axes.plot(epochs, values, style, label=val_label if split == "val" else split)
+        if test is not None and test.get(quantity) is not None:
+            axes.plot(epochs[-1:], [test[quantity]], "k*", markersize=10, label="test (once)")
         axes.set_xlabel("epoch")
         axes.xaxis.get_major_locator().set_params(integer=True)
         axes.set_ylabel(label)
@@ -259,24 +271,28 @@ def plot_run(
 ) -> list[Path]:
     """Write every applicable figure for a trained run; returns the files written.
 
-    ``run_dir_or_model_path`` is a run folder (``model.safetensors``, and ``history.json``
-    if present, as ``convnp train`` writes them) or a model file. Figures:
+    ``run_dir_or_model_path`` is a run folder (``model.safetensors``, or the checkpoint of an
+    unfinished run, and ``history.json`` if present, as ``convnp train`` writes them), a
+    model file or a checkpoint (``convnp.runs.load_model``). Figures:
     ``learning_curves.png`` (if there is a history), ``kernels.png`` (first conv layer),
     ``alpha_<layer index>.png`` (each FeatureMapCombination), and, with test data,
     ``feature_maps.png`` (test image ``image_index``) and ``confusion.png`` (whole test
     set). ``data`` defaults to the data set named in the model's info, if it names one.
     """
-    source = Path(run_dir_or_model_path)
-    model_path = source / train.MODEL_NAME if source.is_dir() else source
-    model = io.load(model_path)
-    info = io.read_info(model_path)
+    model, info, model_path = runs.load_model(run_dir_or_model_path)
     out = Path(out_dir)
-    name = f"{info.get('model', model_path.stem)} on {info.get('dataset', '?')}"
+    name = f"{info.model} on {info.dataset or '?'}"
     written = []
     history_path = model_path.parent / "history.json"
     if history_path.is_file():
         history = json.loads(history_path.read_text())
-        written.append(plot_history(history, out / "learning_curves.png", title=name))
+        test = {"loss": info.test_loss, "accuracy": info.test_accuracy}
+        val_label = "test (per epoch, older run)" if info.val_was_test else "validation"
+        written.append(
+            plot_history(
+                history, out / "learning_curves.png", title=name, val_label=val_label, test=test
+            )  # fmt: skip
+        )
     for index, layer in enumerate(model):
         if isinstance(layer, (Conv2d, FeatureMapCombination)):
             caption = f"{name}, layer {index}: {type(layer).__name__}"
@@ -287,15 +303,15 @@ def plot_run(
             written.append(
                 plot_alpha(layer, out / f"alpha_{index}.png", title=f"α of layer {index}")
             )
-    if data is None and info.get("dataset"):
-        data = load_dataset(info["dataset"])
+    if data is None and info.dataset:
+        data = load_dataset(info.dataset)
     if data is None:
         return written
     if not 0 <= image_index < len(data.test_labels):
         raise ValueError(
             f"plot_run: image_index {image_index} outside the {len(data.test_labels)} test images"
         )
-    settings = info.get("normalize") or {}
+    settings = info.normalize
     loader_options = dict(
         shuffle=False,
         normalize=settings.get("kind", "unit"),
@@ -313,7 +329,7 @@ def plot_run(
     written.append(plot_feature_maps(model, image[0], out / "feature_maps.png", title=caption))
     test = DataLoader(data.test_images, data.test_labels, 1000, **loader_options)
     # the class decision follows the loss the model was trained with (argmin for RBF energies)
-    loss = zoo.make_loss(info.get("loss", "cross_entropy"))
+    loss = zoo.make_loss(info.loss)
     result = train.evaluate(model, test, loss, len(data.class_names))
     caption = f"{name}: test accuracy {result['accuracy']:.4f} ({result['count']} images)"
     written.append(

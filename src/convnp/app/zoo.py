@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ from convnp.data import augment
 from convnp.layers import Conv2d, EuclideanRBF, Flatten, Linear, ScaledTanh, Subsample2d
 from convnp.losses import CrossEntropyLoss, RBFEnergyLoss, SquaredErrorLoss
 from convnp.model import Sequential
-from convnp.optim import SGD, Adam, Optimizer
+from convnp.optim import SGD, Optimizer, optimizer_class
 
 # The loss kinds a recipe names, each averaged over the batch (reduction="mean").
 LOSSES: dict[str, Callable[[], Any]] = {
@@ -69,16 +70,15 @@ class Recipe:
         nesterov: bool = False,
     ) -> Optimizer:
         """The recipe's optimizer over ``model.parameters()``; arguments override it."""
-        name = optimizer or self.optimizer
-        lr = self.lr if lr is None else lr
-        decay = self.weight_decay if weight_decay is None else weight_decay
-        if name == "sgd":
-            momentum = self.momentum if momentum is None else momentum
-            return SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=decay,
-                       nesterov=nesterov)  # fmt: skip
-        if name == "adam":
-            return Adam(model.parameters(), lr=lr, weight_decay=decay)
-        raise ValueError(f"unknown optimizer {name!r}; known: sgd, adam")
+        optimizer_type = optimizer_class(optimizer or self.optimizer)
+        options = {
+            "lr": self.lr if lr is None else lr,
+            "weight_decay": self.weight_decay if weight_decay is None else weight_decay,
+        }
+        if optimizer_type is SGD:
+            options["momentum"] = self.momentum if momentum is None else momentum
+            options["nesterov"] = nesterov
+        return optimizer_type(model.parameters(), **options)
 
     def make_augmentation(self) -> Any:
         """The training-time transform in ``extra["augment"]`` (None if the recipe has none)."""
@@ -240,6 +240,15 @@ RECIPES: dict[str, Recipe] = {
         ),
     )
 }
+
+
+def custom_recipe(description: str, *, loss: str = "cross_entropy") -> Recipe:
+    """The training set-up for a user's own architecture (``--arch``/``--config``): the
+    "modern" recipe's optimizer, schedule and normalisation with the given ``loss``."""
+    return dataclasses.replace(
+        RECIPES["modern"], name="custom", architecture=description, description=description,
+        loss=loss,
+    )  # fmt: skip
 
 
 def get_recipe(name: str) -> Recipe:

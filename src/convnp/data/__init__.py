@@ -13,7 +13,7 @@ from convnp.data.datasets import (
 )
 from convnp.data.download import DownloadError, RemoteFile, Source, download_file, fetch
 from convnp.data.idx import read_idx, write_idx
-from convnp.data.loader import DataLoader, channel_stats
+from convnp.data.loader import DataLoader, channel_stats, default_val_size, train_val_split
 
 __all__ = [
     "augment",
@@ -35,5 +35,7 @@ __all__ = [
     "fetch",
     "load_dataset",
     "read_idx",
+    "train_val_split",
+    "default_val_size",
     "write_idx",
 ]

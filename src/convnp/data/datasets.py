@@ -136,6 +136,7 @@ class Dataset:
         test_labels: int64 (N_test,).
         class_names: the name of class k at index k.
         name: the data set's name, one of ``DATASETS``.
+        source: where these arrays were read from (a folder, or the bundled file).
     """
 
     train_images: np.ndarray
@@ -144,6 +145,7 @@ class Dataset:
     test_labels: np.ndarray
     class_names: tuple[str, ...]
     name: str
+    source: str = ""
 
     def __post_init__(self) -> None:
         shape = self.train_images.shape[1:]
@@ -196,7 +198,7 @@ def load_dataset(
     Args:
         name: one of ``DATASETS``.
         data_dir: a folder holding the data set's four IDX files (``.gz`` or not),
-            searched first. Ignored for the bundled ``mnist5k``.
+            searched first; it must exist. Ignored for the bundled ``mnist5k``.
         download: download missing files into the cache (with SHA-256 verification).
         progress: show a download progress bar.
 
@@ -207,6 +209,8 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise DatasetNotFoundError(f"data directory {data_dir}: no such folder")
     if name == "mnist5k":
         return _load_mnist5k()
     folder = _locate(name, data_dir, download, progress)
@@ -247,7 +251,8 @@ def _not_found_message(name: str, folders: list[Path], reason: str) -> str:
     return (
         f"data set {name!r} not found ({reason}).\n"
         f"Put {files} (gzip-compressed or not) in one of:\n{where}\n"
-        f"(pass data_dir=..., or set CONVNP_DATA to move the cache), or allow a download "
+        f"(name the folder as the data directory, --data-dir on the command line, or set "
+        f"CONVNP_DATA to move the cache), or allow a download "
         f"from {mirrors}.\n{_OFFLINE_HINT}"
     )
 
@@ -268,7 +273,9 @@ def _load_idx_folder(name: str, folder: Path) -> Dataset:
         n_images, n_labels = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
         if n_images != n_labels:
             raise ValueError(f"{folder}: {split}: {n_images} images but {n_labels} labels")
-    return Dataset(**arrays, class_names=CLASS_NAMES[name], name=name)
+        if n_images == 0:
+            raise ValueError(f"{folder}: the {split} files hold 0 images")
+    return Dataset(**arrays, class_names=CLASS_NAMES[name], name=name, source=str(folder))
 
 
 def _load_mnist5k() -> Dataset:
@@ -289,4 +296,5 @@ def _load_mnist5k() -> Dataset:
         test_labels=labels[test],
         class_names=CLASS_NAMES["mnist5k"],
         name="mnist5k",
+        source=f"the copy bundled with convnp ({_MNIST5K_FILE})",
     )

@@ -233,3 +233,64 @@ def _check_data(images: Any, labels: Any) -> None:
             f"DataLoader: {len(images)} images {images.shape} but {len(labels)} labels "
             f"{labels.shape}"
         )
+
+
+#: ``default_val_size``: 10% of the training images, at most this many (MNIST: 55k/5k).
+MAX_DEFAULT_VAL_SIZE = 5000
+_SPLIT_STREAM = 0x5E1  # spawn key: the split's randomness is independent of every epoch's
+
+
+def default_val_size(train_size: int) -> int:
+    """The validation images held out by default: 10% of ``train_size``, capped at 5,000."""
+    return min(math.ceil(0.1 * train_size), MAX_DEFAULT_VAL_SIZE)
+
+
+def train_val_split(
+    labels: np.ndarray, val_size: int | float, *, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) of a seeded, stratified hold-out split of labelled data.
+
+    ``val_size`` is a count (int, 0 allowed: no validation set) or a fraction in (0, 1) of
+    ``len(labels)`` (rounded up, as scikit-learn's ``train_test_split``). Each class gives
+    the same share of its images: class k gets ⌊n_val·n_k/n⌋ validation images, and the
+    images still missing go to the classes with the largest remainders (ties: lower k
+    first). Which images of a class are held out is drawn from ``seed`` (on a stream of its
+    own, so it does not coincide with any epoch's shuffle). The result depends only on
+    (labels, val_size, seed); both index arrays are sorted.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0:
+        raise ValueError(f"train_val_split: labels must be non-negative integers (N,), got "
+                         f"{labels.dtype} {labels.shape}")  # fmt: skip
+    n = len(labels)
+    if n == 0:
+        raise ValueError("train_val_split: there are no training images to split")
+    n_val = _val_count(val_size, n)
+    counts = np.bincount(labels)
+    quotas = n_val * counts / n
+    per_class = np.floor(quotas).astype(np.int64)
+    by_remainder = np.lexsort((np.arange(len(counts)), -(quotas - per_class)))
+    per_class[by_remainder[: n_val - per_class.sum()]] += 1
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SPLIT_STREAM,)))
+    val = np.zeros(n, dtype=bool)
+    for k in np.flatnonzero(per_class):  # a loop over classes, not samples
+        members = np.flatnonzero(labels == k)
+        val[rng.choice(members, size=per_class[k], replace=False)] = True
+    return np.flatnonzero(~val), np.flatnonzero(val)
+
+
+def _val_count(val_size: int | float, n: int) -> int:
+    if isinstance(val_size, bool) or not isinstance(val_size, int | float | np.number):
+        raise ValueError(f"validation size must be a count or a fraction, got {val_size!r}")
+    if isinstance(val_size, float | np.floating):
+        if not 0.0 <= val_size < 1.0:
+            raise ValueError(f"validation fraction must lie in [0, 1), got {val_size}")
+        count = math.ceil(val_size * n)
+    else:
+        count = int(val_size)
+    if not 0 <= count < n:
+        raise ValueError(
+            f"validation size {val_size} leaves no training images: there are {n} "
+            f"(give a count below {n} or a fraction below 1)"
+        )
+    return count

@@ -33,10 +33,10 @@ from convnp import io
 from convnp import layers as L
 from convnp.layers.base import Layer
 from convnp.layers.combine import FeatureMapCombination
+from convnp.layers.conv import grouped_weight
 from convnp.layers.dropout import Dropout, Dropout2d
 from convnp.layers.local import LocallyConnected2d
 from convnp.layers.normalization import BatchNorm1d, BatchNorm2d, BatchNorm3d
-from convnp.layers.pool import _AvgPoolNd, _PoolNd
 from convnp.layers.rbf import EuclideanRBF
 from convnp.model import Sequential
 
@@ -126,36 +126,22 @@ def _conv_node(
     )
 
 
-def grouped_weight(weight: np.ndarray, groups: int) -> np.ndarray:
-    """convnp's full (O, C, *k) weight of a grouped conv (zero off the diagonal blocks) in
-    the (O, C/groups, *k) layout of ONNX and PyTorch: only the diagonal blocks are kept."""
-    out_channels, in_channels, *kernel = weight.shape
-    blocks = weight.reshape(groups, out_channels // groups, groups, in_channels // groups, *kernel)
-    return blocks[np.arange(groups), :, np.arange(groups)].reshape(out_channels, -1, *kernel)
-
-
 def _conv(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
-    """Conv; flip_kernel and connection tables are already in ``_effective_kernel``
+    """Conv; flip_kernel and connection tables are already in ``effective_kernel()``
     (rot180, unconnected kernels zero). Plain ``groups`` export as a grouped Conv."""
-    kernel = layer._effective_kernel()
+    kernel = layer.effective_kernel()
     groups = 1 if layer.has_connection_table else layer.groups
     if groups > 1:
         kernel = grouped_weight(kernel, groups)
-    geometry = {"stride": layer.stride, "pads": layer._pads, "dilation": layer.dilation}
+    geometry = {"stride": layer.stride, "pads": layer.pads, "dilation": layer.dilation}
     return _conv_node(g, x, kernel, layer.params.get("bias"), groups=groups, **geometry)
 
 
 def _feature_map_combination(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
     """u_j = Σ_i α_ij (x_i * k_ij) + b_j = Σ_i x_i * (α_ij k_ij) + b_j: one Conv whose kernel
     is α_ij·k_ij (per_input kernels k_i are shared by every j), rotated if flip_kernel."""
-    conv = layer._conv
-    kernel = layer.params["weight"]
-    if layer.kernels == "per_input":  # stored as a depthwise conv's weight (C_in, 1, kH, kW)
-        kernel = kernel[:, 0][None]
-    kernel = layer.alpha[:, :, None, None] * kernel  # α_ij k_ij
-    if conv.flip_kernel:
-        kernel = kernel[:, :, ::-1, ::-1]
-    geometry = {"stride": conv.stride, "pads": conv._pads, "dilation": conv.dilation}
+    kernel = layer.effective_kernel()
+    geometry = {"stride": layer.stride, "pads": layer.pads, "dilation": layer.dilation}
     return _conv_node(g, x, kernel, layer.params.get("bias"), **geometry)
 
 
@@ -168,7 +154,7 @@ def _locally_connected(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) 
     """
     taps = layer.in_channels * math.prod(layer.kernel_size)  # C·K
     one_hot = np.eye(taps).reshape(taps, layer.in_channels, *layer.kernel_size)
-    patches = _conv_node(g, x, one_hot, None, stride=layer.stride, pads=layer._pads)
+    patches = _conv_node(g, x, one_hot, None, stride=layer.stride, pads=layer.pads)
     positions = math.prod(layer.output_size)
     columns = g.node("Reshape", [patches, _shape(g, 0, taps, positions)])  # (N, C·K, L)
     by_position = g.node("Transpose", [columns], perm=[2, 0, 1])  # (L, N, C·K)
@@ -182,26 +168,24 @@ def _locally_connected(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) 
 
 
 # -- pooling ----------------------------------------------------------------------------
-def window_pads(layer: _PoolNd, spatial: tuple[int, ...]) -> tuple[list[int], bool]:
-    """The layer's window padding in ONNX's ``pads`` order [befores..., afters...], and
-    whether any window hangs past the padded border (ceil_mode). Also used by ``interop``."""
+def _window_attributes(layer: Layer, spatial: tuple[int, ...]) -> dict[str, Any]:
+    """kernel_shape, strides and the layer's window padding in ONNX's ``pads`` order
+    [befores..., afters...] (ceil_mode's overhang as explicit end pads)."""
     pads = layer.window_pads(spatial)
-    overhang = any(after > p for (_, after), p in zip(pads, layer.padding))
-    return [before for before, _ in pads] + [after for _, after in pads], overhang
-
-
-def _window_attributes(layer: _PoolNd, pads: list[int]) -> dict[str, Any]:
-    return {"kernel_shape": list(layer.kernel_size), "strides": list(layer.stride), "pads": pads}
+    return {
+        "kernel_shape": list(layer.kernel_size),
+        "strides": list(layer.stride),
+        "pads": [before for before, _ in pads] + [after for _, after in pads],
+    }
 
 
 def _max_pool(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
     """MaxPool ignores pad cells, as −∞ padding does; ceil_mode becomes explicit end pads."""
-    pads, _ = window_pads(layer, shape[1:])
-    attributes = _window_attributes(layer, pads)
+    attributes = _window_attributes(layer, shape[1:])
     return g.node("MaxPool", [x], dilations=list(layer.dilation), **attributes)
 
 
-def _window_average(g: _Graph, layer: _AvgPoolNd, x: str, shape: tuple[int, ...]) -> str:
+def _window_average(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
     """y(o) = Σ_k w_k x_pad(o·s + k) / D(o) with the layer's weights and divisor.
 
     AveragePool when its divisor is D: uniform weights, no override, and pad cells either
@@ -209,19 +193,18 @@ def _window_average(g: _Graph, layer: _AvgPoolNd, x: str, shape: tuple[int, ...]
     Otherwise a depthwise Conv with the weights w, divided by the constant map D(o).
     """
     spatial = shape[1:]
-    pads, overhang = window_pads(layer, spatial)
-    attributes = _window_attributes(layer, pads)
-    uniform = layer._axis_weights() is None and layer.divisor_override is None
-    if uniform and not (overhang and layer.count_include_pad):
+    attributes = _window_attributes(layer, spatial)
+    weights = layer.window_weights(g.dtype)
+    uniform = weights is None and layer.divisor_override is None
+    if uniform and not (layer.overhangs(spatial) and layer.count_include_pad):
         include_pad = int(layer.count_include_pad)
         return g.node("AveragePool", [x], count_include_pad=include_pad, **attributes)
-    weights = layer._kernel_weights(g.dtype)
     if weights is None:
         weights = np.ones(layer.kernel_size, dtype=g.dtype)
     channels = shape[0]
     kernel = np.broadcast_to(weights, (channels, 1, *layer.kernel_size))  # one w per map
     window_sum = g.node("Conv", [x, g.constant(kernel, "window")], group=channels, **attributes)
-    divisor = layer._window_divisor(spatial, layer.output_shape(spatial))  # D(o)
+    divisor = layer.window_divisor(spatial)  # D(o)
     return g.node("Div", [window_sum, g.constant(divisor, "divisor")])
 
 
@@ -229,9 +212,8 @@ def _lp_pool(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
     """LpPool for an even integer p without ceil_mode overhang (then |x|^p = x^p and ONNX's
     window is convnp's); otherwise y = (K · avg(x^p))^(1/p) spelled out, as convnp does."""
     p = layer.norm_type
-    pads, overhang = window_pads(layer, shape[1:])
-    if p.is_integer() and p % 2 == 0 and not overhang:
-        return g.node("LpPool", [x], p=int(p), **_window_attributes(layer, pads))
+    if p.is_integer() and p % 2 == 0 and not layer.overhangs(shape[1:]):
+        return g.node("LpPool", [x], p=int(p), **_window_attributes(layer, shape[1:]))
     powered = g.node("Pow", [x, g.constant(p)])
     average = _window_average(g, layer, powered, shape)
     total = g.node("Mul", [average, g.constant(math.prod(layer.kernel_size))])  # K · avg(x^p)
@@ -336,8 +318,8 @@ def _batch_norm(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
             "statistics to export"
         )
     channels = layer.num_features
-    gamma = layer.params["weight"] if layer.affine else np.ones(channels)
-    beta = layer.params["bias"] if layer.affine else np.zeros(channels)
+    gamma = layer.params.get("weight", np.ones(channels))
+    beta = layer.params.get("bias", np.zeros(channels))  # none without affine or with bias=False
     inputs = [
         x,
         g.constant(gamma, "weight"),

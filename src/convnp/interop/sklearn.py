@@ -32,33 +32,10 @@ from convnp.app import architectures, zoo
 from convnp.data import DataLoader, channel_stats
 from convnp.model import Sequential
 from convnp.optim import Optimizer
+from convnp.runtime.parallel import predict_in_blocks
 
 Architecture = str | Callable[..., Sequential]
 _NO_TARGET = "no_validation"  # scikit-learn's marker for "validate X only"
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    exp = np.exp(scores - scores.max(axis=1, keepdims=True))  # max subtracted: no overflow
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def _normalised_outputs(outputs: np.ndarray) -> np.ndarray:
-    """Sigmoid outputs (squared-error training) scaled to sum to 1: a ranking, not calibrated."""
-    positive = np.clip(outputs, 0.0, None)
-    total = positive.sum(axis=1, keepdims=True)
-    return np.divide(
-        positive, total, out=np.full_like(positive, 1 / outputs.shape[1]), where=total > 0
-    )
-
-
-# How each loss's network outputs become class probabilities (their argmax is the loss's
-# decision): logits -> softmax; RBF energies y -> softmax(−y), LeCun's posterior without
-# the rubbish class; sigmoid outputs -> normalised.
-_PROBABILITIES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "cross_entropy": _softmax,
-    "squared_error": _normalised_outputs,
-    "rbf": lambda energies: _softmax(-energies),
-}
 
 
 class ConvNetClassifier(ClassifierMixin, BaseEstimator):
@@ -289,13 +266,16 @@ class ConvNetClassifier(ClassifierMixin, BaseEstimator):
             )
         no_labels = np.zeros(len(images), np.int64)
         loader = self._loader(images, no_labels, batch_size=1000, shuffle=False, seed=0)
-        parts = [self.model_.predict(x) for x, _ in loader]
+        parts = [predict_in_blocks(self.model_, x) for x, _ in loader]
         return np.concatenate(parts) if parts else np.empty((0, len(self.classes_)))
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """(N, n_classes) class probabilities, columns in the order of ``classes_``."""
+        """(N, n_classes) class probabilities, columns in the order of ``classes_``: the
+        trained loss's ``class_probabilities`` (softmax of logits, softmax of minus the RBF
+        energies, or normalised sigmoid outputs for squared error; their argmax is the
+        loss's decision)."""
         outputs = self._outputs(X).astype(np.float64)
-        return _PROBABILITIES[self._loss_kind](outputs)
+        return self.loss_.class_probabilities(outputs)
 
     def predict(self, X: Any) -> np.ndarray:
         """The label of the class the trained loss decides for (argmax, or argmin for RBF)."""

@@ -43,9 +43,9 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
 
 from convnp import io
 from convnp import layers as L
-from convnp.interop.onnx import grouped_weight, window_pads
 from convnp.layers.base import Layer
 from convnp.layers.combine import FeatureMapCombination as _FeatureMapCombination
+from convnp.layers.conv import grouped_weight
 from convnp.layers.dropout import Dropout, Dropout2d
 from convnp.layers.local import LocallyConnected2d as _LocallyConnected2d
 from convnp.layers.normalization import BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -88,10 +88,11 @@ class ConvNd(_Wrapper):
 
     def __init__(self, layer: Layer) -> None:
         super().__init__(layer)
-        self.nd, self.stride, self.dilation = layer._nd, layer.stride, layer.dilation
+        self.nd, self.stride, self.dilation = len(layer.kernel_size), layer.stride, layer.dilation
         self.flip_kernel = layer.flip_kernel
-        self.pads = _torch_pads(layer._pads)
-        self.register_buffer("mask", torch.from_numpy(layer._mask_as(layer.params["weight"])))
+        self.pads = _torch_pads(layer.pads)
+        mask = layer.connection_mask.reshape(layer.connection_mask.shape + (1,) * self.nd)
+        self.register_buffer("mask", torch.from_numpy(mask.astype(layer.params["weight"].dtype)))
         self._adopt(layer, "weight", "bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,15 +130,14 @@ class WeightedAvgPool2d(_Wrapper):
     def __init__(self, layer: Layer) -> None:
         super().__init__(layer)
         self.geometry = layer  # parameter-free: only its window arithmetic is used
-        self.register_buffer("window", torch.from_numpy(layer._kernel_weights(np.float64)))
+        self.register_buffer("window", torch.from_numpy(layer.window_weights(np.float64)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spatial = tuple(x.shape[2:])
-        pads, _ = window_pads(self.geometry, spatial)
-        divisor = self.geometry._window_divisor(spatial, self.geometry.output_shape(spatial))
+        divisor = self.geometry.window_divisor(spatial)  # Z(o)
         channels = x.shape[1]
         kernel = self.window.to(x.dtype).expand(channels, 1, *self.window.shape)
-        padded = F.pad(x, _torch_pads(zip(pads[:2], pads[2:])))  # pads: befores, then afters
+        padded = F.pad(x, _torch_pads(self.geometry.window_pads(spatial)))
         window_sum = F.conv2d(padded, kernel, stride=self.geometry.stride, groups=channels)
         return window_sum / torch.as_tensor(divisor, dtype=x.dtype, device=x.device)
 
@@ -148,10 +148,9 @@ class FeatureMapCombination(_Wrapper):
 
     def __init__(self, layer: Layer) -> None:
         super().__init__(layer)
-        conv = layer._conv
         self.per_input = layer.kernels == "per_input"
-        self.flip_kernel, self.stride, self.dilation = conv.flip_kernel, conv.stride, conv.dilation
-        self.pads = _torch_pads(conv._pads)
+        self.flip_kernel, self.stride = layer.flip_kernel, layer.stride
+        self.dilation, self.pads = layer.dilation, _torch_pads(layer.pads)
         self._adopt(layer, "weight", "alpha_logits", "bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +170,7 @@ class LocallyConnected2d(_Wrapper):
     def __init__(self, layer: Layer) -> None:
         super().__init__(layer)
         self.kernel_size, self.stride = layer.kernel_size, layer.stride
-        self.output_size, self.pads = layer.output_size, _torch_pads(layer._pads)
+        self.output_size, self.pads = layer.output_size, _torch_pads(layer.pads)
         self._adopt(layer, "weight", "bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +197,7 @@ def _conv_to_torch(layer: Layer) -> nn.Module:
     """nn.ConvNd when torch can express the layer exactly, else the ConvNd wrapper."""
     if layer.has_connection_table or layer.flip_kernel:
         return ConvNd(layer)
-    pads = layer._pads
+    pads = layer.pads
     stride_one = all(s == 1 for s in layer.stride)
     if isinstance(layer.padding, str) and layer.padding != "full" and stride_one:
         padding = layer.padding  # torch's "same" puts the odd pixel after, as convnp does
@@ -206,7 +205,7 @@ def _conv_to_torch(layer: Layer) -> nn.Module:
         padding = tuple(before for before, _ in pads)
     else:
         return ConvNd(layer)  # asymmetric padding with stride > 1
-    module_type = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[layer._nd]
+    module_type = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(layer.kernel_size)]
     module = module_type(
         layer.in_channels,
         layer.out_channels,

@@ -1,26 +1,36 @@
-"""Sliding windows over the spatial axes of (N, C, *spatial) arrays, and their adjoint.
+"""Sliding windows over the spatial axes of (N, C, *spatial) arrays, and their adjoints.
 
-Every convolution and pooling layer in convnp is written in terms of two operations:
+Pooling (SPEC §3) is written with these primitives, each one contract and one
+implementation, for any number of spatial dimensions (1-D, 2-D, 3-D):
 
-* ``windows(x_padded, kernel, stride, dilation)`` -> a *view* of shape
-  (N, C, *out, *kernel): element [n, c, o..., k...] is the input pixel that kernel offset k
-  meets at output position o. No data is copied.
-* ``scatter_windows(dwindows, ...)`` -> the adjoint: every window gradient is added back to
-  the input pixel it came from (col2im). It loops over kernel offsets only, never over
-  samples, maps or pixels.
+* ``windows(x_padded, kernel, stride, dilation, out)`` -> W(x), a *view* of shape
+  (N, C, *out, *kernel): element [n, c, o..., k...] is x_pad(o·s + k·d). No data is copied.
+* ``scatter_windows(dwindows, ...)`` -> Wᵀ, the adjoint: every window gradient is added back
+  to the input cell it came from (⟨Wᵀ(dw), x⟩ = ⟨dw, W(x)⟩).
+* ``sum_windows`` (Σ_k w_k W(x)[..., k]: SPEC §5's block sum) and ``max_over_windows``
+  (max_k W(x)[..., k] and the winning k).
+* ``window_cells`` describes windows as tables, cells[a][o, k] = the coordinate along axis a
+  of cell k of window o; ``gather_windows`` reads windows given by such tables (adaptive
+  pooling's bins) and ``scatter_max`` is the one max-pool backward for both kinds: dy(o)
+  goes to the cell that won window o.
+* ``upsample(z, n)`` = z ⊗ 1_n, the Kronecker upsampling of SPEC §5.
 
-Both work for any number of spatial dimensions (1-D, 2-D, 3-D).
+Every scatter loops over the kernel offsets k only, never over samples, maps or pixels: for
+each k, the cells that k reads in all windows form one strided slice of the input.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 Pads = tuple[tuple[int, int], ...]
+# Windows as tables, one per spatial axis a: cells[a][o, k] is the input coordinate along
+# axis a of cell k of window o.
+Cells = tuple[np.ndarray, ...]
 
 
 def output_size(
@@ -133,71 +143,87 @@ def kernel_offsets(
         yield offset, slices
 
 
-def im2col(
-    x_padded: np.ndarray,
-    kernel_size: tuple[int, ...],
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-    out_shape: tuple[int, ...],
-) -> np.ndarray:
-    """The patches of a padded (N, C, *spatial) input as a (C, *k, N, *out) array.
-
-    Row (i, k) holds, for every sample and output position, the pixel of map i that kernel
-    offset k meets; one strided copy per kernel offset (faster than copying the 2·nd-axis
-    ``windows`` view in one transpose, measured 3.4 vs 4.8 ms for 128x32x14x14, k = 3).
-    """
-    n, channels = x_padded.shape[:2]
-    cols = np.empty((channels, *kernel_size, n, *out_shape), dtype=x_padded.dtype)
-    maps_first = x_padded.swapaxes(0, 1)
-    for offset, slices in kernel_offsets(kernel_size, stride, dilation, out_shape):
-        cols[(slice(None), *offset)] = maps_first[(Ellipsis, *slices)]
-    return cols
-
-
-def col2im(
-    dcols: np.ndarray,
-    padded_shape: tuple[int, ...],
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-) -> np.ndarray:
-    """Adjoint of ``im2col``: add each (C, *k, N, *out) patch gradient back to its pixel."""
-    nd = len(stride)
-    kernel_size = dcols.shape[1 : 1 + nd]
-    out_shape = dcols.shape[2 + nd :]
-    dx_padded = np.zeros(padded_shape, dtype=dcols.dtype)
-    maps_first = dx_padded.swapaxes(0, 1)
-    for offset, slices in kernel_offsets(kernel_size, stride, dilation, out_shape):
-        maps_first[(Ellipsis, *slices)] += dcols[(slice(None), *offset)]
-    return dx_padded
-
-
 def scatter_windows(
     dwindows: np.ndarray,
     padded_shape: tuple[int, ...],
     stride: tuple[int, ...],
     dilation: tuple[int, ...],
 ) -> np.ndarray:
-    """Adjoint of ``windows``: sum window gradients (N, C, *out, *k) into a padded-shape array.
-
-    Each kernel offset k maps the whole output grid onto a strided slice of the input, so
-    one vectorised ``+=`` per offset does the scatter-add (overlapping windows accumulate).
-    """
+    """Wᵀ, the adjoint of ``windows``: sum window gradients (N, C, *out, *k) into an array of
+    the padded input's shape (a cell in several windows receives the sum of their parts)."""
     nd = len(stride)
-    out_shape = dwindows.shape[-2 * nd : -nd]
     kernel_size = dwindows.shape[-nd:]
+    cells = window_cells(dwindows.shape[-2 * nd : -nd], kernel_size, stride, dilation)
     dx_padded = np.zeros(padded_shape, dtype=dwindows.dtype)
-    overlapping = not _disjoint(kernel_size, stride, dilation)
-    for offset, slices in kernel_offsets(kernel_size, stride, dilation, out_shape):
+    overlapping = not _disjoint(cells)
+    for _, offset, cell in _offset_slices(cells):
         if overlapping:
-            dx_padded[(Ellipsis, *slices)] += dwindows[(Ellipsis, *offset)]
+            dx_padded[cell] += dwindows[(Ellipsis, *offset)]
         else:  # each cell is in one window at most: a copy, not a read-add-write
-            dx_padded[(Ellipsis, *slices)] = dwindows[(Ellipsis, *offset)]
+            dx_padded[cell] = dwindows[(Ellipsis, *offset)]
     return dx_padded
 
 
-def _disjoint(kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> bool:
-    """True when no two windows share a cell (stride at least the dilated kernel extent)."""
-    return all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel_size, stride, dilation))
+def window_cells(
+    out_shape: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> Cells:
+    """The cells of ``windows``' sliding windows as tables: cells[a][o, k] = o·s_a + k·d_a."""
+    return tuple(
+        np.arange(o)[:, None] * s + np.arange(k) * d
+        for o, k, s, d in zip(out_shape, kernel_size, stride, dilation)
+    )
+
+
+def gather_windows(x: np.ndarray, cells: Cells) -> np.ndarray:
+    """The windows given by ``cells`` as an (N, C, *out, *k) copy: [..., o, k] = x(cells(o, k))."""
+    nd = len(cells)
+    index = []
+    for axis, table in enumerate(cells):
+        shape = [1] * (2 * nd)
+        shape[axis], shape[nd + axis] = table.shape  # (…, out_a, …, k_a, …)
+        index.append(table.reshape(shape))
+    return x[(Ellipsis, *index)]
+
+
+def _disjoint(cells: Cells) -> bool:
+    """True when no input cell is in two windows (or twice in one): along every axis the
+    table's coordinates are all different."""
+    return all(np.unique(table).size == table.size for table in cells)
+
+
+def _offset_slices(cells: Cells) -> Iterator[tuple[int, tuple[int, ...], tuple]]:
+    """(flat k, k, index) for every kernel offset k in row-major order, for windows whose
+    cells are evenly spaced along every axis (sliding windows): ``x[index]`` is the strided
+    view holding, for every window o, the cell that offset k of o reads."""
+    per_axis = [[_as_slice(table[:, k]) for k in range(table.shape[1])] for table in cells]
+    offsets = itertools.product(*(range(table.shape[1]) for table in cells))
+    for flat, offset in enumerate(offsets):
+        yield flat, offset, (Ellipsis, *(per_axis[axis][k] for axis, k in enumerate(offset)))
+
+
+def _strided(cells: Cells) -> bool:
+    """True when every kernel offset reads a strided slice (see ``_offset_slices``)."""
+    return all(_as_slice(table[:, k]) is not None for table in cells for k in range(table.shape[1]))
+
+
+def _as_slice(coordinates: np.ndarray) -> slice | None:
+    """The slice that reads these coordinates when they are evenly increasing, else None."""
+    first = int(coordinates[0])
+    step = int(coordinates[1] - first) if len(coordinates) > 1 else 1
+    if step < 1 or (np.diff(coordinates) != step).any():
+        return None
+    return slice(first, int(coordinates[-1]) + 1, step)
+
+
+def upsample(z: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
+    """z ⊗ 1_{n_1×…×n_d} over the trailing len(factors) axes: every value repeated n_a times
+    along axis a (SPEC §5: Kronecker product / repeat, never image resizing)."""
+    for axis, n in enumerate(factors, start=z.ndim - len(factors)):
+        z = z.repeat(n, axis=axis)
+    return z
 
 
 def crop_spatial(x_padded: np.ndarray, pads: Pads, spatial_shape: tuple[int, ...]) -> np.ndarray:
@@ -255,51 +281,44 @@ def max_over_windows(
     return y, argmax if with_argmax else None
 
 
-def scatter_to_argmax(
-    dy: np.ndarray,
-    argmax: np.ndarray,
-    padded_shape: tuple[int, ...],
-    kernel_size: tuple[int, ...],
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
+def scatter_max(
+    dy: np.ndarray, argmax: np.ndarray, cells: Cells, shape: tuple[int, ...]
 ) -> np.ndarray:
-    """∂E/∂x_padded of a max pool: each dy(o) goes to the cell that won window o.
+    """∂E/∂x of y(o) = max over window o: ∂E/∂x(i) = Σ_{o: cell i won window o} dy(o).
 
-    One vectorised pass per kernel offset k: the windows whose winner is k send their dy to
-    the strided slice of the input that offset k covers (overlapping windows accumulate).
+    ``argmax`` holds each window's winning offset as a flat (row-major) k, as
+    ``max_over_windows`` returns it; ``cells`` the windows' tables; ``shape`` x's shape.
+    Sliding windows (evenly spaced cells): one vectorised pass per kernel offset k, the
+    windows that k won sending their dy to the strided slice k reads, written in place
+    where windows share no cell. Other windows (adaptive bins): the winners' flat input
+    indices are built once and summed with ``np.add.at``. Measured on 2 busy cores: 2x2
+    stride-2 pooling of 128x32x28x28, 14-20 ms per offset against 38-41 ms through flat
+    indices; adaptive 28 -> 5 bins of 64x16 maps, 1.1 ms through flat indices against 41 ms
+    per offset.
     """
-    dx_padded = np.zeros(padded_shape, dtype=dy.dtype)
-    out_shape = dy.shape[2:]
-    # Windows that do not overlap cover each cell at most once: write in place, no +=.
-    disjoint = _disjoint(kernel_size, stride, dilation)
-    offsets = kernel_offsets(kernel_size, stride, dilation, out_shape)
-    for index, (_, slices) in enumerate(offsets):
-        target = dx_padded[(Ellipsis, *slices)]
+    if not _strided(cells):
+        return _scatter_to_winners(dy, argmax, cells, shape)
+    dx = np.zeros(shape, dtype=dy.dtype)
+    disjoint = _disjoint(cells)
+    for flat, _, cell in _offset_slices(cells):
         if disjoint:
-            np.multiply(dy, argmax == index, out=target)
+            np.multiply(dy, argmax == flat, out=dx[cell])
         else:
-            target += dy * (argmax == index)
-    return dx_padded
+            dx[cell] += dy * (argmax == flat)
+    return dx
 
 
-def route_to_argmax(
-    dy: np.ndarray, argmax: np.ndarray, tables: Sequence[np.ndarray], shape: tuple[int, ...]
+def _scatter_to_winners(
+    dy: np.ndarray, argmax: np.ndarray, cells: Cells, shape: tuple[int, ...]
 ) -> np.ndarray:
-    """∂E/∂x of a max pool: each dy goes to the input cell that won its window.
-
-    ``tables[a][o, k]`` is the input coordinate along spatial axis a of cell k of window o;
-    ``argmax`` indexes the flattened window. Flat input indices are built once and summed with
-    ``np.add.at`` (windows may overlap and share a winner). Measured for 64x16x28x28, kernel 3,
-    stride 2: add.at 1.6 ms, bincount 2.8 ms (float64 result), a one-hot over the window
-    scattered per kernel offset 8 ms.
-    """
-    nd = len(tables)
-    cells = np.unravel_index(argmax, tuple(table.shape[1] for table in tables))
-    flat = np.arange(shape[0]).reshape((-1,) + (1,) * (nd + 1)) * shape[1]
-    flat = flat + np.arange(shape[1]).reshape((-1,) + (1,) * nd)
-    for axis, (table, cell) in enumerate(zip(tables, cells)):
+    """``scatter_max`` through flat indices: the winner of window o is cell
+    (cells[0][o_0, k_0], cells[1][o_1, k_1], ...) with k = unravel(argmax(o))."""
+    nd = len(cells)
+    winning = np.unravel_index(argmax, tuple(table.shape[1] for table in cells))
+    flat = np.arange(shape[0] * shape[1]).reshape((shape[0], shape[1]) + (1,) * nd)
+    for axis, (table, k) in enumerate(zip(cells, winning)):
         window = np.arange(table.shape[0]).reshape((-1,) + (1,) * (nd - 1 - axis))
-        flat = flat * shape[2 + axis] + table[window, cell]
+        flat = flat * shape[2 + axis] + table[window, k]
     dx = np.zeros(math.prod(shape), dtype=dy.dtype)
-    np.add.at(dx, flat.ravel(), dy.ravel())
+    np.add.at(dx, flat.ravel(), dy.ravel())  # bins may overlap and share a winner
     return dx.reshape(shape)

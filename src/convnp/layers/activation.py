@@ -1,8 +1,17 @@
 """Element-wise activations f, as separate layers (SPEC §1, §5; DESIGN 3.2 decision 5).
 
-Each layer computes y = f(u) and its backward returns ∂E/∂u = ∂E/∂y ∘ f'(u). Where the
-Notes do, f' is computed from the stored output y rather than from u (SPEC §5: sigmoid
-f' = y(1 − y)), which saves recomputing f and caches one array.
+Each layer computes y = f(u) and its backward returns ∂E/∂u = ∂E/∂y ∘ f'(u). A training
+forward keeps one array, the least that f' needs (``memory_estimate`` says which):
+
+=================================  =============================================
+Sigmoid, Tanh, ScaledTanh, ReLU    the output y (f' from y, SPEC §5: sigmoid f' = y(1 − y);
+                                   ReLU: u > 0 ⇔ y > 0). The layer after (conv, linear)
+                                   keeps the same array as its input, so it costs nothing
+                                   extra there.
+LeakyReLU                          the mask u > 0 (1 byte per element)
+ELU, GELU                          the input u (f' needs u; y is not kept)
+Softmax                            the output y
+=================================  =============================================
 """
 
 from __future__ import annotations
@@ -12,28 +21,45 @@ from typing import Any
 import numpy as np
 
 from convnp.layers import _special
-from convnp.layers.base import Layer
+from convnp.layers.base import Layer, MemoryEstimate
 
 
 class _Elementwise(Layer):
-    """y = f(u) element-wise; backward returns dy ∘ f'(·) from what forward cached."""
+    """y = f(u) element-wise; forward keeps one array (``_keep``: the output y by default),
+    backward returns dy ∘ f'(·) from it."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x)
         y = self._f(x)
-        self._remember(x, y)
+        self._remember(self._keep(x, y))
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        x, y = self._recall()
-        dy = self._check_grad_output(dy, y.shape)
-        return self._dy_times_derivative(dy, x, y)
+        (kept,) = self._recall()
+        dy = self._check_grad_output(dy, kept.shape)
+        return self._dy_times_derivative(dy, kept)
+
+    def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
+        return MemoryEstimate(keeps_output=True)
+
+    def _keep(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return y
 
     def _f(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _dy_times_derivative(self, dy: np.ndarray, kept: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+
+class _KeepsInput(_Elementwise):
+    """An activation whose f' needs the input u itself."""
+
+    def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
+        return MemoryEstimate(keeps_input=True)
+
+    def _keep(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return x
 
 
 class Sigmoid(_Elementwise):
@@ -49,7 +75,7 @@ class Sigmoid(_Elementwise):
         y *= 0.5
         return y
 
-    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _dy_times_derivative(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
         return dy * y * (1 - y)  # f' = y(1 − y)
 
 
@@ -59,7 +85,7 @@ class Tanh(_Elementwise):
     def _f(self, x: np.ndarray) -> np.ndarray:
         return np.tanh(x)
 
-    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _dy_times_derivative(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
         return dy * (1 - y * y)  # f' = 1 − y²
 
 
@@ -77,7 +103,7 @@ class ScaledTanh(_Elementwise):
         scale, slope = x.dtype.type(self.A), x.dtype.type(self.B)
         return scale * np.tanh(slope * x)
 
-    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _dy_times_derivative(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
         scale_sq = y.dtype.type(self.A * self.A)
         factor = y.dtype.type(self.B / self.A)
         return dy * (factor * (scale_sq - y * y))  # f' = (B/A)(A² − y²)
@@ -89,12 +115,14 @@ class ReLU(_Elementwise):
     def _f(self, x: np.ndarray) -> np.ndarray:
         return np.maximum(x, 0)
 
-    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return dy * (y > 0)  # f' = 1 where u > 0
+    def _dy_times_derivative(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return dy * (y > 0)  # f' = 1 where u > 0, i.e. where y > 0
 
 
 class LeakyReLU(_Elementwise):
-    """y = u for u > 0, else a·u  (a = negative_slope);  f'(u) = 1 or a."""
+    """y = u for u > 0, else a·u  (a = negative_slope);  f'(u) = 1 or a.
+
+    Keeps the mask u > 0 (1 byte per element): y's sign gives it only when a ≥ 0."""
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
@@ -106,12 +134,19 @@ class LeakyReLU(_Elementwise):
     def _f(self, x: np.ndarray) -> np.ndarray:
         return np.where(x > 0, x, x * x.dtype.type(self.negative_slope))
 
-    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return np.where(x > 0, dy, dy * dy.dtype.type(self.negative_slope))
+    def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
+        return MemoryEstimate(other_bytes=int(np.prod(input_shape)))  # the bool mask
+
+    def _keep(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return x > 0
+
+    def _dy_times_derivative(self, dy: np.ndarray, positive: np.ndarray) -> np.ndarray:
+        return np.where(positive, dy, dy * dy.dtype.type(self.negative_slope))
 
 
-class ELU(_Elementwise):
-    """y = u for u > 0, else α(e^u − 1);  f'(u) = 1, or y + α for u ≤ 0 (from the output)."""
+class ELU(_KeepsInput):
+    """y = u for u > 0, else α(e^u − 1);  f'(u) = 1, or α·e^u for u ≤ 0 (from the input,
+    kept instead of y: y's sign gives u > 0 only for α > 0)."""
 
     def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()
@@ -124,11 +159,12 @@ class ELU(_Elementwise):
         alpha = x.dtype.type(self.alpha)
         return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
 
-    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return np.where(x > 0, dy, dy * (y + dy.dtype.type(self.alpha)))
+    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+        alpha = dy.dtype.type(self.alpha)
+        return np.where(x > 0, dy, dy * (alpha * np.exp(np.minimum(x, 0))))
 
 
-class GELU(_Elementwise):
+class GELU(_KeepsInput):
     """Gaussian error linear unit, y = u·Φ(u) (PyTorch's ``GELU``), exact or in tanh form.
 
     approximate="none" (PyTorch's default), with Φ the standard normal distribution function:
@@ -169,7 +205,7 @@ class GELU(_Elementwise):
         t = np.tanh(x.dtype.type(self._C) * (x + x.dtype.type(self._K) * x**3))
         return x * (1 + t) * x.dtype.type(0.5)
 
-    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
         if self.approximate == "none":
             density = np.exp(-0.5 * x * x) * x.dtype.type(1.0 / np.sqrt(2.0 * np.pi))  # φ(u)
             return dy * (self._normal_cdf(x) + x * density)  # Φ(u) + u·φ(u)
@@ -193,6 +229,9 @@ class Softmax(Layer):
 
     def config(self) -> dict[str, Any]:
         return {"dim": self.dim}
+
+    def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
+        return MemoryEstimate(keeps_output=True)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x)

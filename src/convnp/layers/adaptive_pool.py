@@ -28,11 +28,11 @@ def _bins(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
 class _AdaptivePoolNd(Layer):
     """Output size fixed, windows scaled to the input (see the module docstring)."""
 
-    _nd = 0
+    nd = 0  #: number of spatial axes (set by the 1d/2d/3d classes)
 
     def __init__(self, output_size: OutputSize) -> None:
         super().__init__()
-        nd = self._nd
+        nd = self.nd
         single = output_size is None or isinstance(output_size, (int, np.integer))
         entries = (output_size,) * nd if single else tuple(output_size)
         valid = (o is None or isinstance(o, (int, np.integer)) and o >= 1 for o in entries)
@@ -56,7 +56,7 @@ class _AdaptivePoolNd(Layer):
         return tuple(size if o is None else o for size, o in zip(spatial, self._entries))
 
     def _validated(self, x: Any) -> tuple[np.ndarray, tuple[int, ...]]:
-        x = self._check_input(x, ndim=self._nd + 2, layout=LAYOUTS[self._nd])
+        x = self._check_input(x, ndim=self.nd + 2, layout=LAYOUTS[self.nd])
         if min(x.shape[2:]) < 1:
             raise ValueError(f"{self!r}: input has an empty spatial axis, shape {x.shape}")
         return x, self.output_shape(x.shape[2:])
@@ -106,10 +106,11 @@ class _AdaptiveAvgPoolNd(_AdaptivePoolNd):
 class _AdaptiveMaxPoolNd(_AdaptivePoolNd):
     """Adaptive max pooling: the max of each bin (SPEC §3).
 
-    Forward:   y(o) = max over the bin o of x;   Backward: dy(o) goes to the bin's argmax.
-    Bins along an axis are gathered with an index table (out, m), m the widest bin; shorter
-    bins repeat their last cell, which cannot change a max, and since the repeat comes after
-    the original, argmax keeps PyTorch's first-maximum tie rule.
+    Forward:   y(o) = max_k B(x)(o, k),   B(x)(o, k) = x(cells(o, k)), the bins as windows
+    Backward:  ∂E/∂x(i) = Σ_{o: i wins bin o} dy(o)
+    Bin o along an axis is the table row cells[o, :] of width m, the widest bin; shorter bins
+    repeat their last cell, which cannot change a max, and since the repeat comes after the
+    original, the winner keeps PyTorch's first-maximum tie rule.
 
     Args:
         output_size: an int, or one entry per spatial axis; None keeps that axis' size.
@@ -120,62 +121,60 @@ class _AdaptiveMaxPoolNd(_AdaptivePoolNd):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x, out_shape = self._validated(x)
-        nd = self._nd
-        tables = []
-        index = []
-        for axis, (size, out) in enumerate(zip(x.shape[2:], out_shape)):
-            start, end = _bins(size, out)
-            width = int((end - start).max())
-            table = np.minimum(start[:, None] + np.arange(width), end[:, None] - 1)
-            tables.append(table)
-            shape = [1] * (2 * nd)
-            shape[axis], shape[nd + axis] = out, width
-            index.append(table.reshape(shape))  # bins of axis a: (…, out_a, …, m_a, …)
-        patches = x[(slice(None), slice(None), *index)]  # (N, C, *out, *m)
-        y, argmax = _windows.max_over_windows(patches, nd)
-        self._remember(argmax, tables, x.shape)
+        cells = tuple(_bin_cells(size, out) for size, out in zip(x.shape[2:], out_shape))
+        patches = _windows.gather_windows(x, cells)  # B(x): (N, C, *out, *m)
+        y, argmax = _windows.max_over_windows(patches, self.nd, with_argmax=self.training)
+        self._remember(argmax, cells, x.shape)
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        argmax, tables, x_shape = self._recall()
+        argmax, cells, x_shape = self._recall()
         dy = self._check_grad_output(dy, argmax.shape)
-        return _windows.route_to_argmax(dy, argmax, tables, x_shape)
+        return _windows.scatter_max(dy, argmax, cells, x_shape)  # dy(o) -> winner
+
+
+def _bin_cells(size: int, out: int) -> np.ndarray:
+    """(out, m) table of the cells of every bin along one axis, m the widest bin; a shorter
+    bin repeats its last cell."""
+    start, end = _bins(size, out)
+    width = int((end - start).max())
+    return np.minimum(start[:, None] + np.arange(width), end[:, None] - 1)
 
 
 class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
     """Adaptive average pooling over (N, C, L). See _AdaptiveAvgPoolNd."""
 
-    _nd = 1
+    nd = 1
 
 
 class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
     """Adaptive average pooling over (N, C, H, W). See _AdaptiveAvgPoolNd."""
 
-    _nd = 2
+    nd = 2
 
 
 class AdaptiveAvgPool3d(_AdaptiveAvgPoolNd):
     """Adaptive average pooling over (N, C, D, H, W). See _AdaptiveAvgPoolNd."""
 
-    _nd = 3
+    nd = 3
 
 
 class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):
     """Adaptive max pooling over (N, C, L). See _AdaptiveMaxPoolNd."""
 
-    _nd = 1
+    nd = 1
 
 
 class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
     """Adaptive max pooling over (N, C, H, W). See _AdaptiveMaxPoolNd."""
 
-    _nd = 2
+    nd = 2
 
 
 class AdaptiveMaxPool3d(_AdaptiveMaxPoolNd):
     """Adaptive max pooling over (N, C, D, H, W). See _AdaptiveMaxPoolNd."""
 
-    _nd = 3
+    nd = 3
 
 
 class GlobalAvgPool2d(AdaptiveAvgPool2d):

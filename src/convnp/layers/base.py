@@ -28,7 +28,12 @@ Decisions, made once here for every layer:
 5. **Activations are separate layers**, so a layer's equation and its gradient check stay
    local: Bouvrie's x = f(u) spans a conv/subsample layer (u) and an activation layer (f).
 6. **Errors name the problem**: ``_check_input`` raises ``ValueError`` naming the layer,
-   the expected shape and the shape it got; NumPy broadcast errors never surface.
+   the expected shape and the shape it got; NumPy broadcast errors never surface. It checks
+   only what is cheap (type, shape, dtype), the same way everywhere: the scan for NaN/inf
+   reads every value, so it runs once, explicitly, on a network's input
+   (``Sequential.forward`` calls ``check_finite``); a non-finite value born inside the
+   network reaches the loss, whose own check stops training, and ``convnp.train`` re-runs
+   the batch to name the layer.
 7. **Layers never update their parameters**: optimizers do (``convnp.optim``).
 8. **Penalties are attached, not special-cased.** ``regularizers`` holds callables
    ``penalty(layer) -> float`` that add ∂penalty/∂θ into ``layer.grads`` and return the
@@ -43,8 +48,8 @@ Decisions, made once here for every layer:
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,13 +63,31 @@ class NonFiniteInputError(ValueError):
     """A layer received NaN or inf; training catches it to stop cleanly (``convnp.train``)."""
 
 
-# True while a layer's input is the output of the layer before it in a Sequential. Only a
-# network's input is then scanned for NaN/inf (two reductions over every activation cost
-# 5-25% of a step): a non-finite value born inside the network reaches the loss, whose own
-# check stops training and ``convnp.train`` re-runs the batch to name the layer.
-INPUT_IS_INNER: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "convnp_input_is_inner", default=False
-)
+def check_finite(x: np.ndarray, where: str) -> np.ndarray:
+    """Return x; raise ``NonFiniteInputError`` naming ``where`` if it holds NaN or inf.
+
+    Two reductions (min and max) instead of ``isfinite(x).all()``: no boolean temporary, and
+    NaN or inf anywhere makes one of them non-finite.
+    """
+    if x.size and not (np.isfinite(x.max()) and np.isfinite(x.min())):
+        raise NonFiniteInputError(f"{where}: input of shape {x.shape} contains NaN or inf")
+    return x
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What one training forward of a layer keeps for its backward (``Layer.memory_estimate``).
+
+    keeps_input / keeps_output: the layer keeps a reference to its input / output array (the
+    same array as the layer before's output / the layer after's input, so a network counts
+    it once); other_bytes: arrays it creates and keeps besides those (masks, argmax indices,
+    statistics); workspace_bytes: reused scratch it holds between calls.
+    """
+
+    keeps_input: bool = False
+    keeps_output: bool = False
+    other_bytes: int = 0
+    workspace_bytes: int = 0
 
 
 class Layer:
@@ -94,6 +117,12 @@ class Layer:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)
+
+    def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
+        """What a training forward of an input of ``input_shape`` (batch axis included) keeps
+        for backward. This default says "the input": layers that keep something else
+        (activations, pooling, normalisation) override it."""
+        return MemoryEstimate(keeps_input=True)
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON-serialisable) that rebuild this layer; see ``io``."""
@@ -162,7 +191,8 @@ class Layer:
         channels: int | None = None,
         channel_axis: int = 1,
     ) -> np.ndarray:
-        """Validate x and return it; raise ValueError naming this layer and the shapes.
+        """Validate x's type, shape and dtype and return it; raise ValueError naming this
+        layer and the shapes (values are not scanned: see decision 6).
 
         ``layout`` (e.g. "(N, 3, H, W)") is only used to word the message.
         """
@@ -186,12 +216,6 @@ class Layer:
                 f"{self!r}: input dtype {x.dtype} does not match parameter dtype {own}; "
                 f"convert the input or call .astype({x.dtype}) on the model"
             )
-        if (
-            x.size
-            and not INPUT_IS_INNER.get()
-            and not (np.isfinite(x.max()) and np.isfinite(x.min()))
-        ):
-            raise NonFiniteInputError(f"{self!r}: input of shape {x.shape} contains NaN or inf")
         return x
 
     def _check_grad_output(self, dy: Any, expected_shape: tuple[int, ...]) -> np.ndarray:

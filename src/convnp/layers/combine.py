@@ -17,8 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from convnp.layers.base import DEFAULT_DTYPE, Layer, uniform_init
-from convnp.layers.conv import Conv2d
+from convnp.layers import _windows
+from convnp.layers._conv_ops import (
+    ConvGeometry,
+    Workspace,
+    conv_forward,
+    conv_transpose,
+    conv_weight_grad,
+)
+from convnp.layers.base import DEFAULT_DTYPE, Layer, MemoryEstimate, as_tuple, uniform_init
 
 KERNELS = ("per_pair", "per_input")
 PENALTIES = ("l1", "entropy", "power")
@@ -147,12 +154,12 @@ class FeatureMapCombination(Layer):
     C·kH·kW instead of O·C·kH·kW; ∂E/∂α_ij = Σ_uv δ_j ∘ z_i).
 
     Implementation. A separate layer rather than a ``Conv2d`` option: it has its own
-    parameter (``alpha_logits``), init and penalties, and Conv2d stays one equation. It
-    reuses Conv2d's im2col path (SPEC §5): per_pair convolves with the effective kernel
-    α_ij·k_ij and splits that kernel's gradient G_ij = ∂E/∂(α_ij k_ij) into
-    ∂E/∂k_ij = α_ij G_ij and ∂E/∂α_ij = ⟨k_ij, G_ij⟩ (= the Σ_uv formula above); per_input
-    runs a depthwise convolution for z (Conv2d with groups=C, itself a masked C×C
-    convolution) and mixes the maps with one matrix product α·z.
+    parameter (``alpha_logits``), init and penalties, and Conv2d stays one equation. Both
+    forms are written on the convolution primitives (``_conv_ops``, SPEC §5): per_pair
+    convolves with the effective kernel α_ij·k_ij and splits that kernel's gradient
+    G_ij = ∂E/∂(α_ij k_ij) into ∂E/∂k_ij = α_ij G_ij and ∂E/∂α_ij = ⟨k_ij, G_ij⟩ (= the
+    Σ_uv formula above); per_input computes z with a depthwise convolution (groups = C)
+    and mixes the maps with one matrix product α·z.
 
     Init. c = 0 (α uniform, 1/C), and k_ij ~ U(±√(C/K)) (K = kH·kW), so the effective kernel
     α_ij·k_ij ~ U(±1/√(C·K)) is distributed exactly as PyTorch's Conv2d weight; b as Conv2d.
@@ -210,28 +217,25 @@ class FeatureMapCombination(Layer):
         self.kernels = kernels
         self.penalty = penalty
         rng = np.random.default_rng() if rng is None else rng
-        per_pair = kernels == "per_pair"
-        # x_i * k_ij (per_pair: the full convolution) or z_i = x_i * k_i (per_input: depthwise)
-        self._conv = Conv2d(
-            self.in_channels,
-            self.out_channels if per_pair else self.in_channels,
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            groups=1 if per_pair else self.in_channels,
-            bias=False,
-            flip_kernel=flip_kernel,
-            dtype=dtype,
-            rng=rng,
-        )
-        taps = int(np.prod(self._conv.kernel_size))
+        self.kernel_size = as_tuple(kernel_size, 2, "kernel_size")
+        self.stride = as_tuple(stride, 2, "stride")
+        self.dilation = as_tuple(dilation, 2, "dilation")
+        self.padding = padding if isinstance(padding, str) else as_tuple(padding, 2, "padding")
+        self.flip_kernel = bool(flip_kernel)
+        if min(self.kernel_size + self.stride + self.dilation) < 1:
+            raise ValueError("FeatureMapCombination: kernel_size, stride, dilation must be >= 1")
+        if self.in_channels < 1 or self.out_channels < 1:
+            raise ValueError("FeatureMapCombination: in_channels and out_channels must be >= 1")
+        self.pads = _windows.resolve_padding(padding, self.kernel_size, self.dilation)
+        """(before, after) zero padding per spatial axis, resolved from ``padding``."""
+        self.geometry = ConvGeometry(self.kernel_size, self.stride, self.pads, self.dilation)
+        self.workspace = Workspace()
+        taps = int(np.prod(self.kernel_size))
         bound = np.sqrt(self.in_channels / taps)  # α_ij k_ij ~ U(±1/√(C·K)) at α = 1/C
         # k_ij: (out, in, kH, kW); k_i: (in, 1, kH, kW), PyTorch's depthwise layout
+        per_pair = kernels == "per_pair"
         kernel_rows = (self.out_channels, self.in_channels) if per_pair else (self.in_channels, 1)
-        weight_shape = (*kernel_rows, *self._conv.kernel_size)
-        # Conv2d keeps a depthwise kernel as a masked (in, in, kH, kW) array: k_i on its diagonal
-        self._diagonal = (np.arange(self.in_channels), np.arange(self.in_channels))
+        weight_shape = (*kernel_rows, *self.kernel_size)
         self._add_param("weight", uniform_init(rng, weight_shape, bound, dtype))
         self._add_param("alpha_logits", np.zeros((self.out_channels, self.in_channels), dtype))
         if bias:
@@ -243,34 +247,32 @@ class FeatureMapCombination(Layer):
 
     # -- description ----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        conv = self._conv
         weight, power = self._penalty_args
         return {
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
-            "kernel_size": list(conv.kernel_size),
-            "stride": list(conv.stride),
-            "padding": conv.padding if isinstance(conv.padding, str) else list(conv.padding),
-            "dilation": list(conv.dilation),
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+            "dilation": list(self.dilation),
             "bias": "bias" in self.params,
             "kernels": self.kernels,
-            "flip_kernel": conv.flip_kernel,
+            "flip_kernel": self.flip_kernel,
             "penalty": self.penalty,
             "penalty_weight": weight,
             "penalty_power": power,
         }
 
     def extra_repr(self) -> str:
-        conv = self._conv
-        text = f"{self.in_channels}, {self.out_channels}, kernel_size={conv.kernel_size}"
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
         for name, default in (("stride", (1, 1)), ("padding", (0, 0)), ("dilation", (1, 1))):
-            if getattr(conv, name) != default:
-                text += f", {name}={getattr(conv, name)!r}"
+            if getattr(self, name) != default:
+                text += f", {name}={getattr(self, name)!r}"
         if "bias" not in self.params:
             text += ", bias=False"
         if self.kernels != "per_pair":
             text += f", kernels={self.kernels!r}"
-        if conv.flip_kernel:
+        if self.flip_kernel:
             text += ", flip_kernel=True"
         if self.penalty is not None:
             text += f", penalty={self.penalty!r}, penalty_weight={self._penalty_args[0]}"
@@ -283,62 +285,88 @@ class FeatureMapCombination(Layer):
         """α, shape (out_channels, in_channels): alpha[j, i] = α_ij; rows sum to one."""
         return softmax_over_inputs(self.params["alpha_logits"])
 
-    # -- mode and dtype follow to the inner convolution ------------------------------------
-    def train(self, mode: bool = True) -> FeatureMapCombination:
-        super().train(mode)
-        self._conv.train(mode)
-        return self
+    def effective_kernel(self) -> np.ndarray:
+        """The kernel x is cross-correlated with, (out, in, kH, kW): α_ij·k_ij (per_input:
+        α_ij·k_i), rotated by 180° with ``flip_kernel``; u = x ⋆ it + b. Exporters use it."""
+        kernel = self.params["weight"]
+        if self.kernels == "per_input":  # k_i is shared by every output map j
+            kernel = kernel[:, 0][None]
+        return self._oriented(self.alpha[:, :, None, None] * kernel)
 
-    def astype(self, dtype: Any) -> FeatureMapCombination:
-        super().astype(dtype)
-        self._conv.astype(dtype)
-        return self
+    def _oriented(self, kernel: np.ndarray) -> np.ndarray:
+        """rot180 for true convolution (its own inverse), else the kernel itself."""
+        return np.flip(kernel, axis=(2, 3)) if self.flip_kernel else kernel
+
+    def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
+        """Keeps its input x (and, per_input, the filtered maps z); a conv workspace."""
+        n, _, *spatial = input_shape
+        itemsize = np.dtype(self.dtype).itemsize
+        out_shape = self.geometry.output_shape(tuple(spatial))
+        filtered = 0
+        if self.kernels == "per_input":
+            filtered = n * self.in_channels * int(np.prod(out_shape)) * itemsize
+        return MemoryEstimate(
+            keeps_input=True, other_bytes=filtered, workspace_bytes=self.workspace.limit_bytes
+        )
 
     # -- forward / backward ---------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(
             x, ndim=4, layout=f"(N, {self.in_channels}, H, W)", channels=self.in_channels
         )
-        out_shape = self._conv.output_shape(x.shape[2:])
+        out_shape = self.geometry.output_shape(x.shape[2:])
         if min(out_shape) < 1:
             raise ValueError(
-                f"{self!r}: kernel {self._conv.kernel_size} is larger than the padded input; "
+                f"{self!r}: kernel {self.kernel_size} is larger than the padded input; "
                 f"input shape {x.shape}"
             )
-        alpha = self.alpha
-        kernel = self.params["weight"]
+        alpha, bias, geometry = self.alpha, self.params.get("bias"), self.geometry
         if self.kernels == "per_pair":
-            self._conv.params["weight"][...] = alpha[:, :, None, None] * kernel  # α_ij k_ij
-            u = self._conv.forward(x)  # Σ_i α_ij (x_i * k_ij)
-            filtered = None
+            kernel = self._oriented(alpha[:, :, None, None] * self.params["weight"])
+            u = conv_forward(x, kernel, bias, geometry, workspace=self.workspace)
+            filtered = None  # u_j = Σ_i x_i * (α_ij k_ij) + b_j
         else:
-            self._conv.params["weight"][self._diagonal] = kernel[:, 0]
-            filtered = self._conv.forward(x)  # z_i = x_i * k_i
+            kernel = self._oriented(self.params["weight"])
+            filtered = conv_forward(  # z_i = x_i * k_i
+                x, kernel, None, geometry, groups=self.in_channels, workspace=self.workspace
+            )
             n, c, h, w = filtered.shape
             u = np.matmul(alpha, filtered.reshape(n, c, h * w))  # Σ_i α_ij z_i
             u = u.reshape(n, self.out_channels, h, w)
-        if "bias" in self.params:
-            u += self.params["bias"][:, None, None]  # + b_j
-        self._remember(alpha, filtered, u.shape)
+            if bias is not None:
+                u += bias[:, None, None]  # + b_j
+        self._remember(x, alpha, filtered)
         return u
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        alpha, filtered, out_shape = self._recall()
+        x, alpha, filtered = self._recall()
+        out_shape = (len(x), self.out_channels, *self.geometry.output_shape(x.shape[2:]))
         dy = self._check_grad_output(dy, out_shape)
-        kernel = self.params["weight"]
+        kernel, geometry, workspace = self.params["weight"], self.geometry, self.workspace
         if self.kernels == "per_pair":
-            dx = self._conv.backward(dy)
-            dkernel = self._conv.grads["weight"]  # G_ij = ∂E/∂(α_ij k_ij)
+            effective = self._oriented(alpha[:, :, None, None] * kernel)  # α_ij k_ij
+            # G_ij = ∂E/∂(α_ij k_ij) = Σ_uv δ_j p_i
+            dkernel = self._oriented(conv_weight_grad(x, dy, geometry, workspace=workspace))
             self.grads["weight"][...] = alpha[:, :, None, None] * dkernel  # ∂E/∂k_ij = α_ij G_ij
             dalpha = (kernel * dkernel).sum(axis=(2, 3))  # ⟨k_ij, G_ij⟩ = Σ_uv δ_j ∘ (x_i*k_ij)
+            dx = conv_transpose(dy, effective, geometry, x.shape[2:], workspace=workspace)
         else:
             n, c, h, w = filtered.shape
             delta = dy.reshape(n, self.out_channels, h * w)
             z = filtered.reshape(n, c, h * w)
             dalpha = np.tensordot(delta, z, axes=([0, 2], [0, 2]))  # Σ_n,uv δ_j ∘ z_i
             dz = np.matmul(alpha.T, delta).reshape(filtered.shape)  # Σ_j α_ij δ_j
-            dx = self._conv.backward(dz)
-            self.grads["weight"][:, 0] = self._conv.grads["weight"][self._diagonal]  # ∂E/∂k_i
+            groups = self.in_channels  # z_i = x_i * k_i: a depthwise convolution
+            dk = conv_weight_grad(x, dz, geometry, groups=groups, workspace=workspace)
+            self.grads["weight"][...] = self._oriented(dk)  # ∂E/∂k_i = Σ_uv dz_i p_i
+            dx = conv_transpose(
+                dz,
+                self._oriented(kernel),
+                geometry,
+                x.shape[2:],
+                groups=groups,
+                workspace=workspace,
+            )  # ∂E/∂x_i = conv(dz_i, rot180(k_i), 'full')
         self.grads["alpha_logits"][...] = softmax_backward(alpha, dalpha)  # ∂E/∂c_ij
         if "bias" in self.params:
             self.grads["bias"][...] = dy.sum(axis=(0, 2, 3))  # ∂E/∂b_j = Σ_uv δ_j

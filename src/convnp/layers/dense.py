@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from convnp.layers.base import DEFAULT_DTYPE, Layer, uniform_init
+from convnp.layers.base import DEFAULT_DTYPE, Layer, MemoryEstimate, uniform_init
 
 
 class Linear(Layer):
@@ -112,6 +112,9 @@ class Flatten(Layer):
                 f"with {ndim} axes"
             )
         return first, last
+
+    def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
+        return MemoryEstimate()  # keeps only the input's shape
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x)

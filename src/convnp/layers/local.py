@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from convnp.layers import _windows
-from convnp.layers.base import DEFAULT_DTYPE, Layer, as_tuple, uniform_init
+from convnp.layers._conv_ops import Workspace
+from convnp.layers.base import DEFAULT_DTYPE, Layer, MemoryEstimate, as_tuple, uniform_init
 
 
 class LocallyConnected2d(Layer):
@@ -24,10 +25,13 @@ class LocallyConnected2d(Layer):
     suits inputs whose features depend on position (e.g. aligned faces), at the price of
     L = H_out·W_out times the parameters, so the input size is fixed at construction.
 
-    Implementation: the patches are gathered into ``cols`` of shape (L, C·K, N) (K kernel
-    offsets), so the forward is one batched matrix product over the L positions,
-    W(L, O, C·K) @ cols; the gradients are the two transposed products, and ∂E/∂cols is
-    scattered back to the pixels looping only over the K kernel offsets (``_windows``).
+    Implementation: for each block of samples the patches are gathered into ``cols`` of
+    shape (L, C·K, B) (K kernel offsets), so the forward is one batched matrix product over
+    the L positions, W(L, O, C·K) @ cols; the gradients are the two transposed products
+    summed over blocks, and ∂E/∂cols is scattered back to the pixels looping only over the
+    K kernel offsets (``_windows``). The block keeps cols and the output matrix under
+    ``workspace.limit_bytes``, in a workspace reused from call to call; a training forward
+    keeps only its input x.
 
     Args:
         in_channels: C. out_channels: O.
@@ -65,11 +69,13 @@ class LocallyConnected2d(Layer):
             raise ValueError("LocallyConnected2d: input_size, kernel_size, stride must be >= 1")
         if self.in_channels < 1 or self.out_channels < 1:
             raise ValueError("LocallyConnected2d: in_channels and out_channels must be >= 1")
-        self._pads = _windows.resolve_padding(padding, self.kernel_size, (1, 1))
+        self.pads = _windows.resolve_padding(padding, self.kernel_size, (1, 1))
+        """(before, after) zero padding per spatial axis, resolved from ``padding``."""
+        self.workspace = Workspace()
         self.output_size = tuple(
             _windows.output_size(size, k, s, before, after)
             for size, k, s, (before, after) in zip(
-                self.input_size, self.kernel_size, self.stride, self._pads
+                self.input_size, self.kernel_size, self.stride, self.pads
             )
         )
         if min(self.output_size) < 1:
@@ -114,6 +120,39 @@ class LocallyConnected2d(Layer):
         positions = self.output_size[0] * self.output_size[1]
         return self.params["weight"].reshape(positions, self.out_channels, -1)
 
+    def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
+        """Keeps its input x; the workspace holds one block's patch and output matrices."""
+        per_sample = self._bytes_per_sample(np.dtype(self.dtype).itemsize)
+        needed = input_shape[0] * per_sample
+        return MemoryEstimate(
+            keeps_input=True,
+            workspace_bytes=min(needed, max(self.workspace.limit_bytes, per_sample)),
+        )
+
+    def _bytes_per_sample(self, itemsize: int) -> int:
+        taps = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        positions = self.output_size[0] * self.output_size[1]
+        return positions * (taps + self.out_channels) * itemsize
+
+    def _sample_blocks(self, n: int, itemsize: int) -> list[slice]:
+        samples = max(1, self.workspace.limit_bytes // self._bytes_per_sample(itemsize))
+        return [slice(start, min(n, start + samples)) for start in range(0, n, samples)]
+
+    def _patches(self, x_block: np.ndarray) -> np.ndarray:
+        """p_i(p,q) of a block of samples as (L, C·K, B): one patch matrix per position."""
+        x_padded = _windows.pad_spatial(x_block, self.pads)
+        windows = _windows.windows(  # (B, C, P, Q, kH, kW)
+            x_padded, self.kernel_size, self.stride, (1, 1), self.output_size
+        )
+        positions, _, taps = self._kernels().shape
+        cols = self.workspace.array(
+            "patches",
+            (*self.output_size, self.in_channels, *self.kernel_size, len(x_block)),
+            x_block.dtype,
+        )
+        cols[...] = windows.transpose(2, 3, 1, 4, 5, 0)
+        return cols.reshape(positions, taps, len(x_block))
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         h, w = self.input_size
         x = self._check_input(
@@ -124,42 +163,51 @@ class LocallyConnected2d(Layer):
                 f"{self!r}: expected input (N, {self.in_channels}, {h}, {w}) (a locally "
                 f"connected layer has a fixed input size), got shape {x.shape}"
             )
-        n = x.shape[0]
-        x_padded = _windows.pad_spatial(x, self._pads)
-        patches = _windows.windows(
-            x_padded, self.kernel_size, self.stride, (1, 1), self.output_size
-        )
-        # (N, C, P, Q, kH, kW) -> (P, Q, C, kH, kW, N): one (C·K, N) patch matrix per position
-        cols = patches.transpose(2, 3, 1, 4, 5, 0).reshape(self._kernels().shape[0], -1, n)
-        u = self._kernels() @ cols  # Σ_i Σ_ab k_ij^{pq} · p_i(p,q), batched over positions
-        u = u.reshape(*self.output_size, self.out_channels, n).transpose(3, 2, 0, 1)
+        u = np.empty((len(x), self.out_channels, *self.output_size), dtype=x.dtype)
+        kernels = self._kernels()
+        for block in self._sample_blocks(len(x), x.itemsize):
+            cols = self._patches(x[block])
+            products = self.workspace.array("maps", (*kernels.shape[:2], cols.shape[2]), x.dtype)
+            np.matmul(kernels, cols, out=products)  # Σ_i Σ_ab k_ij^{pq} · p_i(p,q), per (p,q)
+            u[block] = products.reshape(*self.output_size, self.out_channels, -1).transpose(
+                3, 2, 0, 1
+            )
         if "bias" in self.params:
-            u = u + self.params["bias"]  # + b_j(p,q)
-        self._remember(cols, x_padded.shape)
+            u += self.params["bias"]  # + b_j(p,q)
+        self._remember(x)
         return u
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        delta = self._param_grads(dy)
-        cols, padded_shape = self._recall()
-        n = padded_shape[0]
-        dcols = self._kernels().transpose(0, 2, 1) @ delta  # Σ_j k_ij^{pq} δ_j(p,q)
-        dpatches = dcols.reshape(*self.output_size, self.in_channels, *self.kernel_size, n)
-        dx_padded = _windows.scatter_windows(
-            dpatches.transpose(5, 2, 0, 1, 3, 4), padded_shape, self.stride, (1, 1)
-        )
-        return _windows.crop_spatial(dx_padded, self._pads, self.input_size)
+        return self._backward(dy, input_grad=True)
 
     def backward_params(self, dy: np.ndarray) -> None:
-        self._param_grads(dy)
+        self._backward(dy, input_grad=False)
 
-    def _param_grads(self, dy: np.ndarray) -> np.ndarray:
-        """Fill ∂E/∂b and ∂E/∂k; return δ as (L, O, N) for the input gradient."""
-        cols, padded_shape = self._recall()
-        n = padded_shape[0]
-        dy = self._check_grad_output(dy, (n, self.out_channels, *self.output_size))
+    def _backward(self, dy: np.ndarray, input_grad: bool) -> np.ndarray | None:
+        """Fill ∂E/∂b and ∂E/∂k; return ∂E/∂x when ``input_grad``."""
+        (x,) = self._recall()
+        dy = self._check_grad_output(dy, (len(x), self.out_channels, *self.output_size))
         if "bias" in self.params:
             self.grads["bias"][...] = dy.sum(axis=0)  # ∂E/∂b_j(p,q) = Σ_n δ_j(p,q)
-        delta = dy.transpose(2, 3, 1, 0).reshape(-1, self.out_channels, n)  # (L, O, N)
-        dkernels = delta @ cols.transpose(0, 2, 1)  # Σ_n δ_j(p,q) · p_i(p,q)
+        kernels = self._kernels()
+        dkernels = np.zeros_like(kernels)
+        dx = np.zeros_like(x) if input_grad else None
+        for block in self._sample_blocks(len(x), x.itemsize):
+            cols = self._patches(x[block])
+            delta = self.workspace.array("maps", (*kernels.shape[:2], cols.shape[2]), x.dtype)
+            delta[...] = dy[block].transpose(2, 3, 1, 0).reshape(delta.shape)  # (L, O, B)
+            dkernels += delta @ cols.transpose(0, 2, 1)  # Σ_n δ_j(p,q) · p_i(p,q)
+            if input_grad:
+                dcols = np.matmul(kernels.transpose(0, 2, 1), delta, out=cols)  # Σ_j k δ_j
+                dpatches = dcols.reshape(*self.output_size, self.in_channels, *self.kernel_size, -1)
+                padded_shape = (
+                    len(delta[0, 0]),
+                    self.in_channels,
+                    *(s + b + a for s, (b, a) in zip(self.input_size, self.pads)),
+                )
+                dx_padded = _windows.scatter_windows(
+                    dpatches.transpose(5, 2, 0, 1, 3, 4), padded_shape, self.stride, (1, 1)
+                )
+                dx[block] = _windows.crop_spatial(dx_padded, self.pads, self.input_size)
         self.grads["weight"][...] = dkernels.reshape(self.params["weight"].shape)
-        return delta
+        return dx

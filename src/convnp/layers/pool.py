@@ -1,9 +1,10 @@
 """Windowed pooling (SPEC §3, §5): max, average, L^p, Gaussian-weighted average
 (Bouvrie's trained subsampling is in ``subsample.py``). One N-d implementation per kind;
-1d/2d/3d classes only set ``_nd``.
+1d/2d/3d classes only set ``nd``.
 
-Every pool reads its windows through ``_windows.windows`` (a view, no copy) and sends
-gradients back through ``_windows.scatter_windows`` or, for max, to the winning cells.
+In the equations W(x) is the windows of the padded input, W(x)(o, k) = x_pad(o·s + k·d)
+(``_windows.windows``, a view), and Wᵀ its adjoint (``_windows.scatter_windows``); max
+pooling's gradient goes to each window's winning cell (``_windows.scatter_max``).
 Padding and ``ceil_mode`` follow PyTorch exactly: padding is at most half the kernel, and
 with ``ceil_mode`` the last window may hang past the padded border (the smaller last window
 of overlapping pooling, SPEC §3); the input is padded extra on the right so it exists.
@@ -25,7 +26,7 @@ from convnp.layers.base import LAYOUTS, Layer, as_tuple
 class _PoolNd(Layer):
     """Window geometry shared by the sliding pools: kernel, stride, padding, dilation, ceil."""
 
-    _nd = 0
+    nd = 0  #: number of spatial axes (set by the 1d/2d/3d classes)
     _arguments: tuple[str, ...] = ()  # constructor arguments in order: the keys of config()
 
     def __init__(
@@ -37,7 +38,7 @@ class _PoolNd(Layer):
         ceil_mode: bool,
     ) -> None:
         super().__init__()
-        nd = self._nd
+        nd = self.nd
         name = type(self).__name__
         self.kernel_size = as_tuple(kernel_size, nd, "kernel_size")
         self.stride = self.kernel_size if stride is None else as_tuple(stride, nd, "stride")
@@ -70,7 +71,7 @@ class _PoolNd(Layer):
 
     def _validated(self, x: Any) -> tuple[np.ndarray, tuple[int, ...]]:
         """Check x and return it with the output spatial shape (ValueError if it is empty)."""
-        x = self._check_input(x, ndim=self._nd + 2, layout=LAYOUTS[self._nd])
+        x = self._check_input(x, ndim=self.nd + 2, layout=LAYOUTS[self.nd])
         out_shape = self.output_shape(x.shape[2:])
         if min(out_shape) < 1:
             extent = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
@@ -95,6 +96,12 @@ class _PoolNd(Layer):
             )
         )
 
+    def overhangs(self, spatial: tuple[int, ...]) -> bool:
+        """True when, for this input size, a ceil_mode window hangs past the padded border
+        (``window_pads`` then pads more after than ``padding``)."""
+        pads = self.window_pads(spatial)
+        return any(after > p for (_, after), p in zip(pads, self.padding))
+
     def _pad(self, x: np.ndarray, fill: float) -> np.ndarray:
         return _windows.pad_spatial(x, self.window_pads(x.shape[2:]), fill)
 
@@ -106,7 +113,7 @@ class _PoolNd(Layer):
 
     def _hidden_defaults(self) -> dict[str, Any]:
         """Constructor arguments left out of the repr while they hold these values."""
-        nd = self._nd
+        nd = self.nd
         return {
             "stride": list(self.kernel_size),
             "padding": [0] * nd,
@@ -129,10 +136,10 @@ class _PoolNd(Layer):
 class _MaxPoolNd(_PoolNd):
     """Max pooling (SPEC §3).
 
-    Forward:   y(o) = max_k x_pad(o·s + k·d),   padding with −∞
+    Forward:   y(o) = max_k W(x)(o, k),   W(x)(o, k) = x_pad(o·s + k·d),  padding with −∞
     Backward:  ∂E/∂x(i) = Σ_{o: i wins window o} dy(o)
-    The forward keeps only the integer argmax per window (not a mask of ties); ties go to
-    the first cell in row-major window order, as in PyTorch.
+    The forward keeps only the winning k per window (not a mask of ties); ties go to the
+    first cell in row-major window order, as in PyTorch.
 
     Args:
         kernel_size, stride (default kernel_size), padding (at most half the kernel),
@@ -162,9 +169,9 @@ class _MaxPoolNd(_PoolNd):
     def forward(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         x, out_shape = self._validated(x)
         x_padded = self._pad(x, -np.inf)  # −∞: a pad cell must never win the max
-        patches = self._patches(x_padded, out_shape)
+        patches = self._patches(x_padded, out_shape)  # W(x)
         with_argmax = self.training or self.return_indices
-        y, argmax = _windows.max_over_windows(patches, self._nd, with_argmax=with_argmax)
+        y, argmax = _windows.max_over_windows(patches, self.nd, with_argmax=with_argmax)
         self._remember(argmax, x_padded.shape, x.shape[2:])
         if self.return_indices:
             return y, self._input_indices(argmax, x.shape[2:])
@@ -176,7 +183,7 @@ class _MaxPoolNd(_PoolNd):
         offsets = np.unravel_index(argmax, self.kernel_size)
         flat = np.zeros(argmax.shape, dtype=np.int64)
         for axis, offset in enumerate(offsets):
-            out = np.arange(argmax.shape[2 + axis]).reshape((-1,) + (1,) * (self._nd - 1 - axis))
+            out = np.arange(argmax.shape[2 + axis]).reshape((-1,) + (1,) * (self.nd - 1 - axis))
             position = out * self.stride[axis] + offset * self.dilation[axis] - self.padding[axis]
             flat = flat * spatial[axis] + position  # row-major over the input plane
         return flat
@@ -184,21 +191,22 @@ class _MaxPoolNd(_PoolNd):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         argmax, padded_shape, spatial = self._recall()
         dy = self._check_grad_output(dy, argmax.shape)
-        dx_padded = _windows.scatter_to_argmax(
-            dy, argmax, padded_shape, self.kernel_size, self.stride, self.dilation
-        )
+        out_shape = argmax.shape[2:]
+        cells = _windows.window_cells(out_shape, self.kernel_size, self.stride, self.dilation)
+        dx_padded = _windows.scatter_max(dy, argmax, cells, padded_shape)  # dy(o) -> winner
         return self._crop(dx_padded, spatial)
 
 
 class _AvgPoolNd(_PoolNd):
     """Average pooling with PyTorch's divisor rules (SPEC §3).
 
-    Forward:   y(o) = (1 / D(o)) · Σ_k w_k · x_pad(o·s + k),   zero padding, w_k = 1
-    Backward:  ∂E/∂x = scatter_o( dy(o) / D(o) · w ),  the adjoint of the window sum
-    D(o) is ``divisor_override`` if given, else the number of window cells inside the padded
-    input (count_include_pad=True; cells of a ceil_mode window past the padded border are not
-    counted) or inside the input only (False). Both are a product over axes of 1-D counts.
-    Subclasses change the weights w (``_axis_weights``); D then sums w instead of counting.
+    Forward:   y(o) = Σ_k w_k · W(x)(o, k) / D(o),   zero padding, w_k = 1
+    Backward:  ∂E/∂x = Wᵀ( dy(o) / D(o) · w_k ),     the adjoint of the window sum
+    D(o) (``window_divisor``) is ``divisor_override`` if given, else the number of window
+    cells inside the padded input (count_include_pad=True; cells of a ceil_mode window past
+    the padded border are not counted) or inside the input only (False). Both are a product
+    over axes of 1-D counts. Subclasses change the weights w (``window_weights``); D then
+    sums w instead of counting.
 
     Args:
         kernel_size, stride (default kernel_size), padding (at most half the kernel),
@@ -231,27 +239,30 @@ class _AvgPoolNd(_PoolNd):
         if divisor_override is not None and int(divisor_override) < 1:
             raise ValueError(f"{type(self).__name__}: divisor_override must be a positive int")
         self.divisor_override = None if divisor_override is None else int(divisor_override)
-        self._divisors: dict[tuple, Any] = {}  # D(o) per (input size, output size, dtype)
+        # D(o) of the last input size and dtype, (key, value): one slot, so variable-size
+        # inputs cannot grow it; building D costs ~0.1 ms of Python per forward otherwise
+        self._last_divisor: tuple[tuple, Any] | None = None
 
     def _axis_weights(self) -> list[np.ndarray] | None:
         """Per-axis factors of the window weights w (w = their outer product); None: w = 1."""
         return None
 
-    def _divisor(self, spatial: tuple[int, ...], out_shape: tuple[int, ...], dtype: Any) -> Any:
-        """D(o) as an array of ``dtype``; computed once per input size (each forward would
-        otherwise spend ~0.1 ms of Python on it), a scalar when every window shares it."""
-        key = (spatial, out_shape, np.dtype(dtype))
-        if key not in self._divisors:
-            divisor = np.asarray(self._window_divisor(spatial, out_shape), dtype=dtype)
-            uniform = divisor.size and (divisor == divisor.flat[0]).all()
-            self._divisors[key] = divisor.flat[0] if uniform else divisor
-        return self._divisors[key]
+    def window_weights(self, dtype: Any = np.float64) -> np.ndarray | None:
+        """The weights w_k over the kernel (shape ``kernel_size``), or None when every w_k is
+        1 (a plain average). Exporters read them."""
+        axis_weights = self._axis_weights()
+        if axis_weights is None:
+            return None
+        return functools.reduce(np.multiply.outer, axis_weights).astype(dtype)
 
-    def _window_divisor(self, spatial: tuple[int, ...], out_shape: tuple[int, ...]) -> Any:
-        """D(o): the sum of w over the window cells that count, a product of per-axis sums."""
+    def window_divisor(self, spatial: tuple[int, ...]) -> np.ndarray | int:
+        """D(o) for an input of this spatial size: ``divisor_override``, or an array over the
+        output grid, the sum of w over the cells of window o that count (a product of
+        per-axis sums). Exporters read it."""
         if self.divisor_override is not None:
             return self.divisor_override
         axis_weights = self._axis_weights() or [np.ones(k) for k in self.kernel_size]
+        out_shape = self.output_shape(spatial)
         factors = []
         for size, o, s, p, w in zip(spatial, out_shape, self.stride, self.padding, axis_weights):
             cell = np.arange(o)[:, None] * s - p + np.arange(len(w))  # input coordinate
@@ -261,31 +272,36 @@ class _AvgPoolNd(_PoolNd):
             factors.append((counted * w).sum(axis=1))
         return functools.reduce(np.multiply.outer, factors)
 
-    def _kernel_weights(self, dtype: np.dtype) -> np.ndarray | None:
-        axis_weights = self._axis_weights()
-        if axis_weights is None:
-            return None
-        return functools.reduce(np.multiply.outer, axis_weights).astype(dtype)
+    def _divisor(self, spatial: tuple[int, ...], dtype: Any) -> Any:
+        """``window_divisor`` in ``dtype``, a scalar when every window shares it; kept for
+        the next call with the same input size."""
+        key = (spatial, np.dtype(dtype))
+        slot = self._last_divisor  # read once: inference blocks may run on several threads
+        if slot is None or slot[0] != key:
+            divisor = np.asarray(self.window_divisor(spatial), dtype=dtype)
+            uniform = divisor.size and (divisor == divisor.flat[0]).all()
+            slot = self._last_divisor = (key, divisor.flat[0] if uniform else divisor)
+        return slot[1]
 
     def _average(self, x: np.ndarray, out_shape: tuple[int, ...]) -> tuple[np.ndarray, tuple]:
-        """y(o) = Σ_k w_k x_pad(o·s + k) / D(o), and what ``_average_backward`` needs."""
+        """y(o) = Σ_k w_k W(x)(o, k) / D(o), and what ``_average_backward`` needs."""
         x_padded = self._pad(x, 0.0)
-        divisor = self._divisor(x.shape[2:], out_shape, x.dtype)
-        window_sum = _windows.sum_windows(
-            self._patches(x_padded, out_shape), self._nd, self._kernel_weights(x.dtype)
-        )
+        divisor = self._divisor(x.shape[2:], x.dtype)
+        patches = self._patches(x_padded, out_shape)  # W(x)
+        window_sum = _windows.sum_windows(patches, self.nd, self.window_weights(x.dtype))
         return window_sum / divisor, (x_padded.shape, x.shape[2:], out_shape, divisor)
 
     def _average_backward(self, dy: np.ndarray, geometry: tuple) -> np.ndarray:
+        """∂E/∂x = Wᵀ( dy(o) / D(o) · w_k )."""
         padded_shape, spatial, out_shape, divisor = geometry
         dy = self._check_grad_output(dy, (*padded_shape[:2], *out_shape))
         dwindow_sum = dy / divisor
-        kernel_weights = self._kernel_weights(dy.dtype)
-        expanded = dwindow_sum.reshape(dwindow_sum.shape + (1,) * self._nd)
-        if kernel_weights is None:  # every cell of a window gets the same share
+        weights = self.window_weights(dy.dtype)
+        expanded = dwindow_sum.reshape(dwindow_sum.shape + (1,) * self.nd)
+        if weights is None:  # every cell of a window gets the same share
             dpatches = np.broadcast_to(expanded, dwindow_sum.shape + self.kernel_size)
         else:
-            dpatches = expanded * kernel_weights
+            dpatches = expanded * weights
         dx_padded = _windows.scatter_windows(dpatches, padded_shape, self.stride, self.dilation)
         return self._crop(dx_padded, spatial)
 
@@ -393,25 +409,25 @@ class _WeightedAvgPoolNd(_AvgPoolNd):
 class MaxPool1d(_MaxPoolNd):
     """Max pooling over (N, C, L). See _MaxPoolNd."""
 
-    _nd = 1
+    nd = 1
 
 
 class MaxPool2d(_MaxPoolNd):
     """Max pooling over (N, C, H, W), −∞ padding (SPEC §3). See _MaxPoolNd."""
 
-    _nd = 2
+    nd = 2
 
 
 class MaxPool3d(_MaxPoolNd):
     """Max pooling over (N, C, D, H, W). See _MaxPoolNd."""
 
-    _nd = 3
+    nd = 3
 
 
 class AvgPool1d(_AvgPoolNd):
     """Average pooling over (N, C, L); like PyTorch, no divisor_override. See _AvgPoolNd."""
 
-    _nd = 1
+    nd = 1
 
     def __init__(
         self,
@@ -427,34 +443,34 @@ class AvgPool1d(_AvgPoolNd):
 class AvgPool2d(_AvgPoolNd):
     """Average pooling over (N, C, H, W) with PyTorch's divisor rules (SPEC §3). See _AvgPoolNd."""
 
-    _nd = 2
+    nd = 2
 
 
 class AvgPool3d(_AvgPoolNd):
     """Average pooling over (N, C, D, H, W). See _AvgPoolNd."""
 
-    _nd = 3
+    nd = 3
 
 
 class LPPool1d(_LPPoolNd):
     """Power-average pooling over (N, C, L). See _LPPoolNd."""
 
-    _nd = 1
+    nd = 1
 
 
 class LPPool2d(_LPPoolNd):
     """Power-average pooling over (N, C, H, W); norm_type=2 is the L2 pool (SPEC §3)."""
 
-    _nd = 2
+    nd = 2
 
 
 class LPPool3d(_LPPoolNd):
     """Power-average pooling over (N, C, D, H, W). See _LPPoolNd."""
 
-    _nd = 3
+    nd = 3
 
 
 class WeightedAvgPool2d(_WeightedAvgPoolNd):
     """Gaussian-weighted average pooling over (N, C, H, W) (SPEC §3). See _WeightedAvgPoolNd."""
 
-    _nd = 2
+    nd = 2

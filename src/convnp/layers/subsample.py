@@ -69,8 +69,9 @@ class Subsample2d(Layer):
             )
         out_shape = tuple(size // n for size, n in zip(spatial, self.kernel_size))
         blocks = _windows.windows(x, self.kernel_size, self.kernel_size, (1, 1), out_shape)
-        d = _windows.sum_windows(blocks, 2)  # d_j = down(x_j)
-        y = self.params["beta"][:, None, None] * d + self.params["bias"][:, None, None]
+        d = _windows.sum_windows(blocks, 2)  # d_j = down(x_j): the sum of each n×n block
+        beta, bias = self.params["beta"][:, None, None], self.params["bias"][:, None, None]
+        y = beta * d + bias  # x_j = β_j · down(x_j) + b_j
         self._remember(d)
         return y
 
@@ -79,6 +80,5 @@ class Subsample2d(Layer):
         dy = self._check_grad_output(dy, d.shape)
         self.grads["bias"][...] = dy.sum(axis=(0, 2, 3))  # ∂E/∂b_j = Σ_uv δ_j
         self.grads["beta"][...] = (dy * d).sum(axis=(0, 2, 3))  # ∂E/∂β_j = Σ_uv δ_j∘d_j
-        n_h, n_w = self.kernel_size
-        upsampled = dy.repeat(n_h, axis=2).repeat(n_w, axis=3)  # up(δ): Kronecker, §5
-        return self.params["beta"][None, :, None, None] * upsampled
+        up = _windows.upsample(dy, self.kernel_size)  # up(δ_j) = δ_j ⊗ 1_{n×n}, SPEC §5
+        return self.params["beta"][:, None, None] * up  # ∂E/∂x_j = β_j · up(δ_j)

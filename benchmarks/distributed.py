@@ -1,0 +1,369 @@
+"""Data-parallel training on MPI ranks against PyTorch (``python benchmarks/run.py --mpi``).
+
+Configurations, for bouvrie (batch 50), lenet5 (64) and modern (128), P = the cores:
+
+    convnp P=1        one MPI rank, one BLAS thread
+    convnp P=cores    one rank per core, one BLAS thread each (what `convnp train` runs)
+    convnp threads    one process, BLAS and convnp's own threads on every core
+    torch             PyTorch's default single process (threads = cores)
+    torch DDP         DistributedDataParallel on CPU, gloo, one process per core, 1 thread
+
+Each configuration is a fresh job that trains on the same Fashion-MNIST batches (global
+batch = the model's batch; ranks take slices), warms up, then times ``windows`` windows of
+``steps`` steps (the ranks start each window together). The configurations run in turns,
+and the whole round twice, so all see the same machine conditions; the report gives the
+median of the rounds and their spread. Also measured: convnp's time inside collectives per
+step (includes waiting for the slowest rank), peak RSS per rank, Allreduce time against
+message size, a time-to-accuracy run of ``convnp train``, and a projection to many machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = ("convnp P=1", "convnp P=cores", "convnp threads", "torch", "torch DDP")
+ALLREDUCE_SIZES = (1_000, 10_000, 100_000, 1_000_000, 4_000_000)  # float32 values
+# A 10 GbE cluster for the projection: per-message latency α (MPI over TCP, typical) and
+# bandwidth B (line rate less protocol overhead).
+CLUSTER_ALPHA_S = 30e-6
+CLUSTER_BANDWIDTH_BPS = 1.1e9
+
+
+def _cores() -> int:
+    from convnp.runtime.parallel import available_cores
+
+    return available_cores()
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- workers (one per configuration and model; under mpiexec for the multi-rank ones) ----
+def _convnp_worker(name: str, batch: int, steps: int, windows: int, threaded: bool) -> dict:
+    from convnp import train
+    from convnp.runtime import distributed
+
+    sys.path.insert(0, str(HERE))
+    from run import _ConvnpRunner
+
+    runner = _ConvnpRunner(name, batch, seed=0)
+    comm = distributed.Communicator() if distributed.launched_by_mpi() else None
+    splitter = getattr(runner, "splitter", None) if threaded else None
+    if comm is not None:
+        comm.start(runner.model, runner.optimizer, runner.loader)
+
+    def step() -> None:
+        x, t = next(runner.batches)
+        extra = {"comm": comm} if splitter is None else {"splitter": splitter}
+        train.train_step(runner.model, runner.loss, runner.optimizer, x, t, **extra)
+
+    return _timed(step, batch, steps, windows, comm)
+
+
+def _timed(step: Any, batch: int, steps: int, windows: int, comm: Any) -> dict:
+    for _ in range(max(steps // 2, 3)):  # warm-up
+        step()
+    rates, comm_seconds = [], 0.0
+    for _ in range(windows):
+        if comm is not None:
+            comm.comm.Barrier()
+            before = comm.seconds_communicating
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if comm is not None:
+            comm.comm.Barrier()
+            comm_seconds += comm.seconds_communicating - before
+        rates.append(batch * steps / (time.perf_counter() - started))
+    rss = _rss_mb() if comm is None else max(comm.comm.allgather(_rss_mb()))
+    return {
+        "images_per_s": statistics.median(rates),
+        "windows": rates,
+        "comm_ms_per_step": 1e3 * comm_seconds / (steps * windows) if comm else 0.0,
+        "peak_rss_mb_per_rank": rss,
+    }
+
+
+def _torch_worker(name: str, batch: int, steps: int, windows: int, ddp: bool) -> dict:
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from run import _TorchRunner
+
+    runner = _TorchRunner(name, batch, seed=0)  # threads = cores, as PyTorch's default
+    rank, size = int(os.environ.get("PMI_RANK", 0)), int(os.environ.get("PMI_SIZE", 1))
+    net = runner.net
+    if ddp:
+        import torch.distributed as dist
+
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"file://{os.environ['DDP_INIT_FILE']}",
+                                rank=rank, world_size=size)  # fmt: skip
+        net = torch.nn.parallel.DistributedDataParallel(net)  # same parameters: optimizer kept
+    part = slice(batch * rank // size, batch * (rank + 1) // size)
+
+    def step() -> None:
+        x, t = next(runner.batches)
+        runner.torch_optimizer.zero_grad(set_to_none=True)
+        y = net(torch.from_numpy(x[part]))
+        runner.loss_fn(y, torch.from_numpy(t[part])).backward()
+        runner.torch_optimizer.step()
+
+    class _Barrier:  # the few calls _timed makes on an MPI communicator, through gloo
+        seconds_communicating = 0.0
+
+        class comm:  # noqa: N801
+            @staticmethod
+            def Barrier() -> None:  # noqa: N802
+                dist.barrier()
+
+            @staticmethod
+            def allgather(value: float) -> list[float]:
+                values = [None] * size
+                dist.all_gather_object(values, value)
+                return values
+
+    result = _timed(step, batch, steps, windows, _Barrier() if ddp else None)
+    result["comm_ms_per_step"] = None  # not separable inside DDP's backward hooks
+    if ddp:
+        dist.destroy_process_group()
+    return result if rank == 0 else {}
+
+
+def _allreduce_worker() -> dict:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    result = {}
+    for size in ALLREDUCE_SIZES:
+        buffer = np.ones(size, dtype=np.float32)
+        times = []
+        for _ in range(30):
+            comm.Barrier()
+            started = time.perf_counter()
+            comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+            times.append(time.perf_counter() - started)
+        result[str(size)] = statistics.median(times[5:])
+    return result if comm.Get_rank() == 0 else {}
+
+
+def worker_main(argv: list[str]) -> int:
+    kind, *rest = argv
+    if kind == "allreduce":
+        result = _allreduce_worker()
+    else:
+        name, batch, steps, windows = rest[0], int(rest[1]), int(rest[2]), int(rest[3])
+        if kind in ("convnp", "convnp-threads"):
+            result = _convnp_worker(name, batch, steps, windows, kind == "convnp-threads")
+        else:
+            result = _torch_worker(name, batch, steps, windows, kind == "torch-ddp")
+    if result:
+        print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+# -- driver ------------------------------------------------------------------------------
+def _run_job(command: list[str], env: dict[str, str], timeout: float = 600) -> dict:
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env, start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise RuntimeError(f"{' '.join(command)}: timed out") from None
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-2000:]}")
+
+
+def _command(config: str, name: str, batch: int, steps: int, windows: int) -> tuple[list, dict]:
+    from convnp.runtime.distributed import find_mpiexec
+
+    cores = _cores()
+    script = [sys.executable, str(Path(__file__).resolve()), "--worker"]
+    args = [name, str(batch), str(steps), str(windows)]
+    one_thread = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = dict(os.environ, OPENBLAS_THREAD_TIMEOUT="4")
+    if config == "convnp threads":
+        return [*script, "convnp-threads", *args], env
+    if config == "torch":
+        return [*script, "torch", *args], env
+    procs = 1 if config == "convnp P=1" else cores
+    kind = "torch-ddp" if config == "torch DDP" else "convnp"
+    env.update(one_thread)
+    env["DDP_INIT_FILE"] = tempfile.mktemp(prefix="convnp-ddp-")
+    return [find_mpiexec(), "-n", str(procs), *script, kind, *args], env
+
+
+def throughput(models: dict[str, int], steps: int, windows: int, rounds: int = 2) -> dict:
+    """Every configuration for every model, in turns, ``rounds`` times."""
+    results: dict[str, dict[str, list[dict]]] = {m: {c: [] for c in CONFIGS} for m in models}
+    for round_ in range(rounds):
+        for name, batch in models.items():
+            for config in CONFIGS:
+                print(f"  round {round_ + 1}: {name} {config} ...", flush=True)
+                command, env = _command(config, name, batch, steps, windows)
+                results[name][config].append(_run_job(command, env))
+    return results
+
+
+def allreduce_costs() -> dict[str, float]:
+    from convnp.runtime.distributed import find_mpiexec
+
+    command = [find_mpiexec(), "-n", str(_cores()), sys.executable, str(Path(__file__).resolve()),
+               "--worker", "allreduce"]  # fmt: skip
+    return _run_job(command, dict(os.environ))
+
+
+def time_to_accuracy(target: float, procs: int, epochs: int | None, data: str) -> dict:
+    """Wall time from launching ``convnp train --model fashion`` to the first epoch whose
+    test accuracy reaches ``target`` (stopping there); the best accuracy if none does."""
+    out = tempfile.mkdtemp(prefix="convnp-tta-")
+    command = [sys.executable, "-m", "convnp", "train", "--model", "fashion", "--data", data,
+               "--procs", str(procs), "--out", out]  # fmt: skip
+    if epochs:
+        command += ["--epochs", str(epochs)]
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True, start_new_session=True)  # fmt: skip
+    best, epoch_times = 0.0, []
+    try:
+        for line in process.stdout:
+            found = re.search(r"^epoch (\d+):.*\| val loss \S+ acc (\S+)", line)
+            if not found:
+                continue
+            accuracy = float(found.group(2))
+            epoch_times.append((int(found.group(1)), time.monotonic() - started, accuracy))
+            best = max(best, accuracy)
+            if accuracy >= target:
+                break
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    reached = best >= target
+    return {"procs": procs, "target": target, "reached": reached,
+            "seconds": epoch_times[-1][1] if reached else None, "best_accuracy": best,
+            "epochs": epoch_times}  # fmt: skip
+
+
+def projection(costs: dict[str, float], models: dict[str, int], measured: dict) -> dict:
+    """Ring-allreduce α-β model: t(P, n bytes) = 2(P−1)·α + 2·(P−1)/P · n/B, fitted here (2
+    ranks on shared memory) and stated for a 10 GbE cluster, against compute per step."""
+    sizes = np.array([int(k) for k in costs], dtype=float) * 4
+    seconds = np.array(list(costs.values()))
+    beta, alpha = np.polyfit(sizes, seconds, 1)
+    from convnp.app import zoo
+
+    rows = {}
+    for name, batch in models.items():
+        parameters = zoo.get_recipe(name).build().num_parameters()
+        one_rank = statistics.median(r["images_per_s"] for r in measured[name]["convnp P=1"])
+        compute_per_sample = 1 / one_rank
+        row = {"parameters": parameters}
+        for ranks in (8, 64):
+            comm = (
+                2 * (ranks - 1) * CLUSTER_ALPHA_S
+                + 2
+                * (ranks - 1)
+                / ranks
+                * (
+                    parameters * 4 + batch * 10 * 4  # gradients + the gathered outputs
+                )
+                / CLUSTER_BANDWIDTH_BPS
+            )
+            for scaling, per_rank in (("strong", batch / ranks), ("weak", batch)):
+                compute = per_rank * compute_per_sample
+                row[f"P={ranks} {scaling}"] = {
+                    "samples_per_rank": per_rank,
+                    "compute_ms": 1e3 * compute,
+                    "allreduce_ms": 1e3 * comm,
+                    "efficiency": compute / (compute + comm),
+                }
+        rows[name] = row
+    return {"fit_shared_memory": {"alpha_us": 1e6 * alpha, "beta_ns_per_byte": 1e9 * beta},
+            "cluster": {"alpha_us": 1e6 * CLUSTER_ALPHA_S,
+                        "bandwidth_GB_s": CLUSTER_BANDWIDTH_BPS / 1e9},
+            "models": rows}  # fmt: skip
+
+
+def run(models: dict[str, int], steps: int, windows: int, tta: dict | None) -> dict:
+    """The whole section: throughput, Allreduce costs, projection, time to accuracy."""
+    report: dict[str, Any] = {"cores": _cores()}
+    report["throughput"] = throughput(models, steps, windows)
+    report["allreduce_s"] = allreduce_costs()
+    report["projection"] = projection(report["allreduce_s"], models, report["throughput"])
+    if tta:
+        report["time_to_accuracy"] = [
+            time_to_accuracy(tta["target"], procs, tta.get("epochs"), tta["data"])
+            for procs in (_cores(), 1)
+        ]
+    return report
+
+
+def print_report(report: dict) -> None:
+    cores = report["cores"]
+    print(f"\nMPI data parallelism ({cores} cores; median of rounds, spread min-max):")
+    print(f"{'model':8} {'configuration':16} {'img/s':>8} {'spread':>13} {'vs torch':>8} "
+          f"{'vs DDP':>7} {'comm ms/step':>12} {'RSS MB/rank':>11}")  # fmt: skip
+    for name, configs in report["throughput"].items():
+        medians = {c: statistics.median(r["images_per_s"] for r in runs)
+                   for c, runs in configs.items()}  # fmt: skip
+        for config, runs in configs.items():
+            rates = [r["images_per_s"] for r in runs]
+            comm = [r["comm_ms_per_step"] for r in runs if r["comm_ms_per_step"] is not None]
+            label = config.replace("cores", str(cores))
+            print(f"{name:8} {label:16} {medians[config]:8.0f} "
+                  f"{min(rates):6.0f}-{max(rates):<6.0f} "
+                  f"{medians[config] / medians['torch']:8.2f} "
+                  f"{medians[config] / medians['torch DDP']:7.2f} "
+                  f"{statistics.median(comm) if comm else float('nan'):12.2f} "
+                  f"{max(r['peak_rss_mb_per_rank'] for r in runs):11.0f}")  # fmt: skip
+        efficiency = medians["convnp P=cores"] / (cores * medians["convnp P=1"])
+        print(f"{'':8} scaling efficiency at P={cores}: {efficiency:.2f}")
+    print("\nAllreduce (float32, in place) on this machine, "
+          f"{cores} ranks:")  # fmt: skip
+    for size, seconds in report["allreduce_s"].items():
+        print(f"  {int(size):>9,} values ({int(size) * 4 / 1e6:6.2f} MB): {1e6 * seconds:8.1f} µs")
+    plan = report["projection"]
+    fit = plan["fit_shared_memory"]
+    print(f"  fitted t = α + β·bytes: α = {fit['alpha_us']:.1f} µs, β = "
+          f"{fit['beta_ns_per_byte']:.3f} ns/byte")  # fmt: skip
+    cluster = plan["cluster"]
+    print(f"\nprojection, ring Allreduce on 10 GbE (α = {cluster['alpha_us']:.0f} µs, "
+          f"B = {cluster['bandwidth_GB_s']:.2f} GB/s), compute from convnp P=1 here:")  # fmt: skip
+    for name, row in plan["models"].items():
+        print(f"  {name} ({row['parameters']:,} parameters):")
+        for key, value in row.items():
+            if key == "parameters":
+                continue
+            print(f"    {key:14} {value['samples_per_rank']:6.1f} samples/rank, compute "
+                  f"{value['compute_ms']:7.2f} ms, allreduce {value['allreduce_ms']:6.2f} ms, "
+                  f"efficiency {value['efficiency']:.2f}")  # fmt: skip
+    for run in report.get("time_to_accuracy", []):
+        text = (f"{run['seconds']:.0f} s" if run["reached"]
+                else f"not reached (best {run['best_accuracy']:.4f})")  # fmt: skip
+        print(f"\ntime to {run['target']:.1%} test accuracy, fashion, {run['procs']} "
+              f"process(es): {text}; per epoch (epoch, s, acc): {run['epochs']}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        sys.exit(worker_main(sys.argv[2:]))
+    print("run through benchmarks/run.py --mpi", file=sys.stderr)
+    sys.exit(2)

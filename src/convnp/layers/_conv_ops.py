@@ -1,0 +1,459 @@
+"""Convolution as three named primitives (SPEC §2, §5): the maths above, the layout below.
+
+    conv_forward(x, weight, bias, geometry)        y_j = Σ_i x_i ⋆ k_ij + b_j
+    conv_weight_grad(x, dy, geometry, ...)         ∂E/∂k_ij = Σ_n Σ_u δ_j(u) · p_i(u)
+    conv_transpose(dy, weight, geometry, ...)      ∂E/∂x_i = Σ_j conv(δ_j, rot180(k_ij), 'full')
+
+"⋆" is cross-correlation (PyTorch's convention; a layer with ``flip_kernel`` passes the
+rotated kernel), p_i(u) is the patch of x_i that the kernel meets at output position u,
+and the weight is laid out (O, C/groups, *k) as in PyTorch: output map j combines the
+C/groups input maps of its group. ``conv_transpose`` is the adjoint of ``conv_forward`` in
+x: it is the input gradient of a convolution and the forward of a transposed convolution,
+whose backward is ``conv_forward`` (input gradient) and ``conv_weight_grad`` with the roles
+of x and dy swapped.
+
+Below those names (SPEC §5, "make it fast"): each primitive works on **blocks** of samples
+(and, when one sample is too large, of output rows along the first spatial axis). For each
+block the patches are gathered into a matrix of shape (C·K, B·L) (im2col: K kernel offsets,
+B samples, L output positions), so the forward is one matrix product W(O, C·K) @ cols, the
+weight gradient δ @ colsᵀ summed over blocks, and the input gradient scatters Wᵀ @ δ back
+to the pixels (col2im) looping only over the K kernel offsets. The block is chosen so that
+these matrices stay under ``Workspace.limit_bytes``, and they live in a ``Workspace`` that
+the caller owns and that is reused from call to call: peak memory is the activations plus a
+constant, and a training step allocates no large temporaries.
+
+Two gather layouts (same results, tested equal): for stride 1, ``_ShiftedLayout`` lays
+each padded (map, sample) image out flat, so kernel offset k meets the flat image shifted
+by one number, shift(k) = Σ_a k_a·d_a·S_a (S_a: flat stride of spatial axis a), and a row
+block of the matrix is one long contiguous copy (measured 128x32x14x14, k = 3: gather
+8.0 -> 6.0 ms, scatter 14.2 -> 6.8 ms against strided copies). Its output positions lie on
+the padded grid, so each output row carries (padded width − output width) unused columns,
+computed and dropped; their δ is zero, so they add nothing to any gradient.
+``_StridedLayout`` handles any stride with one strided copy per kernel offset.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import threading
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from convnp.layers._windows import Pads, kernel_offsets, output_size
+
+# Bytes of patch matrix plus output matrix per block. Measured on the CIFAR-shaped VGG net
+# (benchmarks/memory.py, 2 cores): 4 MiB -> 8 MiB -> 16 MiB -> 64 MiB change training speed
+# by less than the run-to-run noise once a block holds a few thousand columns, while the
+# workspace is paid once per convolution layer.
+WORKSPACE_BYTES = 8 * 2**20
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Where the kernel meets the input: kernel size, stride, (before, after) zero padding
+    and dilation per spatial axis (all tuples of the same length, 1 to 3)."""
+
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    pads: Pads
+    dilation: tuple[int, ...]
+
+    def output_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        """PyTorch's ``Shape:`` formula per axis (0 where the kernel does not fit)."""
+        return tuple(
+            output_size(size, k, s, before, after, d)
+            for size, k, s, (before, after), d in zip(
+                spatial, self.kernel_size, self.stride, self.pads, self.dilation
+            )
+        )
+
+    def extent(self, axis: int) -> int:
+        """Input cells one dilated kernel spans along ``axis``."""
+        return self.dilation[axis] * (self.kernel_size[axis] - 1) + 1
+
+
+class Workspace:
+    """Scratch arrays reused across calls: one buffer per role, per thread.
+
+    ``limit_bytes`` bounds the patch and output matrices of one block (the primitives pick
+    the block from it). A buffer grows to the largest block seen and is then reused, so a
+    layer's workspace is bounded by a small multiple of ``limit_bytes`` (``nbytes`` says how
+    much it holds now). Buffers are per thread, so threads that run the same layer on
+    different blocks of a batch never share scratch; copies of a layer (``copy.deepcopy``,
+    pickling) start with an empty workspace.
+    """
+
+    def __init__(self, limit_bytes: int = WORKSPACE_BYTES) -> None:
+        if limit_bytes < 1:
+            raise ValueError(f"Workspace: limit_bytes must be >= 1, got {limit_bytes}")
+        self.limit_bytes = int(limit_bytes)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[dict[str, np.ndarray]] = []  # every thread's buffers, for nbytes
+
+    def __deepcopy__(self, memo: dict) -> Workspace:
+        return Workspace(self.limit_bytes)
+
+    def __reduce__(self) -> tuple:
+        return (Workspace, (self.limit_bytes,))
+
+    def __copy__(self) -> Workspace:
+        return copy.deepcopy(self)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by all buffers of all threads."""
+        with self._lock:
+            return sum(buffer.nbytes for buffers in self._all for buffer in buffers.values())
+
+    def release(self) -> None:
+        """Drop every buffer (they are allocated again on the next call)."""
+        with self._lock:
+            for buffers in self._all:
+                buffers.clear()
+
+    def array(self, role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialised C-contiguous array of ``shape`` in the buffer of ``role``."""
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = {}
+            with self._lock:
+                self._all.append(buffers)
+        self._local.__dict__.setdefault("kept", {}).pop(role, None)  # its content changes
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        buffer = buffers.get(role)
+        if buffer is None or buffer.nbytes < nbytes:
+            buffer = buffers[role] = np.empty(nbytes, dtype=np.uint8)
+        return buffer[:nbytes].view(dtype).reshape(shape)
+
+    def keep(self, role: str, source: np.ndarray, key: tuple, value: np.ndarray) -> None:
+        """Remember that ``value`` (in role's buffer) was computed from ``source`` and ``key``,
+        until the buffer is handed out again or ``source`` is freed."""
+        self._local.__dict__.setdefault("kept", {})[role] = (weakref.ref(source), key, value)
+
+    def kept(self, role: str, source: np.ndarray, key: tuple) -> np.ndarray | None:
+        """The value ``keep`` recorded for this very ``source`` object and ``key``, or None."""
+        entry = self._local.__dict__.get("kept", {}).get(role)
+        if entry is None or entry[0]() is not source or entry[1] != key:
+            return None
+        return entry[2]
+
+    def zeros(self, role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        out = self.array(role, shape, dtype)
+        out.fill(0)
+        return out
+
+
+# -- the three primitives ----------------------------------------------------------------
+def conv_forward(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    geometry: ConvGeometry,
+    *,
+    groups: int = 1,
+    workspace: Workspace | None = None,
+) -> np.ndarray:
+    """y_j = Σ_{i in group(j)} x_i ⋆ k_ij + b_j for x (N, C, *spatial), weight (O, C/groups, *k).
+
+    Returns a new C-contiguous (N, O, *out) array.
+    """
+    workspace = Workspace() if workspace is None else workspace
+    n, channels = x.shape[:2]
+    out_channels = weight.shape[0]
+    out_shape = geometry.output_shape(x.shape[2:])
+    y = np.empty((n, out_channels, *out_shape), dtype=x.dtype)
+    kernel = _kernel_stack(weight, groups)  # (G, O/G, C/G·K)
+    for block in _blocks(x.shape, out_channels, geometry, workspace, x.dtype):
+        cols = block.gather(x, workspace)  # rows (map i, offset k), columns (n, u)
+        u = workspace.array("maps", (out_channels, cols.shape[1]), x.dtype)
+        # Σ_i Σ_k k_ij(k) · x_i(u + k), one product per group (a stack: no loop over groups)
+        np.matmul(kernel, _stack(cols, groups), out=_stack(u, groups))
+        if bias is not None:
+            u += bias[:, None]  # + b_j
+        block.to_output(u, y)
+    return y
+
+
+def conv_weight_grad(
+    x: np.ndarray,
+    dy: np.ndarray,
+    geometry: ConvGeometry,
+    *,
+    groups: int = 1,
+    workspace: Workspace | None = None,
+) -> np.ndarray:
+    """∂E/∂k_ij = Σ_n Σ_u δ_j(u) · p_i(u) for x (N, C, *spatial), δ = dy (N, O, *out).
+
+    Returns the (O, C/groups, *kernel_size) gradient, summed over the blocks.
+    """
+    workspace = Workspace() if workspace is None else workspace
+    channels, out_channels = x.shape[1], dy.shape[1]
+    taps = math.prod(geometry.kernel_size)
+    dkernel = np.zeros((groups, out_channels // groups, channels // groups * taps), dy.dtype)
+    for block in _blocks(x.shape, out_channels, geometry, workspace, x.dtype):
+        cols = _stack(block.patches(x, workspace), groups)
+        delta = _stack(block.from_output(dy, workspace), groups)  # δ_j as (O, B·L)
+        # (cols δᵀ)ᵀ lets BLAS stream the long B·L axis (1.4-2x faster than δ colsᵀ)
+        dkernel += np.matmul(cols, delta.swapaxes(1, 2)).swapaxes(1, 2)
+    return dkernel.reshape(out_channels, channels // groups, *geometry.kernel_size)
+
+
+def conv_transpose(
+    dy: np.ndarray,
+    weight: np.ndarray,
+    geometry: ConvGeometry,
+    input_spatial: tuple[int, ...],
+    *,
+    groups: int = 1,
+    workspace: Workspace | None = None,
+) -> np.ndarray:
+    """∂E/∂x_i = Σ_j conv(δ_j, rot180(k_ij), 'full'): the adjoint of ``conv_forward`` in x.
+
+    dy (N, O, *out), weight (O, C/groups, *k); ``input_spatial`` is x's spatial shape (the
+    stride may leave some input cells unseen: their gradient is zero). Returns (N, C, *input).
+    """
+    workspace = Workspace() if workspace is None else workspace
+    n, out_channels = dy.shape[:2]
+    channels = weight.shape[1] * groups
+    x_shape = (n, channels, *input_spatial)
+    if geometry.output_shape(input_spatial) != dy.shape[2:]:
+        raise ValueError(
+            f"conv_transpose: dy of shape {dy.shape} is not the output of a convolution of "
+            f"an input of spatial shape {tuple(input_spatial)}"
+        )
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    kernel = _kernel_stack(weight, groups)
+    for block in _blocks(x_shape, out_channels, geometry, workspace, dy.dtype):
+        delta = _stack(block.from_output(dy, workspace), groups)
+        dcols = workspace.array("patches", (channels * block.taps, delta.shape[2]), dy.dtype)
+        # Σ_j k_ij δ_j for every patch cell
+        np.matmul(kernel.swapaxes(1, 2), delta, out=_stack(dcols, groups))
+        block.scatter(dcols, dx, workspace)  # each patch cell back to its pixel
+    return dx
+
+
+def _kernel_stack(weight: np.ndarray, groups: int) -> np.ndarray:
+    """(O, C/groups, *k) -> (groups, O/groups, C/groups·K): group g's output maps' kernels
+    as one matrix (their input maps' patches are the g-th row block of the patch matrix)."""
+    if groups < 1 or weight.shape[0] % groups:
+        raise ValueError(f"groups={groups} must divide out_channels={weight.shape[0]}")
+    return weight.reshape(groups, weight.shape[0] // groups, -1)
+
+
+def _stack(matrix: np.ndarray, groups: int) -> np.ndarray:
+    """A (rows, columns) matrix viewed as ``groups`` row blocks: (groups, rows/groups, columns)."""
+    return matrix.reshape(groups, -1, matrix.shape[-1])
+
+
+# -- blocks and layouts (the layout tricks live here) ---------------------------------------
+def _blocks(
+    x_shape: tuple[int, ...],
+    out_channels: int,
+    geometry: ConvGeometry,
+    workspace: Workspace,
+    dtype: np.dtype,
+) -> Iterator[_ShiftedLayout | _StridedLayout]:
+    """Blocks of samples, or of output rows of one sample, whose patch matrix (C·K rows)
+    and output matrix (O rows) fit in ``workspace.limit_bytes`` (at least one output row)."""
+    n, channels, *spatial = x_shape
+    out_shape = geometry.output_shape(tuple(spatial))
+    if min(out_shape, default=1) < 1:
+        raise ValueError(
+            f"convolution: kernel (dilated extent "
+            f"{tuple(geometry.extent(a) for a in range(len(spatial)))}) is larger than the "
+            f"padded input of spatial shape {tuple(spatial)}"
+        )
+    taps = math.prod(geometry.kernel_size)
+    # widest row: the shifted layout computes the padded width
+    row = math.prod(s + b + a for s, (b, a) in zip(spatial[1:], geometry.pads[1:]))
+    row_bytes = (channels * taps + out_channels) * row * np.dtype(dtype).itemsize
+    budget = max(1, workspace.limit_bytes // row_bytes)  # output rows per block
+    layout = _layout_for(geometry)
+    if budget >= out_shape[0]:
+        samples = max(1, budget // out_shape[0])
+        for start in range(0, n, samples):
+            yield layout(x_shape, geometry, range(start, min(n, start + samples)), None)
+    else:
+        for sample in range(n):
+            for first in range(0, out_shape[0], budget):
+                rows = range(first, min(out_shape[0], first + budget))
+                yield layout(x_shape, geometry, range(sample, sample + 1), rows)
+
+
+def _layout_for(geometry: ConvGeometry) -> type[_ShiftedLayout | _StridedLayout]:
+    """The faster layout for this geometry: shifted flat images when the stride is 1."""
+    return _ShiftedLayout if all(s == 1 for s in geometry.stride) else _StridedLayout
+
+
+class _Block:
+    """One block: samples ``samples`` and output rows ``rows`` (all when None) of axis 0.
+
+    The block reads the padded input rows [rows[0]·s, rows[-1]·s + extent) of axis 0 and
+    all of the other axes (the "slab"), copied maps-first, (C, B, *slab), into the
+    workspace with its zero padding; gradients come back through the same slab.
+    """
+
+    def __init__(
+        self,
+        x_shape: tuple[int, ...],
+        geometry: ConvGeometry,
+        samples: range,
+        rows: range | None,
+    ) -> None:
+        n, self.channels, *spatial = x_shape
+        self.geometry = geometry
+        self.spatial = tuple(spatial)
+        self.samples = slice(samples.start, samples.stop)
+        self.batch = len(samples)
+        self.taps = math.prod(geometry.kernel_size)
+        out_shape = geometry.output_shape(self.spatial)
+        rows = range(out_shape[0]) if rows is None else rows
+        self.rows = slice(rows.start, rows.stop)
+        self.out_shape = (len(rows), *out_shape[1:])
+        before, stride0 = geometry.pads[0][0], geometry.stride[0]
+        first = rows.start * stride0  # padded coordinates of the slab along axis 0
+        last = (rows.stop - 1) * stride0 + geometry.extent(0)
+        self.slab = (
+            last - first,
+            *(s + b + a for s, (b, a) in zip(spatial[1:], geometry.pads[1:])),
+        )
+        # the input cells inside the slab: x[..., x_rows, ...] goes to slab[..., interior]
+        x_first, x_last = max(0, first - before), min(spatial[0], last - before)
+        self.x_index = (slice(x_first, max(x_first, x_last)), *(slice(None),) * (len(spatial) - 1))
+        self.interior = (
+            slice(x_first + before - first, max(x_first, x_last) + before - first),
+            *(slice(b, b + s) for s, (b, _) in zip(spatial[1:], geometry.pads[1:])),
+        )
+        self.whole_rows = rows.start == 0 and rows.stop == out_shape[0]
+
+    def gather(self, x: np.ndarray, workspace: Workspace) -> np.ndarray:
+        """The block's patch matrix (C·K, B·L) of x, gathered into the workspace."""
+        cols = self._gather(x, workspace)
+        workspace.keep("patches", x, self._key(x), cols)
+        return cols
+
+    def patches(self, x: np.ndarray, workspace: Workspace) -> np.ndarray:
+        """The patch matrix as ``gather``, but not gathered again when the workspace still
+        holds it from the last gather of this same array x (a forward whose batch was one
+        block, then the weight gradient): x must not change in between, which holds for a
+        layer's cached input."""
+        cols = workspace.kept("patches", x, self._key(x))
+        return self.gather(x, workspace) if cols is None else cols
+
+    def _key(self, x: np.ndarray) -> tuple:
+        return (self.geometry, self.samples, self.rows, x.shape, x.dtype)
+
+    def _fill_slab(self, slab: np.ndarray, x: np.ndarray) -> None:
+        """slab (C, B, *slab) = the block's padded input, maps first."""
+        slab.fill(0)
+        source = x[(self.samples, slice(None), *self.x_index)]
+        slab[(slice(None), slice(None), *self.interior)] = source.swapaxes(0, 1)
+
+    def _add_slab(self, slab: np.ndarray, dx: np.ndarray) -> None:
+        """dx[block] += the slab's gradient inside the input (the padding's is dropped);
+        blocks of whole samples do not overlap, so they are written, not added."""
+        inside = slab[(slice(None), slice(None), *self.interior)].swapaxes(0, 1)
+        target = (self.samples, slice(None), *self.x_index)
+        if self.whole_rows:
+            dx[target] = inside
+        else:  # row blocks of one sample share the input rows their kernels both reach
+            dx[target] += inside
+
+
+class _StridedLayout(_Block):
+    """Any stride: row block k of the matrix is the strided sub-slab that offset k meets."""
+
+    def _offsets(self) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
+        g = self.geometry
+        return kernel_offsets(g.kernel_size, g.stride, g.dilation, self.out_shape)
+
+    def _gather(self, x: np.ndarray, workspace: Workspace) -> np.ndarray:
+        slab = workspace.array("slab", (self.channels, self.batch, *self.slab), x.dtype)
+        self._fill_slab(slab, x)
+        cols = workspace.array(
+            "patches",
+            (self.channels, *self.geometry.kernel_size, self.batch, *self.out_shape),
+            x.dtype,
+        )
+        for offset, slices in self._offsets():
+            cols[(slice(None), *offset)] = slab[(slice(None), slice(None), *slices)]
+        return cols.reshape(self.channels * self.taps, -1)
+
+    def to_output(self, u: np.ndarray, y: np.ndarray) -> None:
+        block = u.reshape(len(u), self.batch, *self.out_shape).swapaxes(0, 1)
+        y[(self.samples, slice(None), self.rows)] = block
+
+    def from_output(self, dy: np.ndarray, workspace: Workspace) -> np.ndarray:
+        out_channels = dy.shape[1]
+        delta = workspace.array("maps", (out_channels, self.batch, *self.out_shape), dy.dtype)
+        delta[...] = dy[(self.samples, slice(None), self.rows)].swapaxes(0, 1)
+        return delta.reshape(out_channels, -1)
+
+    def scatter(self, dcols: np.ndarray, dx: np.ndarray, workspace: Workspace) -> None:
+        slab = workspace.zeros("slab", (self.channels, self.batch, *self.slab), dcols.dtype)
+        dcols = dcols.reshape(
+            self.channels, *self.geometry.kernel_size, self.batch, *self.out_shape
+        )
+        for offset, slices in self._offsets():
+            slab[(slice(None), slice(None), *slices)] += dcols[(slice(None), *offset)]
+        self._add_slab(slab, dx)
+
+
+class _ShiftedLayout(_Block):
+    """Stride 1: the slab laid out flat per (map, sample); row block k = the flat slab
+    shifted by shift(k); columns (n, o_0, p_1, ..., p_last) run over the padded grid."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        flat_strides = [math.prod(self.slab[a + 1 :]) for a in range(len(self.slab))]
+        self.shifts = [
+            sum(k * d * s for k, d, s in zip(offset, self.geometry.dilation, flat_strides))
+            for offset in itertools.product(*(range(k) for k in self.geometry.kernel_size))
+        ]
+        self.wide_shape = (self.out_shape[0], *self.slab[1:])  # out_0 rows of the padded grid
+        self.positions = math.prod(self.wide_shape)
+        self.image_size = math.prod(self.slab)
+        # the last shifted read runs past the image by the shifts of axes 1.. (zeros)
+        self.flat_size = self.shifts[-1] + self.positions
+        self.valid = (slice(None), slice(None), *(slice(0, o) for o in self.out_shape))
+
+    def _flat(self, workspace: Workspace, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        flat = workspace.array("slab", (self.channels, self.batch, self.flat_size), dtype)
+        image = flat[:, :, : self.image_size].reshape(self.channels, self.batch, *self.slab)
+        return flat, image
+
+    def _gather(self, x: np.ndarray, workspace: Workspace) -> np.ndarray:
+        flat, image = self._flat(workspace, x.dtype)
+        flat[:, :, self.image_size :] = 0
+        self._fill_slab(image, x)
+        cols = workspace.array(
+            "patches", (self.channels, self.taps, self.batch, self.positions), x.dtype
+        )
+        for k, shift in enumerate(self.shifts):
+            cols[:, k] = flat[:, :, shift : shift + self.positions]
+        return cols.reshape(self.channels * self.taps, -1)
+
+    def to_output(self, u: np.ndarray, y: np.ndarray) -> None:
+        wide = u.reshape(len(u), self.batch, *self.wide_shape)
+        y[(self.samples, slice(None), self.rows)] = wide[self.valid].swapaxes(0, 1)
+
+    def from_output(self, dy: np.ndarray, workspace: Workspace) -> np.ndarray:
+        out_channels = dy.shape[1]
+        wide = workspace.zeros("maps", (out_channels, self.batch, *self.wide_shape), dy.dtype)
+        wide[self.valid] = dy[(self.samples, slice(None), self.rows)].swapaxes(0, 1)
+        return wide.reshape(out_channels, -1)  # unused columns keep δ = 0
+
+    def scatter(self, dcols: np.ndarray, dx: np.ndarray, workspace: Workspace) -> None:
+        flat, image = self._flat(workspace, dcols.dtype)
+        flat.fill(0)
+        dcols = dcols.reshape(self.channels, self.taps, self.batch, self.positions)
+        for k, shift in enumerate(self.shifts):
+            flat[:, :, shift : shift + self.positions] += dcols[:, k]
+        self._add_slab(image, dx)

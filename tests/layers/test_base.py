@@ -1,0 +1,109 @@
+"""The layer protocol of layers/base.py: input validation (cheap, the same everywhere), the
+explicit NaN/inf check, the one-slot cache, parameters and dtype, argument helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convnp.layers.base import Layer, NonFiniteInputError, as_tuple, check_finite, uniform_init
+
+
+class Scale(Layer):
+    """y = w · x with one learnable (C,) weight: the smallest layer with a parameter."""
+
+    def __init__(self, channels: int, dtype=np.float32) -> None:
+        super().__init__()
+        self._add_param("weight", np.arange(1, channels + 1, dtype=dtype))
+
+    def forward(self, x):
+        x = self._check_input(
+            x, ndim=(2, 4), layout="(N, C, ...)", channels=self.params["weight"].size
+        )
+        self._remember(x)
+        return x * self.params["weight"].reshape(-1, *(1,) * (x.ndim - 2))
+
+    def backward(self, dy):
+        (x,) = self._recall()
+        dy = self._check_grad_output(dy, x.shape)
+        axes = (0, *range(2, x.ndim))
+        self.grads["weight"][...] = (dy * x).sum(axis=axes)
+        return dy * self.params["weight"].reshape(-1, *(1,) * (x.ndim - 2))
+
+
+def test_check_input_names_the_layer_and_the_problem():
+    layer = Scale(3)
+    with pytest.raises(ValueError, match=r"Scale\(\): expected a NumPy array, got list"):
+        layer.forward([[1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match=r"expected input \(N, C, \.\.\.\), got shape \(3,\)"):
+        layer.forward(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"got shape \(2, 4\)"):
+        layer.forward(np.ones((2, 4), np.float32))  # wrong channel count
+    with pytest.raises(ValueError, match=r"floating-point input, got dtype uint8.*astype"):
+        layer.forward(np.ones((2, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"dtype float64 does not match parameter dtype float32"):
+        layer.forward(np.ones((2, 3), np.float64))
+
+
+def test_layers_do_not_scan_values_the_model_entry_does():
+    """Validation reads shapes and dtypes only, the same inside and outside a network; the
+    O(size) NaN/inf scan is ``check_finite``, run once by ``Sequential.forward``."""
+    bad = np.array([[1.0, np.nan, np.inf]], np.float32)
+    y = Scale(3).forward(bad)
+    assert np.isnan(y[0, 1]) and np.isinf(y[0, 2])
+    with pytest.raises(NonFiniteInputError, match=r"where: input of shape \(1, 3\) contains NaN"):
+        check_finite(bad, "where")
+    assert issubclass(NonFiniteInputError, ValueError)
+    finite = np.ones((2, 3))
+    assert check_finite(finite, "where") is finite
+    assert check_finite(np.empty((0, 3)), "where").size == 0
+
+
+def test_one_slot_cache_backward_before_forward_and_eval_mode(rng):
+    layer = Scale(2, dtype=np.float64)
+    with pytest.raises(RuntimeError, match=r"Scale\(\): backward\(\) called before forward\(\)"):
+        layer.backward(np.ones((1, 2)))
+    x = rng.standard_normal((4, 2))
+    layer.forward(x)
+    layer.forward(2 * x)  # overwrites: backward uses the last forward
+    dy = rng.standard_normal((4, 2))
+    layer.backward(dy)
+    np.testing.assert_allclose(layer.grads["weight"], (dy * 2 * x).sum(axis=0))
+    with pytest.raises(ValueError, match=r"backward expected dy of shape \(4, 2\), got \(4, 3\)"):
+        layer.backward(np.ones((4, 3)))
+    assert layer.eval() is layer and not layer.training
+    layer.forward(x)
+    assert layer._cache is None  # eval mode keeps nothing
+    with pytest.raises(RuntimeError, match="eval mode"):
+        layer.backward(dy)
+
+
+def test_parameters_dtype_and_astype():
+    layer = Scale(3)
+    assert layer.dtype == np.float32 and layer.num_parameters() == 3
+    assert layer.grads["weight"].shape == (3,) and not layer.grads["weight"].any()
+    layer.forward(np.ones((1, 3), np.float32))
+    weight = layer.params["weight"]
+    assert layer.astype(np.float64) is layer
+    assert all(store["weight"].dtype == np.float64 for store in (layer.params, layer.grads))
+    assert layer.params["weight"] is not weight  # rebinds: build optimizers afterwards
+    assert layer._cache is None
+    assert Layer().dtype is None and Layer().num_parameters() == 0
+    assert repr(Layer()) == "Layer()" and Layer().config() == {}
+
+
+def test_as_tuple_expands_and_validates():
+    assert as_tuple(3, 2, "kernel_size") == (3, 3)
+    assert as_tuple(np.int64(2), 3, "stride") == (2, 2, 2)
+    assert as_tuple([1, 2], 2, "padding") == (1, 2)
+    with pytest.raises(ValueError, match=r"kernel_size must be an int or a sequence of 2 ints"):
+        as_tuple((1, 2, 3), 2, "kernel_size")
+
+
+def test_uniform_init_is_bounded_seeded_and_typed():
+    a = uniform_init(np.random.default_rng(0), (50, 40), 0.25, np.float32)
+    b = uniform_init(np.random.default_rng(0), (50, 40), 0.25, np.float32)
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == np.float32 and np.abs(a).max() <= 0.25 and np.abs(a).max() > 0.2
+    per_row = uniform_init(np.random.default_rng(1), (2, 1000), np.array([[1.0], [0.01]]), float)
+    assert np.abs(per_row[1]).max() <= 0.01 < np.abs(per_row[0]).max()

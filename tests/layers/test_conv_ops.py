@@ -1,0 +1,277 @@
+"""The convolution primitives (layers/_conv_ops.py): conv_forward, conv_weight_grad and
+conv_transpose against a plain NumPy reference, blocked against one-shot, the two patch
+layouts against each other, the adjoint identity, and the bounded, reused workspace.
+
+ShiftedLayout (stride 1, flat shifted images with unused columns) must agree with
+StridedLayout (the general im2col) on the three products a convolution takes from them:
+the output, the weight gradient and the input gradient, for 1-D, 2-D and 3-D inputs,
+padding (including uneven 'same') and dilation.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from convnp.layers import Conv2d, _conv_ops, _windows
+from convnp.layers._conv_ops import (
+    ConvGeometry,
+    Workspace,
+    conv_forward,
+    conv_transpose,
+    conv_weight_grad,
+)
+
+# (spatial, kernel, padding, dilation)
+GEOMETRIES = [
+    ((11,), (3,), "valid", (1,)),
+    ((9,), (4,), "same", (2,)),
+    ((7, 6), (3, 2), "same", (1, 1)),
+    ((8, 9), (3, 3), "full", (2, 1)),
+    ((6, 5), (1, 3), (0, 1), (1, 1)),
+    ((5, 6, 4), (2, 3, 2), (1, 1, 0), (1, 1, 1)),
+]
+
+# (spatial, kernel, stride, padding, dilation, groups): 1-D, 2-D, 3-D
+CASES = [
+    ((13,), (3,), (2,), 1, (1,), 1),
+    ((11,), (4,), (1,), "same", (2,), 2),
+    ((9, 8), (3, 2), (2, 1), (1, 2), (1, 2), 1),
+    ((10, 11), (3, 3), (1, 1), 1, (1, 1), 4),
+    ((8, 9), (3, 3), (1, 1), "full", (2, 1), 2),
+    ((7, 7), (5, 5), (3, 2), 2, (1, 1), 1),
+    ((5, 6, 4), (2, 3, 2), (1, 2, 1), (1, 1, 0), (1, 1, 1), 1),
+    ((6, 5, 5), (3, 3, 3), (1, 1, 1), 1, (1, 1, 1), 2),
+]
+
+
+def _geometry(kernel, stride, padding, dilation):
+    pads = _windows.resolve_padding(padding, kernel, dilation)
+    return ConvGeometry(tuple(kernel), tuple(stride), pads, tuple(dilation))
+
+
+def _problem(case, rng, batch=5, channels=4, out_channels=8):
+    spatial, kernel, stride, padding, dilation, groups = case
+    geometry = _geometry(kernel, stride, padding, dilation)
+    x = rng.standard_normal((batch, channels, *spatial))
+    weight = rng.standard_normal((out_channels, channels // groups, *kernel))
+    bias = rng.standard_normal(out_channels)
+    dy = rng.standard_normal((batch, out_channels, *geometry.output_shape(spatial)))
+    return geometry, groups, x, weight, bias, dy
+
+
+def _reference(geometry, groups, x, weight, bias, dy):
+    """y, ∂E/∂k from the windows view (einsum, no patch matrix), per group."""
+    nd = len(geometry.kernel_size)
+    out_shape = geometry.output_shape(x.shape[2:])
+    x_padded = _windows.pad_spatial(x, geometry.pads)
+    patches = _windows.windows(
+        x_padded, geometry.kernel_size, geometry.stride, geometry.dilation, out_shape
+    )  # (N, C, *out, *k)
+    n, channels = x.shape[:2]
+    out_channels = weight.shape[0]
+    cg, og = channels // groups, out_channels // groups
+    spatial_axes = tuple(range(2, 2 + nd))
+    kernel_axes = tuple(range(2 + nd, 2 + 2 * nd))
+    ys, dweights = [], []
+    for g in range(groups):
+        p = patches[:, g * cg : (g + 1) * cg]
+        w = weight[g * og : (g + 1) * og]
+        y = np.tensordot(p, w, axes=((1, *kernel_axes), (1, *range(2, 2 + nd))))
+        ys.append(np.moveaxis(y, -1, 1))  # (N, Og, *out)
+        d = dy[:, g * og : (g + 1) * og]
+        dweights.append(np.tensordot(d, p, axes=((0, *spatial_axes), (0, *spatial_axes))))
+    y = np.concatenate(ys, axis=1) + bias.reshape((-1,) + (1,) * nd)
+    return y, np.concatenate(dweights, axis=0)
+
+
+def _all_three(geometry, groups, x, weight, bias, dy, workspace):
+    return (
+        conv_forward(x, weight, bias, geometry, groups=groups, workspace=workspace),
+        conv_weight_grad(x, dy, geometry, groups=groups, workspace=workspace),
+        conv_transpose(dy, weight, geometry, x.shape[2:], groups=groups, workspace=workspace),
+    )
+
+
+def _block_count(geometry, x, out_channels, workspace):
+    blocks = _conv_ops._blocks(x.shape, out_channels, geometry, workspace, x.dtype)
+    return len(list(blocks))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_one_shot_matches_plain_numpy_reference(case, rng):
+    geometry, groups, x, weight, bias, dy = _problem(case, rng)
+    y, dweight, _ = _all_three(geometry, groups, x, weight, bias, dy, Workspace(2**30))
+    y_ref, dweight_ref = _reference(geometry, groups, x, weight, bias, dy)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dweight, dweight_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_transpose_is_the_adjoint_of_forward(case, rng):
+    """<conv(x, k), δ> = <x, conv_transpose(δ, k)>: the input gradient is the adjoint."""
+    geometry, groups, x, weight, _, dy = _problem(case, rng)
+    y = conv_forward(x, weight, None, geometry, groups=groups)
+    dx = conv_transpose(dy, weight, geometry, x.shape[2:], groups=groups)
+    assert dx.shape == x.shape
+    np.testing.assert_allclose(np.vdot(y, dy), np.vdot(x, dx), rtol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("limit", ["two_samples", "one_row"])
+def test_blocked_equals_one_shot(case, limit, rng):
+    """Blocks of 2 of 5 samples (uneven: 2, 2, 1), or of one output row of one sample:
+    the block sums equal the one-shot result in float64 at 1e-12."""
+    geometry, groups, x, weight, bias, dy = _problem(case, rng)
+    out_channels = weight.shape[0]
+    one_shot = Workspace(2**30)
+    assert _block_count(geometry, x, out_channels, one_shot) == 1
+    spatial = x.shape[2:]
+    taps = math.prod(geometry.kernel_size)
+    padded_row = math.prod(s + b + a for s, (b, a) in zip(spatial[1:], geometry.pads[1:]))
+    row_bytes = (x.shape[1] * taps + out_channels) * padded_row * x.itemsize
+    rows = geometry.output_shape(spatial)[0]
+    small = Workspace(2 * rows * row_bytes if limit == "two_samples" else row_bytes)
+    expected_blocks = 3 if limit == "two_samples" else len(x) * rows
+    assert _block_count(geometry, x, out_channels, small) == expected_blocks
+    expected = _all_three(geometry, groups, x, weight, bias, dy, one_shot)
+    got = _all_three(geometry, groups, x, weight, bias, dy, small)
+    for name, g, e in zip(("output", "weight grad", "input grad"), got, expected):
+        assert g.shape == e.shape, name
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("spatial, kernel, padding, dilation", GEOMETRIES)
+@pytest.mark.parametrize("limit", [2**30, 600])
+def test_shifted_layout_matches_strided(spatial, kernel, padding, dilation, limit, monkeypatch):
+    rng = np.random.default_rng(len(spatial) * 100 + sum(spatial))
+    case = (spatial, kernel, (1,) * len(spatial), padding, dilation, 1)
+    geometry, groups, x, weight, bias, dy = _problem(case, rng, batch=3, channels=2)
+    shifted_block = _conv_ops._ShiftedLayout(x.shape, geometry, range(3), None)
+    assert shifted_block.positions >= math.prod(shifted_block.out_shape)  # unused columns
+    shifted = _all_three(geometry, groups, x, weight, bias, dy, Workspace(limit))
+    monkeypatch.setattr(_conv_ops, "_layout_for", lambda geometry: _conv_ops._StridedLayout)
+    strided = _all_three(geometry, groups, x, weight, bias, dy, Workspace(limit))
+    for got, expected in zip(shifted, strided):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert shifted[0].shape == (3, weight.shape[0], *geometry.output_shape(spatial))
+    assert shifted[2].shape == x.shape
+
+
+def test_stride_one_uses_shifted_layout_and_larger_strides_the_general_one():
+    pads = ((0, 0), (0, 0))
+    stride_one = ConvGeometry((3, 3), (1, 1), pads, (1, 1))
+    stride_two = ConvGeometry((3, 3), (2, 1), pads, (1, 1))
+    assert _conv_ops._layout_for(stride_one) is _conv_ops._ShiftedLayout
+    assert _conv_ops._layout_for(stride_two) is _conv_ops._StridedLayout
+
+
+def test_float32_in_float32_out(rng):
+    geometry, groups, x, weight, bias, dy = _problem(CASES[3], rng)
+    args = [a.astype(np.float32) for a in (x, weight, bias, dy)]
+    for result in _all_three(geometry, groups, *args, Workspace(3000)):
+        assert result.dtype == np.float32
+
+
+def test_transpose_rejects_dy_of_the_wrong_shape(rng):
+    geometry = _geometry((3, 3), (1, 1), 0, (1, 1))
+    with pytest.raises(ValueError, match="not the output of a convolution"):
+        conv_transpose(np.zeros((1, 2, 5, 5)), np.zeros((2, 1, 3, 3)), geometry, (8, 8))
+
+
+def test_kernel_larger_than_the_input_is_a_clear_error():
+    geometry = _geometry((5, 5), (1, 1), 0, (1, 1))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        conv_forward(np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 5, 5)), None, geometry)
+
+
+# -- the workspace ------------------------------------------------------------------------
+def test_workspace_stays_bounded_and_is_reused(rng):
+    geometry, groups, x, weight, bias, dy = _problem(CASES[3], rng, batch=16)
+    workspace = Workspace(20_000)
+    _all_three(geometry, groups, x, weight, bias, dy, workspace)
+    held = workspace.nbytes
+    assert 0 < held <= 3 * workspace.limit_bytes  # patches, maps, slab
+    buffers = dict(workspace._local.buffers)
+    _all_three(geometry, groups, x, weight, bias, dy, workspace)
+    assert workspace.nbytes == held
+    assert all(workspace._local.buffers[role] is buffer for role, buffer in buffers.items())
+    workspace.release()
+    assert workspace.nbytes == 0
+
+
+def test_workspace_is_per_thread_and_copies_start_empty(rng):
+    geometry, groups, x, weight, bias, dy = _problem(CASES[2], rng)
+    workspace = Workspace(5000)
+    expected = conv_forward(x, weight, bias, geometry, workspace=Workspace(2**30))
+    results = [None, None]
+
+    def run(slot):
+        results[slot] = conv_forward(x, weight, bias, geometry, workspace=workspace)
+
+    threads = [threading.Thread(target=run, args=(slot,)) for slot in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
+    assert len(workspace._all) == 2  # one set of buffers per thread
+    for clone in (copy.deepcopy(workspace), pickle.loads(pickle.dumps(workspace))):
+        assert clone.nbytes == 0 and clone.limit_bytes == workspace.limit_bytes
+
+
+def test_workspace_rejects_a_non_positive_limit():
+    with pytest.raises(ValueError, match="limit_bytes"):
+        Workspace(0)
+
+
+def test_steady_state_training_step_allocates_only_its_outputs(rng):
+    """After the first step the patch matrices live in the reused workspace: a step's new
+    allocations are y, dx and the small weight gradients, not the K-times-larger patches."""
+    layer = Conv2d(16, 16, 3, padding=1, rng=rng)
+    x = rng.standard_normal((32, 16, 24, 24)).astype(np.float32)
+    dy = np.ones((32, 16, 24, 24), dtype=np.float32)
+    layer.forward(x)  # the first step sizes the workspace
+    layer.backward(dy)
+    tracemalloc.start()
+    try:
+        layer.forward(x)
+        layer.backward(dy)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    patch_matrix = 16 * 9 * x[:, 0].size * x.itemsize  # what a one-shot im2col would take
+    assert peak < 3.2 * x.nbytes  # y, dx (and a dy-sized reduction temporary at most)
+    assert peak < patch_matrix / 2
+
+
+def test_weight_grad_reuses_the_forward_patches_of_the_same_input_only(rng, monkeypatch):
+    geometry, groups, x, weight, bias, dy = _problem(CASES[2], rng)
+    expected = conv_weight_grad(x, dy, geometry, workspace=Workspace(2**30))
+    gathers = []
+    original = _conv_ops._StridedLayout._gather
+    monkeypatch.setattr(
+        _conv_ops._StridedLayout,
+        "_gather",
+        lambda self, x, workspace: gathers.append(1) or original(self, x, workspace),
+    )
+    workspace = Workspace(2**30)
+    conv_forward(x, weight, bias, geometry, workspace=workspace)
+    assert len(gathers) == 1
+    reused = conv_weight_grad(x, dy, geometry, workspace=workspace)
+    assert len(gathers) == 1  # one block: the forward's patch matrix is still there
+    np.testing.assert_array_equal(reused, expected)
+    other = x.copy()  # equal values, another array: gathered again
+    conv_weight_grad(other, dy, geometry, workspace=workspace)
+    assert len(gathers) == 2
+    conv_transpose(dy, weight, geometry, x.shape[2:], workspace=workspace)  # reuses the buffer
+    conv_weight_grad(other, dy, geometry, workspace=workspace)
+    assert len(gathers) == 3

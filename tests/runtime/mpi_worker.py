@@ -1,0 +1,166 @@
+"""Programs that test_distributed.py runs on every MPI rank (``mpiexec -n P python
+mpi_worker.py MODE ...``) or, with ``--single``, in one plain process for the reference.
+
+Modes:
+  train OUT STEPS [--single]   every built-in model without batch norm, float64 and float32:
+                               STEPS global batches with fit(); rank 0 saves the weights.
+  batchnorm OUT [--emulate P]  the ``fashion`` model (batch norm, dropout, augmentation);
+                               --emulate runs, in one process, the documented semantics of
+                               P ranks (per-slice statistics, per-rank dropout streams).
+  diverge [--single]           a NaN image in rank 1's slice; prints the TrainingDiverged message.
+  cli FAULT RANK STEP ARGS...  ``convnp train ARGS`` with a fault on rank RANK at its
+                               STEP-th training step: kill (SIGKILL), raise, hang (SIGSTOP).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import sys
+
+import numpy as np
+
+from convnp import train
+from convnp.app import zoo
+from convnp.data import DataLoader
+
+EQUIVALENCE_MODELS = ("bouvrie", "lenet5", "lenet5-classic", "modern")
+SEED = 7
+
+
+def communicator(single: bool):
+    if single:
+        return None
+    from convnp.runtime.distributed import Communicator
+
+    return Communicator(timeout=60)
+
+
+def data(n: int, shape=(1, 28, 28)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(SEED)
+    return rng.integers(0, 256, (n, *shape), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def setup(name: str, dtype, n: int):
+    recipe = zoo.get_recipe(name)
+    model = recipe.build(dtype=dtype, rng=np.random.default_rng(SEED))
+    images, labels = data(n)
+    loader = DataLoader(images, labels, batch_size=recipe.batch_size, seed=SEED,
+                        normalize=recipe.normalize, dtype=dtype,
+                        transform=recipe.make_augmentation())  # fmt: skip
+    return model, recipe.make_loss(), recipe.make_optimizer(model), loader
+
+
+def mode_train(out: str, steps: int, single: bool) -> None:
+    comm = communicator(single)
+    weights = {}
+    for name in EQUIVALENCE_MODELS:
+        for dtype in (np.float64, np.float32):
+            batch = zoo.get_recipe(name).batch_size
+            # a last batch of one sample: some ranks get an empty slice
+            model, loss, optimizer, loader = setup(name, dtype, batch * (steps - 1) + 1)
+            train.fit(model, loss, optimizer, loader, epochs=1, progress=False, comm=comm)
+            for key, value in model.state_dict().items():
+                weights[f"{name}/{np.dtype(dtype).name}/{key}"] = value
+    if comm is None or comm.is_root:
+        np.savez(out, **weights)
+
+
+def mode_batchnorm(out: str, emulate: int | None) -> None:
+    model, loss, optimizer, loader = setup("fashion", np.float64, 128 * 2 + 40)
+    if emulate is None:
+        comm = communicator(False)
+        train.fit(model, loss, optimizer, loader, epochs=2, progress=False, comm=comm)
+        if not comm.is_root:
+            return
+    else:
+        emulate_ranks(model, loss, optimizer, loader, emulate, epochs=2)
+    np.savez(out, **model.state_dict())
+
+
+def emulate_ranks(model, loss, optimizer, loader, ranks: int, epochs: int) -> None:
+    """convnp.runtime.distributed's documented semantics, spelled out in one process."""
+    shared = {id(param): param for _, param, _ in model.parameters()}
+    replicas = [model] + [copy.deepcopy(model, dict(shared)) for _ in range(ranks - 1)]
+    for epoch in range(epochs):
+        for rank, replica in enumerate(replicas):
+            for index, layer in enumerate(replica):
+                if isinstance(getattr(layer, "rng", None), np.random.Generator):
+                    layer.rng = np.random.default_rng([loader.seed, epoch, rank, index])
+        for x, t in loader.batches(epoch):
+            n = len(x)
+            total = [np.zeros_like(grad) for _, _, grad in model.parameters()]
+            for rank, replica in enumerate(replicas):
+                part = slice(n * rank // ranks, n * (rank + 1) // ranks)
+                y = replica.forward(x[part])
+                loss.forward(y, t[part])
+                replica.backward(loss.backward() * (len(y) / n), input_grad=False)
+                for sum_, (_, _, grad) in zip(total, replica.parameters()):
+                    sum_ += grad
+            for sum_, (_, _, grad) in zip(total, model.parameters()):
+                grad[...] = sum_
+            optimizer.step()
+        for layer_index, layer in enumerate(model):
+            for key in layer.buffers:
+                mean = np.mean([r[layer_index].buffers[key] for r in replicas], axis=0)
+                for replica in replicas:
+                    replica[layer_index].buffers[key][...] = mean
+
+
+def mode_diverge(single: bool) -> None:
+    comm = communicator(single)
+    model, loss, optimizer, _ = setup("bouvrie", np.float64, 0)
+    images, labels = data(150)
+    images = images.astype(np.float64) / 255
+    images[50 + 40] = np.nan  # second batch of 50, in the last rank's slice (P = 2 or 3)
+    loader = DataLoader(images, labels, batch_size=50, shuffle=False, normalize=None,
+                        dtype=np.float64)  # fmt: skip
+    try:
+        train.fit(model, loss, optimizer, loader, epochs=1, progress=False, comm=comm)
+    except train.TrainingDiverged as error:
+        if comm is None or comm.is_root:
+            print(f"diverged: {error}")
+
+
+def mode_cli(fault: str, rank: int, step: int, argv: list[str]) -> int:
+    from convnp.app import cli
+    from convnp.runtime.distributed import Communicator
+
+    original = train.train_step
+    calls = 0
+
+    def faulty_step(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        comm = kwargs.get("comm") or next((a for a in args if isinstance(a, Communicator)), None)
+        if comm is not None and comm.rank == rank and calls == step:
+            if fault == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if fault == "hang":
+                os.kill(os.getpid(), signal.SIGSTOP)
+            if fault == "raise":
+                raise RuntimeError("injected fault")
+        return original(*args, **kwargs)
+
+    train.train_step = faulty_step
+    return cli.main(argv)
+
+
+def main() -> int:
+    mode, *rest = sys.argv[1:]
+    if mode == "train":
+        mode_train(rest[0], int(rest[1]), "--single" in rest)
+    elif mode == "batchnorm":
+        mode_batchnorm(rest[0], int(rest[2]) if "--emulate" in rest else None)
+    elif mode == "diverge":
+        mode_diverge("--single" in rest)
+    elif mode == "cli":
+        return mode_cli(rest[0], int(rest[1]), int(rest[2]), rest[3:])
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
