@@ -4,7 +4,8 @@ Configurations, for bouvrie (batch 50), lenet5 (64) and modern (128), P = the co
 
     convnp P=1        one MPI rank, one BLAS thread
     convnp P=cores    one rank per core, one BLAS thread each (what `convnp train` runs)
-    convnp threads    one process, BLAS and convnp's own threads on every core
+    convnp threads    one process, BLAS threads on every core (the threaded training step,
+                      BatchSplitter, was removed after results-mpi.json: see README)
     torch             PyTorch's default single process (threads = cores)
     torch DDP         DistributedDataParallel on CPU, gloo, one process per core, 1 thread
 
@@ -54,7 +55,7 @@ def _rss_mb() -> float:
 
 
 # -- workers (one per configuration and model; under mpiexec for the multi-rank ones) ----
-def _convnp_worker(name: str, batch: int, steps: int, windows: int, threaded: bool) -> dict:
+def _convnp_worker(name: str, batch: int, steps: int, windows: int) -> dict:
     from convnp import train
     from convnp.runtime import distributed
 
@@ -63,14 +64,12 @@ def _convnp_worker(name: str, batch: int, steps: int, windows: int, threaded: bo
 
     runner = _ConvnpRunner(name, batch, seed=0)
     comm = distributed.Communicator() if distributed.launched_by_mpi() else None
-    splitter = getattr(runner, "splitter", None) if threaded else None
     if comm is not None:
         comm.start(runner.model, runner.optimizer, runner.loader)
 
     def step() -> None:
         x, t = next(runner.batches)
-        extra = {"comm": comm} if splitter is None else {"splitter": splitter}
-        train.train_step(runner.model, runner.loss, runner.optimizer, x, t, **extra)
+        train.train_step(runner.model, runner.loss, runner.optimizer, x, t, comm=comm)
 
     return _timed(step, batch, steps, windows, comm)
 
@@ -140,9 +139,12 @@ def _torch_worker(name: str, batch: int, steps: int, windows: int, ddp: bool) ->
 
     result = _timed(step, batch, steps, windows, _Barrier() if ddp else None)
     result["comm_ms_per_step"] = None  # not separable inside DDP's backward hooks
-    if ddp:
-        dist.destroy_process_group()
-    return result if rank == 0 else {}
+    if ddp:  # gloo's teardown can wait forever for a peer that already left: skip it
+        dist.barrier()
+        if rank == 0:
+            print("RESULT " + json.dumps(result), flush=True)
+        os._exit(0)
+    return result
 
 
 def _allreduce_worker() -> dict:
@@ -169,7 +171,7 @@ def worker_main(argv: list[str]) -> int:
     else:
         name, batch, steps, windows = rest[0], int(rest[1]), int(rest[2]), int(rest[3])
         if kind in ("convnp", "convnp-threads"):
-            result = _convnp_worker(name, batch, steps, windows, kind == "convnp-threads")
+            result = _convnp_worker(name, batch, steps, windows)
         else:
             result = _torch_worker(name, batch, steps, windows, kind == "torch-ddp")
     if result:
@@ -187,8 +189,8 @@ def _run_job(command: list[str], env: dict[str, str], timeout: float = 600) -> d
         os.killpg(process.pid, signal.SIGKILL)
         raise RuntimeError(f"{' '.join(command)}: timed out") from None
     for line in stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
+        if line.startswith("RESULT "):  # the first object: another rank may share the line
+            return json.JSONDecoder().raw_decode(line[len("RESULT ") :])[0]
     raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-2000:]}")
 
 
@@ -219,7 +221,10 @@ def throughput(models: dict[str, int], steps: int, windows: int, rounds: int = 2
             for config in CONFIGS:
                 print(f"  round {round_ + 1}: {name} {config} ...", flush=True)
                 command, env = _command(config, name, batch, steps, windows)
-                results[name][config].append(_run_job(command, env))
+                try:
+                    results[name][config].append(_run_job(command, env))
+                except RuntimeError as error:  # reported, and the other figures still come
+                    print(f"    failed: {str(error)[-500:]}", flush=True)
     return results
 
 
@@ -362,8 +367,26 @@ def print_report(report: dict) -> None:
               f"process(es): {text}; per epoch (epoch, s, acc): {run['epochs']}")  # fmt: skip
 
 
+def main(argv: list[str]) -> int:
+    """This section alone: ``python benchmarks/distributed.py [--steps S] [--windows W]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="MPI section of benchmarks/run.py alone")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--tta-target", type=float, default=0.0, help="0 skips")
+    parser.add_argument("--tta-epochs", type=int)
+    parser.add_argument("--json", default="benchmarks/results-mpi.json")
+    args = parser.parse_args(argv)
+    tta = {"target": args.tta_target, "epochs": args.tta_epochs, "data": "fashion-mnist"}
+    models = {"bouvrie": 50, "lenet5": 64, "modern": 128}
+    report = run(models, args.steps, args.windows, tta if args.tta_target else None)
+    print_report(report)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         sys.exit(worker_main(sys.argv[2:]))
-    print("run through benchmarks/run.py --mpi", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(main(sys.argv[1:]))

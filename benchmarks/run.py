@@ -58,13 +58,11 @@ class _ConvnpRunner:
     def __init__(self, name: str, batch_size: int, seed: int) -> None:
         from convnp.app import zoo
         from convnp.data import DataLoader
-        from convnp.runtime.parallel import BatchSplitter
 
         recipe = zoo.get_recipe(name)
         self.model = recipe.build(rng=np.random.default_rng(seed))
         self.loss = recipe.make_loss()
         self.optimizer = recipe.make_optimizer(self.model)
-        self.splitter = BatchSplitter(self.model, self.loss)  # as fit: large batches use all cores
         data = _dataset()
         self.loader = DataLoader(
             data.train_images,
@@ -98,7 +96,7 @@ class _ConvnpRunner:
         started = time.perf_counter()
         for _ in range(steps):
             x, t = next(self.batches)
-            train_step(self.model, self.loss, self.optimizer, x, t, self.splitter)  # as fit
+            train_step(self.model, self.loss, self.optimizer, x, t)  # as fit
             count += len(x)
         return count / (time.perf_counter() - started)
 
@@ -171,7 +169,6 @@ class _TorchRunner(_ConvnpRunner):
             self.torch_optimizer = torch.optim.Adam(self.net.parameters(), lr=config["lr"])
         self.model = None  # free convnp's copy: RSS should be PyTorch's own
         self.optimizer = None
-        self.splitter = None
 
     def train(self, steps: int) -> float:
         torch = self.torch
@@ -276,13 +273,11 @@ def scaling(seed: int) -> dict[str, Any]:
     from convnp.app import zoo
     from convnp.losses import CrossEntropyLoss
     from convnp.optim import Adam
-    from convnp.runtime.parallel import BatchSplitter
     from convnp.train import train_step
 
     def measure(batch: int, side: int) -> dict[str, float]:
         model = zoo.get_recipe("modern").build((1, side, side), rng=np.random.default_rng(seed))
         loss, optimizer = CrossEntropyLoss(), Adam(model.parameters())
-        splitter = BatchSplitter(model, loss)
         rng = np.random.default_rng(seed)
         x = rng.random((batch, 1, side, side), dtype=np.float32)
         t = rng.integers(0, 10, batch)
@@ -291,7 +286,7 @@ def scaling(seed: int) -> dict[str, Any]:
         for step in range(steps + 1):
             if step == 1:
                 started = time.perf_counter()
-            train_step(model, loss, optimizer, x, t, splitter)
+            train_step(model, loss, optimizer, x, t)
         seconds = time.perf_counter() - started
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
@@ -402,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta-target", type=float, default=0.93,
                         help="--mpi: time-to-accuracy target for fashion (0 skips)")  # fmt: skip
     parser.add_argument("--tta-epochs", type=int, help="--mpi: fashion epochs (default recipe)")
+    parser.add_argument(
+        "--memory", action="store_true", help="then benchmarks/memory.py (real image sizes)"
+    )
     args = parser.parse_args(argv)
 
     with_torch = not args.no_torch and _torch_available()
@@ -438,7 +436,17 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.json, "w") as stream:
         json.dump(report, stream, indent=2)
     print(f"\nresults written to {args.json}")
+    if args.memory:
+        _memory_section(with_torch)
     return 0
+
+
+def _memory_section(with_torch: bool) -> None:
+    """VGG-style network at 32-224 px: speed, peak RSS and memory curves (memory.py)."""
+    import memory  # benchmarks/memory.py, next to this script
+
+    print("\nmemory at real image sizes (benchmarks/memory.py) ...", flush=True)
+    memory.main([] if with_torch else ["--no-torch"])
 
 
 if __name__ == "__main__":

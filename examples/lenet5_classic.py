@@ -8,9 +8,10 @@ softmax output with cross-entropy.
 
 Both are trained with their recipes' optimizer settings for the same number of epochs on
 mnist5k (4,000 training images) and on a Fashion-MNIST training subset, and tested on the
-full test sets. Each run folder (model.safetensors, history.json) goes under ``--runs``;
-with matplotlib installed, ``convnp.app.plot.plot_run`` draws the classic model's figures
-into ``--figures``/lenet5-classic-<data>/.
+full test sets. Everything goes under ``--out`` (default runs/examples/lenet5_classic, which
+git ignores): a run folder per model and data set (model.safetensors, history.json) and,
+with matplotlib installed, the classic model's figures from ``convnp.app.plot.plot_run`` in
+figures/lenet5-classic-<data>/ (the documentation shows copies kept in examples/figures).
 
 Run (about 10 minutes on two busy cores):
     python examples/lenet5_classic.py
@@ -54,7 +55,7 @@ def run(model_name: str, data_name: str, count: int | None, args: argparse.Names
     )
     optimizer = recipe.make_optimizer(model)
     loss = recipe.make_loss()
-    out = Path(args.runs) / f"{model_name}-{data_name}"
+    out = Path(args.out) / f"{model_name}-{data_name}"
     started = time.perf_counter()
     history = train.fit(
         model, loss, optimizer, train_loader, epochs=args.epochs, val=test_loader,
@@ -89,8 +90,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--fashion-train", type=int, default=10000, help="training images")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--runs", default="runs/lenet5_classic", help="run folders")
-    parser.add_argument("--figures", default="examples/figures", help="figure folder")
+    parser.add_argument(
+        "--out", default="runs/examples/lenet5_classic", help="folder for runs and figures"
+    )
     args = parser.parse_args()
 
     print("| data | train images | model | test accuracy | time |")
@@ -111,7 +113,7 @@ def main() -> None:
     except ImportError:
         return
     for result in classic_runs:
-        folder = Path(args.figures) / f"lenet5-classic-{result['data']}"
+        folder = Path(args.out) / "figures" / f"lenet5-classic-{result['data']}"
         for path in plot_run(result["run"], folder):
             print(f"figure: {path}")
 

@@ -18,6 +18,9 @@ The logits c get 10x the base learning rate (SGD ``lr_mult``) in every run: at Î
 the softmax scales their gradient down by about 1/C, and with the base rate Î± barely moves
 in 10 epochs whatever the penalty.
 
+The figure goes to ``--out`` (default runs/examples/sparse_combinations, which git ignores;
+the documentation shows the copy kept in examples/figures).
+
 Run (about 10-20 minutes on two busy cores; needs matplotlib for the figure):
     python examples/sparse_combinations.py
     python examples/sparse_combinations.py --epochs 3 --fashion-train 2000   # quick look
@@ -123,7 +126,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--alpha-lr-mult", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="examples/figures", help="folder for the figure")
+    parser.add_argument(
+        "--out", default="runs/examples/sparse_combinations", help="folder for the figure"
+    )
     args = parser.parse_args()
 
     results = []

@@ -41,3 +41,23 @@ def test_benchmark_script_reports_every_figure(tmp_path, torch_flag):
             figures["train_images_per_s"] / model["torch"]["train_images_per_s"]
         )
     assert "ratio" in completed.stdout or torch_flag
+
+
+def test_memory_benchmark_reports_speed_rss_and_curves(tmp_path):
+    """benchmarks/memory.py --quick, convnp alone: every figure is there and positive."""
+    script = SCRIPT.parent / "memory.py"
+    output = tmp_path / "memory.json"
+    arguments = ["--quick", "--no-torch", "--threads", "1", "--json", str(output)]
+    completed = subprocess.run(
+        [sys.executable, str(script), *arguments], capture_output=True, text=True, timeout=600
+    )
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(output.read_text())
+    assert [(row["side"], row["mode"]) for row in report["workloads"]] == [
+        (32, "train"), (32, "infer"), (64, "train"), (64, "infer")
+    ]  # fmt: skip
+    for row in report["workloads"]:
+        assert row["convnp"]["images_per_s"] > 0 and row["convnp"]["peak_rss_mb"] > 0
+    curves = report["curves"]["frameworks"]["convnp"]
+    assert all(value > 0 for value in curves["batch"].values())
+    assert curves["mib_per_sample_32px"][0] > 0

@@ -143,6 +143,11 @@ def _linear(in_features=2, out_features=3, **extra):
     ]
 
 
+def _conv(**config):
+    base = {"in_channels": 1, "out_channels": 3, "kernel_size": 3}
+    return [{"type": "Conv2d", "config": {**base, **config}}]
+
+
 def _linear_tensors(in_features=2, out_features=3):
     return {
         "0.weight": np.zeros((out_features, in_features), np.float32),
@@ -163,6 +168,7 @@ def _linear_tensors(in_features=2, out_features=3):
         ),
         ('[{"type": "ELU", "config": {"alpha": NaN}}]', r"entry 0 \(ELU\): alpha must be float"),
         (_linear(10**12), r"in_features must be int, got 1000000000000 .*at most 2147483647"),
+        (_linear(1, 10**12), r"out_features must be int, got 1000000000000 .*at most 2147483647"),
         (
             '[{"type": "Linear", "config": {"in_features": 1'
             + "0" * 5000
@@ -193,6 +199,27 @@ def _linear_tensors(in_features=2, out_features=3):
             "unknown argument 'dtype'",
         ),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        # no tensor bounds these, but a forward pass would allocate terabytes
+        (
+            [
+                {
+                    "type": "Conv2d",
+                    "config": {
+                        "in_channels": 1,
+                        "out_channels": 3,
+                        "kernel_size": 3,
+                        "padding": 2**20,
+                    },
+                }
+            ],
+            r"entry 0 \(Conv2d\): padding 1048576 exceeds 1024",
+        ),
+        (_conv(padding=[1, 5000], dilation=2), r"entry 0 \(Conv2d\): padding \[1, 5000\] exceeds"),
+        (_conv(dilation=2**20, padding="same"), r"entry 0 \(Conv2d\): dilation 1048576 exceeds"),
+        (
+            [{"type": "AdaptiveAvgPool2d", "config": {"output_size": [2**20, 1]}}],
+            r"output_size \[1048576, 1\] makes 1,048,576 cells a map",
+        ),
     ],
 )
 def test_hostile_architectures_are_refused_before_building(tmp_path, architecture, message):

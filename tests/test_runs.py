@@ -36,7 +36,9 @@ def test_run_info_round_trips_and_keeps_unknown_keys():
                    versions=runs.current_versions(), extra={"note": "from a plugin"})  # fmt: skip
     stored = info.to_dict()
     assert stored["schema_version"] == runs.SCHEMA_VERSION and stored["note"] == "from a plugin"
+    assert "test_accuracy" not in stored and "class_names" not in stored  # unknown: left out
     assert RunInfo.from_dict(stored) == info
+    assert RunInfo.from_dict({**stored, "test_accuracy": None}) == info  # null reads as unknown
 
 
 def test_a_plain_info_dict_from_before_the_schema_still_loads():
@@ -108,6 +110,17 @@ def test_latest_falls_back_to_a_text_file_and_never_touches_a_real_folder(tmp_pa
     assert (tmp_path / "latest.txt").read_text() == f"{run.name}\n"
     assert (tmp_path / "latest" / "model.safetensors").read_bytes() == b"keep me"
     assert not list(tmp_path.glob(".latest*"))
+
+
+def test_latest_falls_back_to_a_text_file_where_links_cannot_be_made(tmp_path, monkeypatch):
+    def no_links(self, target, target_is_directory=False):
+        raise OSError("symbolic links are not supported here")
+
+    monkeypatch.setattr(runs.Path, "symlink_to", no_links)
+    run = runs.new_run_dir(tmp_path, "m")
+    assert runs.link_latest(run) == tmp_path / "latest.txt"
+    assert (tmp_path / "latest.txt").read_text() == f"{run.name}\n"
+    assert not (tmp_path / "latest").exists()
 
 
 def test_leftover_temporaries_of_run_files_are_removed_and_nothing_else(tmp_path):

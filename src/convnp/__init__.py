@@ -5,8 +5,9 @@ allocator settings); runtime tuning lives in ``convnp.runtime`` and is called ex
 """
 
 from convnp.gradcheck import gradcheck
+from convnp.io import load
 from convnp.model import Sequential
 
 __version__ = "0.1.0"
 
-__all__ = ["Sequential", "gradcheck", "__version__"]
+__all__ = ["Sequential", "gradcheck", "load", "__version__"]

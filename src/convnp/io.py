@@ -40,6 +40,7 @@ import safetensors
 import safetensors.numpy
 
 from convnp import layers as L
+from convnp.losses import LOSSES
 from convnp.model import Sequential
 from convnp.optim import Optimizer, optimizer_class
 
@@ -75,6 +76,8 @@ MAX_LAYERS = 10_000
 MAX_CONFIG_INT = 2**31 - 1  # sizes, strides, indices: anything larger is not a real layer
 MAX_INPUT_ELEMENTS = 2**26  # one input image (info.input_shape): 64 Mi values
 MAX_NAME_LENGTH = 1_000
+MAX_ADAPTIVE_CELLS = 2**16  # adaptive pooling: a 256x256 output map
+MAX_PADDING = MAX_DILATION = 1024  # far above real networks (DeepLab's atrous rates: 24)
 FLOAT_DTYPES = ("float32", "float64")
 
 
@@ -189,7 +192,31 @@ def check_architecture(spec: Any) -> list[dict[str, Any]]:
             )
         where = f"architecture entry {index} ({name})"
         arguments.append(check_arguments(LAYER_TYPES[name], entry.get("config", {}), where))
+        _check_window_sizes(arguments[-1], where)
     return arguments
+
+
+def _per_axis(value: Any, axes: int) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * axes
+
+
+def _check_window_sizes(config: dict[str, Any], where: str) -> None:
+    """Sizes no tensor in the file bounds but a forward pass allocates: zero padding and
+    dilation (a padding of 2^20 asks for terabytes of padded maps) beyond
+    ``MAX_PADDING``/``MAX_DILATION``, and adaptive pooling outputs beyond
+    ``MAX_ADAPTIVE_CELLS`` per map."""
+    for name, limit in (("padding", MAX_PADDING), ("dilation", MAX_DILATION)):
+        value = config.get(name, 0)
+        if not isinstance(value, str) and max(_per_axis(value, 1), default=0) > limit:
+            raise ValueError(f"{where}: {name} {value} exceeds {limit}")
+    output = config.get("output_size")
+    if output is not None:
+        cells = math.prod(size for size in _per_axis(output, 1) if size is not None)
+        if cells > MAX_ADAPTIVE_CELLS:
+            raise ValueError(
+                f"{where}: output_size {output} makes {cells:,} cells a map "
+                f"(at most {MAX_ADAPTIVE_CELLS:,})"
+            )
 
 
 def _conforms(value: Any, annotation: Any) -> bool:
@@ -319,10 +346,11 @@ def _batch_norm_tensors(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         names += ["weight", "bias"] if config.get("bias", True) else ["weight"]
     if config.get("track_running_stats", True):
         names += ["running_mean", "running_var"]
-    shapes: dict[str, tuple[int, ...]] = dict.fromkeys(names, features)
+    tensors = dict.fromkeys(names, features)
+    # the cumulative average (momentum None) counts its batches
     if config.get("track_running_stats", True) and config.get("momentum", 0.1) is None:
-        shapes["num_batches_tracked"] = ()  # the count t of the cumulative average
-    return shapes
+        tensors["num_batches_tracked"] = ()
+    return tensors
 
 
 # The params and buffers each layer type allocates, from its config alone (every other type
@@ -565,13 +593,13 @@ def check_info(info: Any) -> None:
     if not isinstance(info, dict):
         raise ValueError(f"'info' must be a JSON object, got {_describe(info)}")
     for key, (valid, rule) in INFO_FIELDS.items():
-        if key in info and not valid(info[key]):
+        if info.get(key) is not None and not valid(info[key]):  # None: not recorded
             raise ValueError(f"info.{key} {rule}, got {_describe(info[key])}")
 
 
 def _check_info_fits(path: Path, info: dict[str, Any], model: Sequential) -> None:
     """info.input_shape must run through the model, and class_names name every output."""
-    if "input_shape" not in info:
+    if info.get("input_shape") is None:
         return
     try:
         output = model.output_shapes(tuple(info["input_shape"]))[-1]
@@ -625,6 +653,10 @@ def load(path: str | os.PathLike[str], *, allow_non_finite: bool = False) -> Seq
     tensors, _ = load_tensors(path)
     model = _build_checked(path, spec, arguments, dtype, tensors, allow_non_finite)
     _check_info_fits(path, info, model)
+    if info.get("input_shape"):  # recorded by `convnp train` and Sequential.save
+        model.input_shape = tuple(int(size) for size in info["input_shape"])
+    if info.get("loss") in LOSSES:  # so predict_proba/evaluate use the loss it trained with
+        model.compile(loss=info["loss"])
     return model
 
 

@@ -476,3 +476,11 @@ class RBFEnergyLoss(_Loss):
         denergies = target - mass * posterior  # ∂E/∂y_i = t_i − (Σ t) e^(−y_i)/Z
         denergies *= scale
         return denergies
+
+
+#: Loss kinds by the names that recipes, model files' info and ``Sequential.compile`` use.
+LOSSES: dict[str, type[_Loss]] = {
+    "squared_error": SquaredErrorLoss,
+    "cross_entropy": CrossEntropyLoss,
+    "rbf": RBFEnergyLoss,
+}

@@ -26,6 +26,10 @@ class Sequential:
                 )
         self.layers: list[Layer] = list(layers)
         self.training = True
+        # (C, H, W) of one input, once known (fit, convnp.load); summary() defaults to it
+        self.input_shape: tuple[int, ...] | None = None
+        self.loss: Any = None  # set by compile(); used by fit/evaluate/predict_proba
+        self.optimizer: Any = None
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -171,12 +175,15 @@ class Sequential:
             self.train(was_training)
         return shapes
 
-    def summary(self, input_shape: tuple[int, ...], *, print_fn: Any = print) -> str:
+    def summary(self, input_shape: tuple[int, ...] | None = None, *, print_fn: Any = print) -> str:
         """Table of each layer's output shape and parameter count; printed and returned.
 
-        ``input_shape`` excludes the batch axis, e.g. (1, 28, 28); a fully convolutional
-        network can be summarised at any spatial size.
+        ``input_shape`` excludes the batch axis, e.g. (1, 28, 28); by default the shape the
+        model knows (``self.input_shape``, set by ``fit`` and ``convnp.load``). A fully
+        convolutional network can be summarised at any spatial size.
         """
+        if input_shape is None:
+            input_shape = self._known_input_shape("summary")
         shapes = self.output_shapes(tuple(input_shape))
         rows = [("#", "layer", "output shape", "params")]
         rows.append(("", "input", str(tuple(input_shape)), ""))
@@ -257,3 +264,155 @@ class Sequential:
         if print_fn is not None:
             print_fn(text)
         return text
+
+    # -- Keras-style conveniences: thin wrappers over convnp.train, convnp.data and convnp.io --
+    def compile(
+        self, loss: Any = None, optimizer: Any = None, *, lr: float | None = None
+    ) -> Sequential:
+        """Choose the loss and optimizer that ``fit``, ``evaluate`` and ``predict_proba`` use.
+
+        ``loss``: a loss object or a name, "cross_entropy" (logits), "squared_error"
+        (sigmoid outputs, SPEC §1) or "rbf" (Euclidean RBF energies). Left None, it
+        follows the output layer: squared error after a Sigmoid, the RBF energy loss after
+        an EuclideanRBF, cross-entropy otherwise. ``optimizer``: an Optimizer over
+        ``self.parameters()`` or a name, "adam" (lr 1e-3) or "sgd" (lr 0.01); left None,
+        ``fit`` uses Adam with lr 1e-3 (Keras's default). ``fit`` calls ``compile()``
+        itself if it was never called. Returns the model.
+        """
+        from convnp import losses, optim
+
+        if loss is None:
+            output = type(self.layers[-1]).__name__ if self.layers else ""
+            loss = {"Sigmoid": "squared_error", "EuclideanRBF": "rbf"}.get(output, "cross_entropy")
+        if isinstance(loss, str):
+            if loss not in losses.LOSSES:
+                raise ValueError(
+                    f"compile: unknown loss {loss!r}; known: {', '.join(losses.LOSSES)}"
+                )
+            loss = losses.LOSSES[loss]()
+        if isinstance(optimizer, str):
+            makers = {"adam": (optim.Adam, 1e-3), "sgd": (optim.SGD, 0.01)}
+            if optimizer not in makers:
+                raise ValueError(f"compile: unknown optimizer {optimizer!r}; known: adam, sgd")
+            maker, default_lr = makers[optimizer]
+            optimizer = maker(self.parameters(), lr=default_lr if lr is None else lr)
+        elif optimizer is not None and lr is not None:
+            optimizer.lr = lr
+        self.loss, self.optimizer = loss, optimizer
+        return self
+
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int = 1,
+        batch_size: int = 32,
+        validation_split: float = 0.0,
+        shuffle: bool = True,
+        seed: int = 0,
+        verbose: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Train on arrays: images x (N, C, *spatial) and integer labels y (N,).
+
+        uint8 images are scaled to [0, 1] (``DataLoader``'s "unit"), float images are used
+        as given; ``evaluate`` and ``predict`` treat their input the same way. As in Keras,
+        ``validation_split`` holds out the *last* fraction of the arrays (before shuffling)
+        and reports val_loss/val_accuracy per epoch. Uses the loss and optimizer of
+        ``compile`` (its defaults if never called) and ``convnp.train.fit``; returns its
+        per-epoch history.
+        """
+        from convnp import train
+        from convnp.data import DataLoader
+
+        if not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split}")
+        x, y = np.asarray(x), np.asarray(y)
+        held_out = int(round(len(x) * validation_split))
+        if held_out == len(x) and held_out:
+            raise ValueError(f"fit: validation_split {validation_split} leaves no training data")
+        if self.optimizer is None:
+            self.compile(self.loss, "adam")
+        options = {"normalize": _array_normalize(x), "dtype": self.dtype or np.float32}
+        kept = len(x) - held_out
+        batches = DataLoader(x[:kept], y[:kept], batch_size, shuffle=shuffle, seed=seed, **options)
+        val = DataLoader(x[kept:], y[kept:], 1000, shuffle=False, **options) if held_out else None
+        self.input_shape = tuple(int(size) for size in x.shape[1:])
+        return train.fit(
+            self, self.loss, self.optimizer, batches, epochs=epochs, val=val, progress=verbose
+        )
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """Loss, accuracy and confusion matrix on arrays (``convnp.train.evaluate``), with the
+        compiled loss (``compile()``'s default if none was chosen)."""
+        from convnp import train
+
+        if self.loss is None:
+            self.compile()
+        return train.evaluate(self, self._array_batches(x, y), self.loss)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Per-class scores (N, classes) as ``convnp predict`` reports them: softmax of the
+        logits, softmax of minus the RBF energies, or a squared-error net's sigmoid outputs."""
+        from convnp import train
+
+        if self.loss is None:
+            self.compile()
+        kind = _loss_kind(self.loss)
+        outputs = np.concatenate([self.predict(xb) for xb, _ in self._array_batches(x)])
+        return train.output_scores(kind, outputs)[0]
+
+    def predict_classes(self, x: np.ndarray) -> np.ndarray:
+        """The decided class per input: argmax, or argmin of RBF energies (the loss's rule)."""
+        from convnp import train
+
+        if self.loss is None:
+            self.compile()
+        outputs = np.concatenate([self.predict(xb) for xb, _ in self._array_batches(x)])
+        return train.predicted_classes(self.loss, outputs)
+
+    def save(self, path: Any) -> None:
+        """Write a model file (``convnp.io.save``) that ``convnp.load`` and the ``convnp``
+        command read: weights, architecture, input shape, loss and input scaling (raw 0-255
+        pixels divided by 255, as ``fit`` treats uint8 images; ``convnp predict`` and
+        ``convnp export`` apply it)."""
+        from convnp import io
+
+        info: dict[str, Any] = {"normalize": {"kind": "unit", "mean": None, "std": None}}
+        if self.input_shape is not None:
+            info["input_shape"] = list(self.input_shape)
+        if self.loss is not None:
+            info["loss"] = _loss_kind(self.loss)
+        io.save(self, path, info)
+
+    def _known_input_shape(self, caller: str) -> tuple[int, ...]:
+        if self.input_shape is None:
+            raise ValueError(
+                f"{caller}: the model does not know its input shape yet; pass one, e.g. "
+                f"{caller}((1, 28, 28)), or call fit() first"
+            )
+        return self.input_shape
+
+    def _array_batches(self, x: np.ndarray, y: np.ndarray | None = None) -> Any:
+        from convnp.data import DataLoader
+
+        x = np.asarray(x)
+        labels = np.zeros(len(x), dtype=np.int64) if y is None else np.asarray(y)
+        return DataLoader(
+            x, labels, 1000, shuffle=False, normalize=_array_normalize(x),
+            dtype=self.dtype or np.float32,
+        )  # fmt: skip
+
+
+def _array_normalize(x: np.ndarray) -> str | None:
+    """The scaling ``Sequential.fit``/``predict`` apply: uint8 to [0, 1], floats as given."""
+    return "unit" if x.dtype == np.uint8 else None
+
+
+def _loss_kind(loss: Any) -> str:
+    from convnp import losses
+
+    for name, cls in losses.LOSSES.items():
+        if type(loss) is cls:
+            return name
+    raise ValueError(f"{type(loss).__name__} is not one of the named losses {list(losses.LOSSES)}")

@@ -92,9 +92,11 @@ class RunInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (``extra``'s keys at the top level, as they were read)."""
+        """A JSON-able dict (``extra``'s keys at the top level, as they were read); fields
+        not known (None) are left out, as older convnp versions wrote them."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {**data.pop("extra"), **data}
+        known = {key: value for key, value in data.items() if value is not None}
+        return {**known.pop("extra"), **known}
 
     @classmethod
     def from_dict(cls, data: Any) -> RunInfo:

@@ -24,7 +24,7 @@ from convnp import io
 from convnp.layers.base import NonFiniteInputError
 from convnp.model import Sequential
 from convnp.optim import Optimizer
-from convnp.runtime.parallel import BatchSplitter, predict_in_blocks
+from convnp.runtime.parallel import predict_in_blocks
 
 if TYPE_CHECKING:
     from convnp.runtime.distributed import Communicator
@@ -40,27 +40,46 @@ def predicted_classes(loss: Any, y: np.ndarray) -> np.ndarray:
     return decide(y) if decide is not None else y.argmax(axis=1)
 
 
+def output_scores(loss_kind: str, y: np.ndarray) -> tuple[np.ndarray, str]:
+    """Per-class scores for network outputs y, as ``convnp predict`` reports them, and what
+    they are: "probabilities" (softmax of the logits for "cross_entropy", softmax of minus
+    the RBF energies for "rbf", so the most probable class is argmin of the energies) or
+    "outputs" (a squared-error network's sigmoid outputs, used as they are)."""
+    if loss_kind == "squared_error":
+        return y, "outputs"
+    logits = y if loss_kind == "cross_entropy" else -y
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))  # max first: no overflow
+    return shifted / shifted.sum(axis=1, keepdims=True), "probabilities"
+
+
+def _refuse_arrays(batches: Any) -> None:
+    """``fit`` takes batches; arrays (or an (x, y) pair of them) get a message naming the
+    calls that take arrays, instead of a confusing failure inside the loop."""
+    pair = isinstance(batches, tuple | list) and len(batches) == 2
+    if isinstance(batches, np.ndarray) or (pair and isinstance(batches[0], np.ndarray)):
+        raise TypeError(
+            "fit: `train` must yield (x, labels) batches, not arrays; for arrays call "
+            "model.fit(x, y, epochs=..., batch_size=...), or pass "
+            "convnp.data.DataLoader(x, y, batch_size) here"
+        )
+
+
 def train_step(
     model: Sequential,
     loss: Any,
     optimizer: Optimizer,
     x: np.ndarray,
     t: Any,
-    splitter: BatchSplitter | None = None,
     comm: Communicator | None = None,
 ) -> tuple[np.ndarray, float]:
     """One step on batch (x, t); returns the network output and the loss E.
 
-    With a ``splitter``, a batch large enough to gain from it runs its forward and backward
-    as sub-batches on all cores (``convnp.runtime.parallel.BatchSplitter``): the same three lines on
-    each part, the parts' gradients summed. With ``comm`` (MPI ranks), (x, t) is the global
-    batch: each rank runs forward and backward on its slice and the gradients, outputs and
-    loss are summed over the ranks (``convnp.runtime.distributed``).
+    With ``comm`` (MPI ranks), (x, t) is the global batch: each rank runs forward and
+    backward on its slice and the gradients, outputs and loss are summed over the ranks
+    (``convnp.runtime.distributed``).
     """
     if comm is not None:
         y, error = comm.forward_backward(model, loss, x, t)
-    elif splitter is not None and splitter.worthwhile(x):
-        y, error = splitter.forward_backward(x, t)
     else:
         y = model.forward(x)  # x^L: the network's output
         error = loss.forward(y, t)  # E
@@ -177,28 +196,31 @@ def fit(
     history: list[dict[str, Any]] | None = None,
     info: dict[str, Any] | None = None,
     progress: bool = True,
-    threads: int | None = None,
     comm: Communicator | None = None,
 ) -> list[dict[str, Any]]:
     """Train until ``epochs`` epochs are complete; returns the per-epoch history.
 
     ``train`` yields (x, labels) batches; if it has ``set_epoch(e)`` it is called first, so
     a loader whose shuffling is a function of (seed, epoch) replays the same batches after a
-    resume. ``schedule(step)`` sets the optimizer's lr before every step. With ``out_dir``,
+    resume. ``val`` is a validation set held out of the training data
+    (``convnp.data.train_val_split``), evaluated after every epoch; keep the test set for one
+    evaluation after training. ``schedule(step)`` sets the optimizer's lr before every step.
+    Training stops with ``TrainingDiverged`` as soon as the loss, a gradient, a weight after
+    the update or the validation loss is NaN/inf; a checkpoint never holds NaN/inf. With
+    ``out_dir``,
     a checkpoint is written atomically after each epoch (plus history.csv/json); ``history``
-    passed back from ``resume`` continues an interrupted run. ``threads`` caps the cores a
-    large batch is split over (None: all this process may use; 1: never split).
+    passed back from ``resume`` continues an interrupted run.
 
     ``comm`` (``convnp.runtime.distributed.Communicator``) trains data-parallel on MPI ranks:
     every rank calls ``fit`` with the same arguments; each trains on its slice of every
     batch, all end with the same weights and history, and rank 0 alone shows progress and
     writes files. Inputs that differ between ranks are refused at the start.
     """
+    _refuse_arrays(train)
     history = list(history or [])
     if comm is not None:
         comm.start(model, optimizer, train, info=info, history=history, val=val)
         progress, out_dir = progress and comm.is_root, out_dir if comm.is_root else None
-    splitter = BatchSplitter(model, loss, threads)
     out = Path(out_dir) if out_dir is not None else None
     for epoch in range(len(history), epochs):
         if hasattr(train, "set_epoch"):
@@ -224,7 +246,7 @@ def fit(
             try:
                 # overflow is detected and reported below; NumPy's warnings would only add noise
                 with np.errstate(over="ignore", invalid="ignore"):
-                    y, error = train_step(model, loss, optimizer, x, labels, splitter, comm)
+                    y, error = train_step(model, loss, optimizer, x, labels, comm)
             except NonFiniteInputError:
                 where = _first_non_finite_output(model, x)
                 raise TrainingDiverged(f"epoch {epoch + 1}: {where}") from None

@@ -99,8 +99,11 @@ def test_toml_file(tmp_path):
         ("0f", "out_features must be >= 1"),
         ("6c5-0s", r"kernel_size.* must be >= 1 \(token 2"),
         ("99999c99", r"99999c99': this layer would have 980,090,199 weights \(at most"),
-        ("6c5p100000", "padding 100000 makes maps of 40,011,200,784 values"),
-        ("1000000c1", "the output layer: this layer would have 7,840,000,000 weights"),
+        ("6c5p100000", "padded maps of 40,011,200,784 values"),
+        ("48825c5p84", "output maps of 1,799,884,800 values"),  # found by the fuzzer
+        ("1c5000p5000", r"patches of 632,271,025,000,000 values"),
+        ("1c1p2000-1000ms1", r"patches of 9,174,841,000,000 values \(at most .*token 2"),
+        ("1000000c1", r"output maps of 784,000,000 values \(at most 268,435,456\) \(token 1"),
         ("9" * 5000 + "f", r"Exceeds the limit .* \(token 1"),
         ("d1.5", r"p must be in \[0, 1\]"),
         ("6c5--2s", r"unknown token \(token 2, ''\)"),
@@ -109,6 +112,11 @@ def test_toml_file(tmp_path):
 def test_degenerate_strings_are_clear_errors(text, problem):
     with pytest.raises(ValueError, match=problem):
         architectures.from_string(text)
+
+
+def test_output_layer_size_is_bounded():
+    with pytest.raises(ValueError, match="the output layer: this layer would have 2,000,000,000"):
+        architectures.from_string("200000f", (1, 1, 1), 10_000)
 
 
 def test_empty_arch_on_the_command_line_is_an_error_not_the_default(tmp_path):

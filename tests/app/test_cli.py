@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import convnp
-from convnp import io, train
+from convnp import io, runs, train
 from convnp.data import load_dataset
 
 
@@ -296,7 +296,8 @@ def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(capsys, tmp_
         (["train", "--val-split", "4000"], "validation size 4000 leaves no training images"),
         (["train", "--lr", "inf"], "argument --lr: must be > 0 (a number), got 'inf'"),
         (["train", "--momentum", "nan"], "argument --momentum: must be in [0, 1)"),
-        (["train", "--seed", "-1"], "argument --seed: must be >= 0 (an integer)"),
+        (["train", "--seed", "-1"], "argument --seed: must be >= 0 (an integer below 2**63)"),
+        (["train", "--epochs", "2147483648"], "must be >= 1 (an integer up to 2147483647)"),
         (["train", "--out", ""], "argument --out: expected a path, got ''"),
         (["train", "--resume", "nowhere"], "--resume nowhere: no such file or folder"),
         (["train", "--bogus"], "unrecognized arguments: --bogus"),
@@ -320,7 +321,7 @@ def test_no_command_and_version(capsys):
     code, _, err = invoke(capsys)
     assert code == 2 and err == (
         "convnp: error: give a command (train, evaluate, predict, summary, gradcheck, export, "
-        "plot, bench); see convnp --help\n"
+        "plot, report, bench); see convnp --help\n"
     )
     code, out, _ = invoke(capsys, "--version")
     assert code == 0 and out == f"convnp {convnp.__version__}\n"
@@ -334,3 +335,26 @@ def test_summary_prints_the_training_memory_for_an_input_shape_and_batch():
     assert "estimated total" in result.stdout
     bad = run("summary", "--model", "modern", "--input-shape", "3,x")
     assert bad.returncode != 0 and "expected positive integers like 3,32,32" in bad.stderr
+
+
+def test_a_run_from_before_the_run_record_still_resumes(capsys, tiny_run, tmp_path):
+    import safetensors.numpy
+
+    run_dir = tmp_path / "old"
+    shutil.copytree(tiny_run, run_dir)
+    path = run_dir / "checkpoint.safetensors"
+    with safetensors.safe_open(path, "np") as stream:
+        metadata = stream.metadata()
+        tensors = {name: stream.get_tensor(name) for name in stream.keys()}  # noqa: SIM118
+    info = json.loads(metadata["info"])
+    old_keys = (
+        *("dataset", "model", "input_shape", "class_names", "loss", "normalize", "batch_size"),
+        *("epochs", "seed", "schedule", "warmup", "base_lr", "augment"),
+    )
+    metadata["info"] = json.dumps({k: info[k] for k in old_keys if k in info})  # no schema_version
+    safetensors.numpy.save_file(tensors, path, metadata=metadata)
+    code, out, err = invoke(capsys, "train", "--resume", run_dir, "--epochs", "2")
+    assert code == 0, err
+    assert "4000 training images, no validation split" in out  # as it was trained
+    _, info, _ = runs.load_model(run_dir)
+    assert info.schema_version == 0 and info.val_was_test and info.epochs == 2

@@ -13,13 +13,14 @@ import time
 import pytest
 import safetensors.numpy
 
-from convnp import train
+from convnp import runs
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
 ARGS = ("train", "--arch", "2c5-2m-10f", "--batch-size", "500", "--val-split", "100",
         "--seed", "5", "--epochs", "2", "--quiet")  # fmt: skip
 TIMING = ("seconds", "images_per_second")
+MODEL, CHECKPOINT = "model.safetensors", "checkpoint.safetensors"
 
 # Runs convnp's main in a child that kills itself (SIGKILL: no clean-up of any kind) at a
 # chosen point of the second (last) checkpoint write: "write" after half of the bytes reached
@@ -65,17 +66,23 @@ def convnp(*args: str) -> subprocess.CompletedProcess:
 
 def outcome(folder):
     """The finished run's weights, history (without timings) and test accuracy."""
-    tensors = safetensors.numpy.load_file(folder / train.MODEL_NAME)
+    tensors = safetensors.numpy.load_file(folder / MODEL)
     history = json.loads((folder / "history.json").read_text())
     history = [{k: v for k, v in record.items() if k not in TIMING} for record in history]
-    info = json.loads(safetensors.safe_open(folder / train.MODEL_NAME, "np").metadata()["info"])
-    return tensors, history, info["test_accuracy"]
+    return tensors, history, runs.load_model(folder / MODEL)[1].test_accuracy
+
+
+def checkpointed_epochs(folder) -> int:
+    """Epochs in the run's checkpoint, which must load (never half-written)."""
+    runs.load_model(folder / CHECKPOINT)
+    with safetensors.safe_open(folder / CHECKPOINT, "np") as stream:
+        return len(json.loads(stream.metadata()["history"]))
 
 
 def assert_resumes_to(folder, expected):
     """What a kill left is loadable (or absent); --resume finishes it exactly as expected."""
-    if (folder / train.CHECKPOINT_NAME).exists():
-        train.resume(folder)  # never a half-written checkpoint under the final name
+    if (folder / CHECKPOINT).exists():
+        assert checkpointed_epochs(folder) >= 1  # never a half-written checkpoint
     result = convnp("train", "--resume", str(folder), "--quiet")
     assert result.returncode == 0, result.stderr
     assert not list(folder.glob(".*.tmp"))
@@ -104,7 +111,7 @@ def test_killed_while_writing_a_checkpoint(tmp_path, uninterrupted, point):
                             str(folder)], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert list(folder.glob(".checkpoint.safetensors.*.tmp"))  # the interrupted write's file
-    assert len(train.resume(folder)[2]) == 1  # the first epoch's checkpoint is intact
+    assert checkpointed_epochs(folder) == 1  # the first epoch's checkpoint is intact
     assert_resumes_to(folder, uninterrupted)
 
 
@@ -114,7 +121,7 @@ def test_killed_at_a_random_moment(tmp_path, uninterrupted, seed):
     child = subprocess.Popen([sys.executable, "-m", "convnp", *ARGS, "--out", str(folder)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     started = time.monotonic()
-    while not (folder / train.CHECKPOINT_NAME).exists() and child.poll() is None:
+    while not (folder / CHECKPOINT).exists() and child.poll() is None:
         assert time.monotonic() - started < 120, "no checkpoint after 2 minutes"
         time.sleep(0.02)
     # the rest of the run (an epoch, the test set, the model file) takes about a third of the

@@ -92,6 +92,10 @@ GOOD = _header(0x08, (2, 3)) + bytes(range(6))
         (_header(0x0D, (4,)) + bytes(15), "truncated"),
         (GOOD + b"\x00", "trailing bytes"),
         (GOOD + GOOD, "trailing bytes"),
+        # issue 12: NumPy's own errors surfaced without the file name
+        (bytes([0, 0, 8, 65]) + bytes([0, 0, 0, 1]) * 65 + b"\x00", r"\(65 dims\)\), not an array"),
+        (_header(0x08, (0, 2**32 - 1, 2**32 - 1)), r"shape \(0, 4294967295, 4294967295\), not an"),
+        (bytes([0, 0, 8, 255]) + bytes(4 * 255), r"\(255 dims\)\), not an array"),
     ],
 )
 def test_bad_files_raise_value_error_naming_the_file(tmp_path, suffix, data, message):

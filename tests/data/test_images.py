@@ -72,6 +72,11 @@ def test_pickled_truncated_and_lying_npy_files(tmp_path):
     )
     with pytest.raises(images.ImageFileError, match="x.npy: not a readable"):
         images.read_images(path, SHAPE)
+    blob = bytearray(_npy(tmp_path, np.zeros((6, 5), np.uint8)).read_bytes())
+    blob[10] = 0  # a NUL in the header: NumPy's literal parser raised tokenize.TokenError
+    path.write_bytes(bytes(blob))
+    with pytest.raises(images.ImageFileError, match="x.npy: not a readable"):
+        images.read_images(path, SHAPE)
     path.write_bytes(b"not numpy at all")
     with pytest.raises(images.ImageFileError, match="x.npy: not a readable"):
         images.read_images(path, SHAPE)

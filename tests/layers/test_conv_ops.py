@@ -100,7 +100,7 @@ def _all_three(geometry, groups, x, weight, bias, dy, workspace):
 
 
 def _block_count(geometry, x, out_channels, workspace):
-    blocks = _conv_ops._blocks(x.shape, out_channels, geometry, workspace, x.dtype)
+    blocks = _conv_ops._blocks(x.shape, out_channels, geometry, workspace.limit_bytes, x.dtype)
     return len(list(blocks))
 
 
@@ -199,31 +199,37 @@ def test_workspace_stays_bounded_and_is_reused(rng):
     _all_three(geometry, groups, x, weight, bias, dy, workspace)
     held = workspace.nbytes
     assert 0 < held <= 3 * workspace.limit_bytes  # patches, maps, slab
-    buffers = dict(workspace._local.buffers)
+    (scratch,) = workspace._sets
+    buffers = dict(scratch._buffers)
     _all_three(geometry, groups, x, weight, bias, dy, workspace)
-    assert workspace.nbytes == held
-    assert all(workspace._local.buffers[role] is buffer for role, buffer in buffers.items())
+    assert workspace.nbytes == held and workspace._sets == [scratch]
+    assert all(scratch._buffers[role] is buffer for role, buffer in buffers.items())
     workspace.release()
     assert workspace.nbytes == 0
 
 
-def test_workspace_is_per_thread_and_copies_start_empty(rng):
+def test_concurrent_calls_get_their_own_scratch_and_new_threads_reuse_it(rng):
     geometry, groups, x, weight, bias, dy = _problem(CASES[2], rng)
     workspace = Workspace(5000)
     expected = conv_forward(x, weight, bias, geometry, workspace=Workspace(2**30))
+    both_inside = threading.Barrier(2)
     results = [None, None]
 
     def run(slot):
-        results[slot] = conv_forward(x, weight, bias, geometry, workspace=workspace)
+        with workspace.claim():  # hold one set while the other thread computes
+            both_inside.wait()
+            results[slot] = conv_forward(x, weight, bias, geometry, workspace=workspace)
 
-    threads = [threading.Thread(target=run, args=(slot,)) for slot in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for result in results:
-        np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
-    assert len(workspace._all) == 2  # one set of buffers per thread
+    for _ in range(3):  # new threads every round, as a thread pool per call makes them
+        threads = [threading.Thread(target=run, args=(slot,)) for slot in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for result in results:
+            np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
+    # at most 4 claims are open at once; 12 were made by 6 threads that no longer exist
+    assert 3 <= len(workspace._sets) <= 4
     for clone in (copy.deepcopy(workspace), pickle.loads(pickle.dumps(workspace))):
         assert clone.nbytes == 0 and clone.limit_bytes == workspace.limit_bytes
 
@@ -261,7 +267,7 @@ def test_weight_grad_reuses_the_forward_patches_of_the_same_input_only(rng, monk
     monkeypatch.setattr(
         _conv_ops._StridedLayout,
         "_gather",
-        lambda self, x, workspace: gathers.append(1) or original(self, x, workspace),
+        lambda self, x, scratch: gathers.append(1) or original(self, x, scratch),
     )
     workspace = Workspace(2**30)
     conv_forward(x, weight, bias, geometry, workspace=workspace)

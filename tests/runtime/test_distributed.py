@@ -140,7 +140,7 @@ def test_procs_launches_ranks_and_trains_the_one_process_model(tmp_path):
 
 
 @needs_mpi
-def test_resume_at_the_same_ranks_is_bit_identical(tmp_path):
+def test_resume_at_the_same_ranks_is_bit_identical_and_at_others_continues(tmp_path):
     common = ["--arch", SMALL_ARCH, "--schedule", "constant", "--seed", "3"]
     checked(mpiexec(2, *convnp_train(*common, "--epochs", "2", "--out", str(tmp_path / "a"))))
     checked(mpiexec(2, *convnp_train(*common, "--epochs", "1", "--out", str(tmp_path / "b"))))
@@ -149,6 +149,11 @@ def test_resume_at_the_same_ranks_is_bit_identical(tmp_path):
     resumed = io.load(tmp_path / "b" / "model.safetensors").state_dict()
     for key in uninterrupted:
         np.testing.assert_array_equal(resumed[key], uninterrupted[key], err_msg=key)
+    # another number of ranks (here one process) continues the same run
+    other = str(tmp_path / "b")
+    assert cli.main(["train", "--quiet", "--resume", other, "--epochs", "3", "--out", other]) == 0
+    history = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert [record["epoch"] for record in history] == [1, 2, 3]
 
 
 # -- faults ------------------------------------------------------------------------------

@@ -148,10 +148,8 @@ def from_string(
                 if len(tracker.shape) != 3:
                     raise ValueError("a convolution needs (C, H, W) input, not features")
                 _check_layer_size(maps * tracker.shape[0] * kernel * kernel)
-                channels, height, width = tracker.shape
-                padded = channels * (height + 2 * (padding or 0)) * (width + 2 * (padding or 0))
-                if padded > MAX_LAYER_PARAMETERS:
-                    raise ValueError(f"padding {padding} makes maps of {padded:,} values")
+                _check_windows(tracker.shape, maps, kernel, 1 if stride is None else stride,
+                               padding or 0)  # fmt: skip
                 conv = Conv2d(
                     tracker.shape[0],
                     maps,
@@ -168,6 +166,9 @@ def from_string(
                 size, kind, stride = int(match[1]), match[2], match[3]
                 if stride and kind != "m":
                     raise ValueError("only max pooling takes a stride")
+                if len(tracker.shape) == 3:
+                    step = size if stride is None else int(stride)
+                    _check_windows(tracker.shape, tracker.shape[0], size, step, 0)
                 if kind == "s":
                     tracker.add(AvgPool2d(size))
                 elif kind == "b":
@@ -211,6 +212,25 @@ def from_string(
         tracker.add(Linear(tracker.shape[0], num_classes, dtype=dtype, rng=rng))
     add_classic_sigmoid()
     return Sequential(*tracker.layers)
+
+
+def _check_windows(
+    shape: tuple[int, ...], maps: int, kernel: int, stride: int, padding: int
+) -> None:
+    """What a K×K window layer (conv or pooling) on one (C, H, W) input allocates, bounded
+    before it is built and probed: the padded input, its patches and the output maps."""
+    if kernel < 1 or stride < 1:
+        return  # the layer's constructor says why
+    channels, height, width = shape
+    padded = (height + 2 * padding, width + 2 * padding)
+    positions = math.prod(max((size - kernel) // stride + 1, 0) for size in padded)
+    for what, values in (
+        ("padded maps", channels * padded[0] * padded[1]),
+        ("patches", channels * kernel * kernel * positions),
+        ("output maps", maps * positions),
+    ):
+        if values > MAX_LAYER_PARAMETERS:
+            raise ValueError(f"{what} of {values:,} values (at most {MAX_LAYER_PARAMETERS:,})")
 
 
 def _check_layer_size(parameters: int) -> None:

@@ -1,4 +1,5 @@
-"""The ``convnp`` command line: train, evaluate, predict, summary, gradcheck, export, plot.
+"""The ``convnp`` command line: train, evaluate, predict, summary, gradcheck, export, plot,
+report.
 
 Each ``cmd_*`` function is a thin call into the library. User mistakes (a bad option value,
 a missing or corrupt file, an unusable output path) end with one ``convnp[ <command>]:
@@ -45,7 +46,18 @@ from convnp.runtime.parallel import available_cores, predict_in_blocks
 DEFAULT_MODEL = "bouvrie"
 DEFAULT_DATA = "mnist5k"
 RUNS_ROOT = "runs"
-COMMANDS = ("train", "evaluate", "predict", "summary", "gradcheck", "export", "plot", "bench")
+MAX_COUNT = 2**31 - 1  # epochs, batch size, steps...: what a model file may record
+COMMANDS = (
+    "train",
+    "evaluate",
+    "predict",
+    "summary",
+    "gradcheck",
+    "export",
+    "plot",
+    "report",
+    "bench",
+)
 _MODEL_HELP = "a model file, a checkpoint or a run folder"
 # `convnp train` trains on every core through MPI ranks when mpi4py is installed: measured on
 # 2 cores (bouvrie, mnist5k, 10 epochs) 17 s instead of 62 s in one threaded process. The
@@ -306,7 +318,24 @@ def cmd_train(args: argparse.Namespace, comm: distributed.Communicator | None = 
         f"in {time.perf_counter() - started:.1f}s"
     )
     print(f"model saved to {out / io.MODEL_NAME}")
+    if args.report:
+        print(f"report written to {_write_report(out, out / 'report.html', args.data_dir)}")
+    _print_next_commands(out)
     return 0
+
+
+def _print_next_commands(out: Path) -> None:
+    model_file = out / io.MODEL_NAME
+    commands = [
+        (f"convnp evaluate {model_file}", "accuracy, loss, confusion matrix"),
+        (f"convnp predict {model_file} IMAGE.png", "classify your own images"),
+        (f"convnp plot {out} {out / 'figures'}", "curves, kernels, feature maps (PNG)"),
+        (f"convnp report {out}", "all of it on one HTML page"),
+    ]
+    width = max(len(command) for command, _ in commands)
+    print("next:")
+    for command, what in commands:
+        print(f"  {command:<{width}}  # {what}")
 
 
 # -- `convnp train` on several processes (MPI ranks) ------------------------------------
@@ -398,12 +427,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{dataset.name} test set: accuracy {result['accuracy']:.4f}, "
         f"loss {result['loss']:.4f}, {result['count']} images (from {dataset.source})"
     )
-    print("confusion matrix (rows: true class, columns: predicted):")
-    names = dataset.class_names
-    width = max(len(str(n)) for n in names)
-    for name, row in zip(names, result["confusion"]):
-        print(f"  {str(name):>{width}} " + " ".join(f"{v:5d}" for v in row))
+    print(_confusion_table(result["confusion"], dataset.class_names))
     return 0
+
+
+def _confusion_table(confusion: np.ndarray, names: Sequence[str]) -> str:
+    """Rows: true class (index and name); columns: predicted class (index), both headed."""
+    corner = "true \\ predicted"
+    labels = [f"{index} {name}" for index, name in enumerate(names)]
+    first = max(len(corner), *map(len, labels)) + 1
+    cell = max(4, len(str(int(confusion.max(initial=0)))) + 1)
+    lines = ["confusion matrix (rows: true class, columns: predicted class):"]
+    lines.append(f"  {corner:<{first}}" + "".join(f"{i:>{cell}}" for i in range(len(names))))
+    for label, row in zip(labels, confusion):
+        lines.append(f"  {label:<{first}}" + "".join(f"{int(v):>{cell}}" for v in row))
+    return "\n".join(lines)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -429,12 +467,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         y = np.concatenate([predict_in_blocks(model, x) for x, _ in loader])
         names = info.class_names or [str(i) for i in range(y.shape[1])]
         kind = info.loss
-        if kind == "squared_error":
-            scores, label = y, "outputs"
-        else:  # softmax of the logits, or of minus the RBF energies
-            logits = y if kind == "cross_entropy" else -y
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            scores, label = shifted / shifted.sum(axis=1, keepdims=True), "probabilities"
+        scores, label = train.output_scores(kind, y)
         decisions = train.predicted_classes(zoo.make_loss(kind), y)
         for name, row, best in zip(labels, scores, decisions):
             ranked = np.argsort(-row)[:3]
@@ -505,13 +538,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     metadata = {"dataset": info.dataset, "class_names": info.class_names,
                 "normalize": info.normalize, "loss": info.loss}  # fmt: skip
     metadata = {key: value for key, value in metadata.items() if value is not None}
+    mapping = info.loss if args.probabilities else None
     try:
-        onnx_export.to_onnx(model, args.out, shape, opset=args.opset, metadata=metadata)
+        onnx_export.to_onnx(model, args.out, shape, opset=args.opset, metadata=metadata,
+                            normalize=info.normalize, probabilities=mapping)  # fmt: skip
     except ImportError as error:
         raise UsageError(str(error)) from None
+    output = train.output_scores(mapping, np.zeros((1, 1)))[1] if mapping else "network output"
     print(
         f"wrote {args.out}: ONNX opset {args.opset}, input '{onnx_export.INPUT_NAME}' "
-        f"(batch, {', '.join(map(str, shape))}), output '{onnx_export.OUTPUT_NAME}'"
+        f"(batch, {', '.join(map(str, shape))}): "
+        f"{onnx_export.input_scaling(info.normalize)[2]}; "
+        f"output '{onnx_export.OUTPUT_NAME}': {output}"
     )
     return 0
 
@@ -529,6 +567,24 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def _write_report(run: Path, out: Path, data_dir: str | None = None) -> Path:
+    try:
+        from convnp.app import report
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    try:
+        return report.write_report(run, out, data_dir=data_dir)
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    run = Path(args.run)
+    out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "report.html"
+    print(f"wrote {_write_report(run, out, args.data_dir)}")
     return 0
 
 
@@ -612,9 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedule", choices=schedules.SCHEDULES, help="learning-rate schedule (default: recipe)"
     )
     p.add_argument("--warmup", type=_non_negative_int, help="linear warm-up steps (default 0)")
-    p.add_argument(
-        "--seed", type=_non_negative_int, help="random seed: init, shuffling, split (default 0)"
-    )
+    p.add_argument("--seed", type=_seed, help="random seed: init, shuffling, split (default 0)")
     p.add_argument(
         "--out",
         type=_path,
@@ -627,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a run (its folder or checkpoint) in its folder; with --epochs N, extend it",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--report", action="store_true", help="also write OUT/report.html")
     p.add_argument("--procs", type=_procs, metavar="N|auto",
                    help="data-parallel MPI ranks, launched with mpiexec (auto: one per core "
                    f"when mpi4py is installed, else 1; default $CONVNP_PROCS or {DEFAULT_PROCS}); "
@@ -656,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gradcheck", help="finite-difference check of a model's layers")
     p.add_argument("--model", choices=list(zoo.RECIPES), default=DEFAULT_MODEL)
     p.add_argument("--samples", type=_positive_int, default=20, help="entries checked per array")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(handler=cmd_gradcheck)
 
     p = sub.add_parser("export", help="write a saved model as an ONNX file (needs convnp[onnx])")
@@ -675,6 +730,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=onnx_export.OPSET,
         help=f"ONNX opset (>= {onnx_export.OPSET}, at most what the installed onnx knows)",
     )
+    p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="append the scores `convnp predict` prints (softmax, or softmax of -RBF energies)",
+    )
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("plot", help="PNG figures of a run: curves, kernels, maps, confusion")
@@ -686,6 +746,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=DATASETS, help="test data (default: as trained)")
     p.add_argument("--data-dir", type=_folder)
     p.set_defaults(handler=cmd_plot)
+
+    p = sub.add_parser("report", help="one self-contained HTML page about a run")
+    p.add_argument("run", metavar="RUN", help="run folder (or model file) from convnp train")
+    p.add_argument("out", metavar="OUT.html", nargs="?", help="default RUN/report.html")
+    p.add_argument("--data-dir", help="folder holding the dataset's IDX files")
+    p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser(
         "bench",
@@ -719,11 +785,15 @@ def _number(text: str, kind: type, condition: str, accept: Any) -> Any:
 
 
 def _positive_int(text: str) -> int:
-    return _number(text, int, ">= 1 (an integer)", lambda value: value >= 1)
+    return _number(text, int, f">= 1 (an integer up to {MAX_COUNT})", lambda v: 1 <= v <= MAX_COUNT)
 
 
 def _non_negative_int(text: str) -> int:
-    return _number(text, int, ">= 0 (an integer)", lambda value: value >= 0)
+    return _number(text, int, f">= 0 (an integer up to {MAX_COUNT})", lambda v: 0 <= v <= MAX_COUNT)
+
+
+def _seed(text: str) -> int:
+    return _number(text, int, ">= 0 (an integer below 2**63)", lambda v: 0 <= v < 2**63)
 
 
 def _positive_float(text: str) -> float:

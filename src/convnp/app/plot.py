@@ -10,6 +10,7 @@ so the caller's pyplot backend and state are never touched and no window ever op
 * ``plot_feature_maps``: one input image and the maps of every conv/pool layer.
 * ``plot_alpha``: α of a ``FeatureMapCombination`` (SPEC §4) as a heat map.
 * ``plot_confusion``: a confusion matrix with class names.
+* ``plot_misclassified``: a grid of images captioned with true and predicted class.
 * ``plot_run``: all of the applicable figures for a trained run folder.
 """
 
@@ -261,6 +262,57 @@ def plot_confusion(
     return _save(figure, path)
 
 
+# -- the most confidently misclassified images ------------------------------------------------
+def plot_misclassified(
+    images: np.ndarray,
+    true: Sequence[int],
+    predicted: Sequence[int],
+    confidence: Sequence[float],
+    class_names: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "",
+    max_columns: int = 6,
+) -> Path:
+    """Images (N, C, H, W) in raw pixels, each captioned "true → predicted (confidence)"."""
+    images = np.asarray(images)
+    if images.ndim != 4 or not len(images):
+        raise ValueError(f"plot_misclassified: expected images (N, C, H, W), got {images.shape}")
+    rows, columns = _grid_shape(len(images), max_columns)
+    figure = _figure(0.6 + 1.5 * columns, 0.6 + 1.7 * rows)
+    for index, image in enumerate(images):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        shown = image[0] if image.shape[0] == 1 else np.moveaxis(image[:3], 0, -1)
+        axes.imshow(shown, cmap="gray")
+        axes.set_xticks([])
+        axes.set_yticks([])
+        axes.set_title(
+            f"{class_names[true[index]]} →\n{class_names[predicted[index]]} "
+            f"({confidence[index]:.2f})",
+            fontsize=7,
+        )
+    if title:
+        figure.suptitle(title, fontsize=9)
+    return _save(figure, path)
+
+
+def loader_like_training(
+    data: Dataset, settings: Mapping[str, Any], dtype: Any, chosen: slice = slice(None)
+) -> DataLoader:
+    """Test images ``chosen`` in order, normalised as the run's training data was (its info's
+    ``normalize``: kind, and mean/std, recomputed from the training images if missing)."""
+    options: dict[str, Any] = dict(
+        shuffle=False,
+        normalize=settings.get("kind", "unit"),
+        mean=settings.get("mean"),
+        std=settings.get("std"),
+        dtype=dtype or np.float32,
+    )
+    if options["normalize"] == "standardize" and options["mean"] is None:
+        options["mean"], options["std"] = channel_stats(data.train_images)
+    return DataLoader(data.test_images[chosen], data.test_labels[chosen], 1000, **options)
+
+
 # -- everything for a run -------------------------------------------------------------------
 def plot_run(
     run_dir_or_model_path: str | Path,
@@ -322,12 +374,10 @@ def plot_run(
     if loader_options["normalize"] == "standardize" and loader_options["mean"] is None:
         loader_options["mean"], loader_options["std"] = channel_stats(data.train_images)
     chosen = slice(image_index, image_index + 1)
-    image, label = next(
-        iter(DataLoader(data.test_images[chosen], data.test_labels[chosen], 1, **loader_options))
-    )
+    image, label = next(iter(loader_like_training(data, settings, model.dtype, chosen)))
     caption = f"{name}: test image {image_index} ({data.class_names[int(label[0])]})"
     written.append(plot_feature_maps(model, image[0], out / "feature_maps.png", title=caption))
-    test = DataLoader(data.test_images, data.test_labels, 1000, **loader_options)
+    test = loader_like_training(data, settings, model.dtype)
     # the class decision follows the loss the model was trained with (argmin for RBF energies)
     loss = zoo.make_loss(info.loss)
     result = train.evaluate(model, test, loss, len(data.class_names))

@@ -12,16 +12,9 @@ import numpy as np
 from convnp.app import architectures
 from convnp.data import augment
 from convnp.layers import Conv2d, EuclideanRBF, Flatten, Linear, ScaledTanh, Subsample2d
-from convnp.losses import CrossEntropyLoss, RBFEnergyLoss, SquaredErrorLoss
+from convnp.losses import LOSSES  # the loss kinds a recipe names, averaged over the batch
 from convnp.model import Sequential
 from convnp.optim import SGD, Optimizer, optimizer_class
-
-# The loss kinds a recipe names, each averaged over the batch (reduction="mean").
-LOSSES: dict[str, Callable[[], Any]] = {
-    "squared_error": SquaredErrorLoss,
-    "cross_entropy": CrossEntropyLoss,
-    "rbf": RBFEnergyLoss,
-}
 
 
 def make_loss(kind: str) -> Any:

@@ -90,21 +90,31 @@ def _read_stream(stream: BinaryIO, path: str, max_bytes: int) -> np.ndarray:
     expected = int(np.prod(shape, dtype=object)) * dtype.itemsize  # Python ints: no overflow
     if expected > max_bytes:
         raise ValueError(
-            f"{path}: header declares shape {shape} of {dtype.name} ({expected} bytes), "
+            f"{path}: header declares shape {_short(shape)} of {dtype.name} ({expected} bytes), "
             f"more than max_bytes={max_bytes}"
         )
     payload = _read_at_most(stream, expected + 1)
     if len(payload) < expected:
         raise ValueError(
-            f"{path}: truncated: header declares shape {shape} ({expected} bytes of data), "
+            f"{path}: truncated: header declares shape {_short(shape)} ({expected} bytes of data), "
             f"file holds {len(payload)}"
         )
     if len(payload) > expected:
         raise ValueError(
-            f"{path}: trailing bytes after the {expected} bytes that shape {shape} declares"
+            f"{path}: trailing bytes after the {expected} bytes that shape {_short(shape)} declares"
         )
-    array = np.frombuffer(payload, dtype=dtype).reshape(shape)  # writable: payload's buffer
+    try:  # NumPy refuses > 64 dimensions and shapes like (0, 2**32-1, 2**32-1) (size overflow)
+        array = np.frombuffer(payload, dtype=dtype).reshape(shape)  # writable: payload's buffer
+    except ValueError as error:
+        raise ValueError(
+            f"{path}: header declares shape {_short(shape)}, not an array ({error})"
+        ) from None
     return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _short(shape: tuple[int, ...]) -> str:
+    """A shape for a message, elided past 8 dimensions (a hostile header may declare 255)."""
+    return str(shape) if len(shape) <= 8 else f"{str(shape[:8])[:-1]}, ... ({len(shape)} dims))"
 
 
 def _read_at_most(stream: BinaryIO, limit: int) -> bytearray:

@@ -20,6 +20,7 @@ raises ``ImageFileError`` (a ValueError) whose message starts with the file's pa
 from __future__ import annotations
 
 import os
+import tokenize
 import warnings
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def read_images(
 def _load_npy(path: Path) -> np.ndarray:
     try:
         mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError, SyntaxError) as error:  # SyntaxError: bad header
+    # NumPy parses the header as a Python literal: a damaged one raises tokenizer and
+    # parser errors too (found by tests/test_fuzz_images.py)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, tokenize.TokenError) as error:
         raise ImageFileError(path, f"not a readable .npy array ({error})") from None
     if not isinstance(mapped, np.ndarray):
         raise ImageFileError(path, "not a .npy array")

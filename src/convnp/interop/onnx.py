@@ -318,8 +318,8 @@ def _batch_norm(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
             "statistics to export"
         )
     channels = layer.num_features
-    gamma = layer.params.get("weight", np.ones(channels))
-    beta = layer.params.get("bias", np.zeros(channels))  # none without affine or with bias=False
+    gamma = layer.params.get("weight", np.ones(channels))  # affine=False: γ = 1, β = 0
+    beta = layer.params.get("bias", np.zeros(channels))  # bias=False: β = 0
     inputs = [
         x,
         g.constant(gamma, "weight"),
@@ -418,6 +418,49 @@ def _converter(layer: Layer, index: int) -> Converter:
         ) from None
 
 
+def input_scaling(normalize: Mapping[str, Any] | None) -> tuple[Any, Any, str]:
+    """(shift, divisor, description) of the input normalisation a run recorded (its info's
+    ``normalize``: kind "unit", "standardize" with per-channel mean/std in pixel units, or
+    None), so that net_input = (raw − shift) / divisor on raw 0-255 pixels, exactly as
+    ``convnp.data.DataLoader`` computes it; (None, None, ...) when there is none."""
+    kind = (normalize or {}).get("kind")
+    if kind == "unit":
+        return None, 255.0, "raw pixels 0-255, divided by 255 in the graph"
+    if kind == "standardize":
+        mean, std = normalize.get("mean"), normalize.get("std")
+        if mean is None or std is None:
+            raise ValueError("input normalisation 'standardize' without its recorded mean/std")
+        shown = ", ".join(f"(x - {m:.2f})/{s:.2f}" for m, s in zip(mean, std))
+        return mean, std, f"raw pixels 0-255, standardised in the graph per channel: {shown}"
+    return None, None, "the network's input as given (no normalisation recorded)"
+
+
+def _preprocess(g: _Graph, x: str, normalize: Mapping[str, Any], spatial_dims: int) -> str:
+    """Sub/Div nodes computing (raw − shift) / divisor per channel (``input_scaling``)."""
+    shift, divisor, _ = input_scaling(normalize)
+    per_channel = (-1,) + (1,) * spatial_dims
+    g.prefix = "input."
+    if shift is not None:
+        x = g.node("Sub", [x, g.constant(np.reshape(shift, per_channel), "mean")])
+    if divisor is not None:
+        divisor = np.reshape(divisor, per_channel) if np.ndim(divisor) else divisor
+        x = g.node("Div", [x, g.constant(divisor, "divisor")])
+    return x
+
+
+def _output_mapping(g: _Graph, y: str, loss_kind: str) -> str:
+    """The scores ``convnp predict`` reports (``convnp.train.output_scores``): softmax of the
+    logits, softmax of minus the RBF energies, or a squared-error net's outputs unchanged."""
+    g.prefix = "output."
+    if loss_kind == "squared_error":
+        return y
+    if loss_kind == "rbf":
+        y = g.node("Neg", [y])
+    elif loss_kind != "cross_entropy":
+        raise ValueError(f"to_onnx: unknown loss kind {loss_kind!r} for probabilities")
+    return g.node("Softmax", [y], axis=1)
+
+
 def to_onnx(
     model: Sequential,
     path: str | Path | None,
@@ -426,6 +469,8 @@ def to_onnx(
     opset: int = OPSET,
     dtype: Any = np.float32,
     metadata: Mapping[str, Any] | None = None,
+    normalize: Mapping[str, Any] | None = None,
+    probabilities: str | None = None,
 ) -> Any:
     """Convert ``model`` (its eval-mode forward) to an ONNX model and write it to ``path``.
 
@@ -440,6 +485,12 @@ def to_onnx(
             provider has no float64 Conv).
         metadata: extra key/value pairs stored in the file's ``metadata_props`` (values
             that are not strings are stored as JSON), e.g. class names and normalisation.
+        normalize: the input normalisation the model was trained with (a run's
+            ``info["normalize"]``): baked into the graph as Sub/Div nodes so that it takes
+            raw 0-255 pixels; the graph's doc string says which input it expects.
+        probabilities: a loss kind ("cross_entropy", "rbf", "squared_error"): append the
+            output mapping ``convnp predict`` reports (softmax of the logits, softmax of
+            minus the RBF energies, squared-error outputs unchanged).
 
     Returns:
         The ``onnx.ModelProto``, checked with ``onnx.checker``.
@@ -458,7 +509,7 @@ def to_onnx(
     converters = [_converter(layer, index) for index, layer in enumerate(model)]
     output_shapes = model.output_shapes(input_shape)
     g = _Graph(onnx, dtype)
-    x = INPUT_NAME
+    x = _preprocess(g, INPUT_NAME, normalize, len(input_shape) - 1) if normalize else INPUT_NAME
     for index, (layer, convert) in enumerate(zip(model, converters)):
         g.prefix = f"{index}."
         shape = output_shapes[index - 1] if index else input_shape
@@ -466,6 +517,8 @@ def to_onnx(
             x = convert(g, layer, x, shape)
         except ExportError as error:
             raise ExportError(f"layer {index} ({layer!r}): {error}") from None
+    if probabilities is not None:
+        x = _output_mapping(g, x, probabilities)
     if x == INPUT_NAME:  # nothing but identities: the output still needs its own name
         x = g.node("Identity", [x])
     g.nodes[-1].output[0] = OUTPUT_NAME
@@ -483,7 +536,9 @@ def to_onnx(
         opset_imports=[onnx.helper.make_opsetid("", opset)],
         producer_name="convnp",
         producer_version=convnp.__version__,
-        doc_string=repr(model),
+        doc_string=f"input: {input_scaling(normalize)[2]}; output: "
+        + ("scores as `convnp predict` reports them" if probabilities else "the network's output")
+        + f"\n{model!r}",
     )
     # the oldest IR that can hold this opset, so older runtimes read the file too
     proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import))

@@ -310,9 +310,33 @@ TO_TORCH: dict[type[Layer], Callable[[Layer], nn.Module]] = {
 }
 
 
-def to_torch(model: Sequential) -> nn.Sequential:
+class InputScaling(nn.Module):
+    """(raw − shift) / divisor per channel on raw 0-255 pixels, as the run's training data was
+    normalised (``convnp.interop.onnx.input_scaling``), then the converted network ``net``."""
+
+    def __init__(self, normalize: Any, net: nn.Sequential, dtype: torch.dtype) -> None:
+        super().__init__()
+        from convnp.interop.onnx import input_scaling
+
+        shift, divisor, self.description = input_scaling(normalize)
+        self.net = net
+        for name, value in (("shift", 0.0 if shift is None else shift),
+                            ("divisor", 1.0 if divisor is None else divisor)):  # fmt: skip
+            self.register_buffer(name, torch.as_tensor(np.asarray(value), dtype=dtype).reshape(-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_channel = (1, -1) + (1,) * (x.ndim - 2)  # one value for all channels broadcasts too
+        return self.net((x - self.shift.reshape(per_channel)) / self.divisor.reshape(per_channel))
+
+
+def to_torch(model: Sequential, *, normalize: Any = None) -> nn.Module:
     """An equivalent ``torch.nn.Sequential`` with the weights copied (same dtype and names),
-    in the model's training/eval mode. Raises ValueError naming a layer it cannot convert."""
+    in the model's training/eval mode. Raises ValueError naming a layer it cannot convert.
+
+    With ``normalize`` (a run's ``info["normalize"]``) the result is an ``InputScaling``
+    module that takes raw 0-255 pixels, as ``convnp predict`` and the ONNX export do; the
+    network is its ``.net`` (parameter names gain the prefix "net.").
+    """
     modules = []
     for index, layer in enumerate(model):
         convert = TO_TORCH.get(type(layer))
@@ -322,7 +346,11 @@ def to_torch(model: Sequential) -> nn.Sequential:
                 + ", ".join(sorted(cls.__name__ for cls in TO_TORCH))
             )
         modules.append(convert(layer))
-    return nn.Sequential(*modules).train(model.training)  # each module has its arrays' dtype
+    net = nn.Sequential(*modules).train(model.training)  # each module has its arrays' dtype
+    if normalize is None:
+        return net
+    dtype = torch.float64 if model.dtype == np.float64 else torch.float32
+    return InputScaling(normalize, net, dtype).train(model.training)
 
 
 # -- torch -> convnp ----------------------------------------------------------------------

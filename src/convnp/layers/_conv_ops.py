@@ -34,7 +34,7 @@ computed and dropped; their δ is zero, so they add nothing to any gradient.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import itertools
 import math
 import threading
@@ -46,10 +46,11 @@ import numpy as np
 
 from convnp.layers._windows import Pads, kernel_offsets, output_size
 
-# Bytes of patch matrix plus output matrix per block. Measured on the CIFAR-shaped VGG net
-# (benchmarks/memory.py, 2 cores): 4 MiB -> 8 MiB -> 16 MiB -> 64 MiB change training speed
-# by less than the run-to-run noise once a block holds a few thousand columns, while the
-# workspace is paid once per convolution layer.
+# Bytes of patch matrix plus output matrix per block. Measured (one conv 3x3 forward +
+# backward, 1 BLAS thread): 64->64 ch 32x32 batch 64, 32->32 ch 96x96 batch 32, 128->128
+# 8x8 batch 128, 3->32 224x224 batch 8 take the same time within noise (±30% on this shared
+# machine) for 2, 4, 8, 16, 32 and 64 MiB: blocks of a few thousand columns keep BLAS busy.
+# 8 MiB leaves that margin while a layer's workspace stays small next to its activations.
 WORKSPACE_BYTES = 8 * 2**20
 
 
@@ -77,24 +78,64 @@ class ConvGeometry:
         return self.dilation[axis] * (self.kernel_size[axis] - 1) + 1
 
 
+class Scratch:
+    """One set of scratch arrays, one buffer per role, grown to the largest request and then
+    reused; it also remembers which array a role's buffer was last computed from (``keep``)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+        self._kept: dict[str, tuple[weakref.ref, tuple, np.ndarray]] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(buffer.nbytes for buffer in self._buffers.values())
+
+    def array(self, role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialised C-contiguous array of ``shape`` in the buffer of ``role``."""
+        self._kept.pop(role, None)  # its content is about to change
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        buffer = self._buffers.get(role)
+        if buffer is None or buffer.nbytes < nbytes:
+            buffer = self._buffers[role] = np.empty(nbytes, dtype=np.uint8)
+        return buffer[:nbytes].view(dtype).reshape(shape)
+
+    def zeros(self, role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        out = self.array(role, shape, dtype)
+        out.fill(0)
+        return out
+
+    def keep(self, role: str, source: np.ndarray, key: tuple, value: np.ndarray) -> None:
+        """Remember that ``value`` (in role's buffer) was computed from ``source`` and ``key``,
+        until the buffer is handed out again or ``source`` is freed."""
+        self._kept[role] = (weakref.ref(source), key, value)
+
+    def kept(self, role: str, source: np.ndarray, key: tuple) -> np.ndarray | None:
+        """The value ``keep`` recorded for this very ``source`` object and ``key``, or None."""
+        entry = self._kept.get(role)
+        if entry is None or entry[0]() is not source or entry[1] != key:
+            return None
+        return entry[2]
+
+
 class Workspace:
-    """Scratch arrays reused across calls: one buffer per role, per thread.
+    """The reusable scratch of one layer (or one call site), bounded by ``limit_bytes``.
 
     ``limit_bytes`` bounds the patch and output matrices of one block (the primitives pick
-    the block from it). A buffer grows to the largest block seen and is then reused, so a
-    layer's workspace is bounded by a small multiple of ``limit_bytes`` (``nbytes`` says how
-    much it holds now). Buffers are per thread, so threads that run the same layer on
-    different blocks of a batch never share scratch; copies of a layer (``copy.deepcopy``,
-    pickling) start with an empty workspace.
+    the block from it), so one ``Scratch`` holds at most a small multiple of it. A call
+    ``claim``s a scratch set for its duration: calls on several threads at once (blocks of
+    an inference batch) get one set each, and later calls, on any thread, reuse the sets:
+    the number of sets is the most calls that ever ran at once. ``nbytes`` says how much
+    is held; copies of a layer (``copy.deepcopy``, pickling) start with an empty workspace.
     """
 
     def __init__(self, limit_bytes: int = WORKSPACE_BYTES) -> None:
         if limit_bytes < 1:
             raise ValueError(f"Workspace: limit_bytes must be >= 1, got {limit_bytes}")
         self.limit_bytes = int(limit_bytes)
-        self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[dict[str, np.ndarray]] = []  # every thread's buffers, for nbytes
+        self._sets: list[Scratch] = []
+        self._free: list[Scratch] = []
 
     def __deepcopy__(self, memo: dict) -> Workspace:
         return Workspace(self.limit_bytes)
@@ -103,51 +144,34 @@ class Workspace:
         return (Workspace, (self.limit_bytes,))
 
     def __copy__(self) -> Workspace:
-        return copy.deepcopy(self)
+        return Workspace(self.limit_bytes)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by all buffers of all threads."""
+        """Bytes held by all scratch sets."""
         with self._lock:
-            return sum(buffer.nbytes for buffers in self._all for buffer in buffers.values())
+            return sum(scratch.nbytes for scratch in self._sets)
 
     def release(self) -> None:
         """Drop every buffer (they are allocated again on the next call)."""
         with self._lock:
-            for buffers in self._all:
-                buffers.clear()
+            self._sets, self._free = [], []
 
-    def array(self, role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """An uninitialised C-contiguous array of ``shape`` in the buffer of ``role``."""
-        buffers = getattr(self._local, "buffers", None)
-        if buffers is None:
-            buffers = self._local.buffers = {}
+    @contextlib.contextmanager
+    def claim(self) -> Iterator[Scratch]:
+        """A scratch set that no other call uses until this one returns."""
+        with self._lock:
+            if self._free:
+                scratch = self._free.pop()
+            else:
+                scratch = Scratch()
+                self._sets.append(scratch)
+        try:
+            yield scratch
+        finally:
             with self._lock:
-                self._all.append(buffers)
-        self._local.__dict__.setdefault("kept", {}).pop(role, None)  # its content changes
-        dtype = np.dtype(dtype)
-        nbytes = math.prod(shape) * dtype.itemsize
-        buffer = buffers.get(role)
-        if buffer is None or buffer.nbytes < nbytes:
-            buffer = buffers[role] = np.empty(nbytes, dtype=np.uint8)
-        return buffer[:nbytes].view(dtype).reshape(shape)
-
-    def keep(self, role: str, source: np.ndarray, key: tuple, value: np.ndarray) -> None:
-        """Remember that ``value`` (in role's buffer) was computed from ``source`` and ``key``,
-        until the buffer is handed out again or ``source`` is freed."""
-        self._local.__dict__.setdefault("kept", {})[role] = (weakref.ref(source), key, value)
-
-    def kept(self, role: str, source: np.ndarray, key: tuple) -> np.ndarray | None:
-        """The value ``keep`` recorded for this very ``source`` object and ``key``, or None."""
-        entry = self._local.__dict__.get("kept", {}).get(role)
-        if entry is None or entry[0]() is not source or entry[1] != key:
-            return None
-        return entry[2]
-
-    def zeros(self, role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        out = self.array(role, shape, dtype)
-        out.fill(0)
-        return out
+                if scratch in self._sets:  # unless released meanwhile
+                    self._free.append(scratch)
 
 
 # -- the three primitives ----------------------------------------------------------------
@@ -170,14 +194,15 @@ def conv_forward(
     out_shape = geometry.output_shape(x.shape[2:])
     y = np.empty((n, out_channels, *out_shape), dtype=x.dtype)
     kernel = _kernel_stack(weight, groups)  # (G, O/G, C/G·K)
-    for block in _blocks(x.shape, out_channels, geometry, workspace, x.dtype):
-        cols = block.gather(x, workspace)  # rows (map i, offset k), columns (n, u)
-        u = workspace.array("maps", (out_channels, cols.shape[1]), x.dtype)
-        # Σ_i Σ_k k_ij(k) · x_i(u + k), one product per group (a stack: no loop over groups)
-        np.matmul(kernel, _stack(cols, groups), out=_stack(u, groups))
-        if bias is not None:
-            u += bias[:, None]  # + b_j
-        block.to_output(u, y)
+    with workspace.claim() as scratch:
+        for block in _blocks(x.shape, out_channels, geometry, workspace.limit_bytes, x.dtype):
+            cols = block.gather(x, scratch)  # rows (map i, offset k), columns (n, u)
+            u = scratch.array("maps", (out_channels, cols.shape[1]), x.dtype)
+            # Σ_i Σ_k k_ij(k) · x_i(u + k), one product per group (a stack: no loop over groups)
+            np.matmul(kernel, _stack(cols, groups), out=_stack(u, groups))
+            if bias is not None:
+                u += bias[:, None]  # + b_j
+            block.to_output(u, y)
     return y
 
 
@@ -197,11 +222,12 @@ def conv_weight_grad(
     channels, out_channels = x.shape[1], dy.shape[1]
     taps = math.prod(geometry.kernel_size)
     dkernel = np.zeros((groups, out_channels // groups, channels // groups * taps), dy.dtype)
-    for block in _blocks(x.shape, out_channels, geometry, workspace, x.dtype):
-        cols = _stack(block.patches(x, workspace), groups)
-        delta = _stack(block.from_output(dy, workspace), groups)  # δ_j as (O, B·L)
-        # (cols δᵀ)ᵀ lets BLAS stream the long B·L axis (1.4-2x faster than δ colsᵀ)
-        dkernel += np.matmul(cols, delta.swapaxes(1, 2)).swapaxes(1, 2)
+    with workspace.claim() as scratch:
+        for block in _blocks(x.shape, out_channels, geometry, workspace.limit_bytes, x.dtype):
+            cols = _stack(block.patches(x, scratch), groups)
+            delta = _stack(block.from_output(dy, scratch), groups)  # δ_j as (O, B·L)
+            # (cols δᵀ)ᵀ lets BLAS stream the long B·L axis (1.4-2x faster than δ colsᵀ)
+            dkernel += np.matmul(cols, delta.swapaxes(1, 2)).swapaxes(1, 2)
     return dkernel.reshape(out_channels, channels // groups, *geometry.kernel_size)
 
 
@@ -230,12 +256,13 @@ def conv_transpose(
         )
     dx = np.zeros(x_shape, dtype=dy.dtype)
     kernel = _kernel_stack(weight, groups)
-    for block in _blocks(x_shape, out_channels, geometry, workspace, dy.dtype):
-        delta = _stack(block.from_output(dy, workspace), groups)
-        dcols = workspace.array("patches", (channels * block.taps, delta.shape[2]), dy.dtype)
-        # Σ_j k_ij δ_j for every patch cell
-        np.matmul(kernel.swapaxes(1, 2), delta, out=_stack(dcols, groups))
-        block.scatter(dcols, dx, workspace)  # each patch cell back to its pixel
+    with workspace.claim() as scratch:
+        for block in _blocks(x_shape, out_channels, geometry, workspace.limit_bytes, dy.dtype):
+            delta = _stack(block.from_output(dy, scratch), groups)
+            dcols = scratch.array("patches", (channels * block.taps, delta.shape[2]), dy.dtype)
+            # Σ_j k_ij δ_j for every patch cell
+            np.matmul(kernel.swapaxes(1, 2), delta, out=_stack(dcols, groups))
+            block.scatter(dcols, dx, scratch)  # each patch cell back to its pixel
     return dx
 
 
@@ -257,11 +284,11 @@ def _blocks(
     x_shape: tuple[int, ...],
     out_channels: int,
     geometry: ConvGeometry,
-    workspace: Workspace,
+    limit_bytes: int,
     dtype: np.dtype,
 ) -> Iterator[_ShiftedLayout | _StridedLayout]:
     """Blocks of samples, or of output rows of one sample, whose patch matrix (C·K rows)
-    and output matrix (O rows) fit in ``workspace.limit_bytes`` (at least one output row)."""
+    and output matrix (O rows) fit in ``limit_bytes`` (at least one output row)."""
     n, channels, *spatial = x_shape
     out_shape = geometry.output_shape(tuple(spatial))
     if min(out_shape, default=1) < 1:
@@ -274,7 +301,7 @@ def _blocks(
     # widest row: the shifted layout computes the padded width
     row = math.prod(s + b + a for s, (b, a) in zip(spatial[1:], geometry.pads[1:]))
     row_bytes = (channels * taps + out_channels) * row * np.dtype(dtype).itemsize
-    budget = max(1, workspace.limit_bytes // row_bytes)  # output rows per block
+    budget = max(1, limit_bytes // row_bytes)  # output rows per block
     layout = _layout_for(geometry)
     if budget >= out_shape[0]:
         samples = max(1, budget // out_shape[0])
@@ -333,19 +360,19 @@ class _Block:
         )
         self.whole_rows = rows.start == 0 and rows.stop == out_shape[0]
 
-    def gather(self, x: np.ndarray, workspace: Workspace) -> np.ndarray:
-        """The block's patch matrix (C·K, B·L) of x, gathered into the workspace."""
-        cols = self._gather(x, workspace)
-        workspace.keep("patches", x, self._key(x), cols)
+    def gather(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
+        """The block's patch matrix (C·K, B·L) of x, gathered into the scratch."""
+        cols = self._gather(x, scratch)
+        scratch.keep("patches", x, self._key(x), cols)
         return cols
 
-    def patches(self, x: np.ndarray, workspace: Workspace) -> np.ndarray:
+    def patches(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
         """The patch matrix as ``gather``, but not gathered again when the workspace still
         holds it from the last gather of this same array x (a forward whose batch was one
         block, then the weight gradient): x must not change in between, which holds for a
         layer's cached input."""
-        cols = workspace.kept("patches", x, self._key(x))
-        return self.gather(x, workspace) if cols is None else cols
+        cols = scratch.kept("patches", x, self._key(x))
+        return self.gather(x, scratch) if cols is None else cols
 
     def _key(self, x: np.ndarray) -> tuple:
         return (self.geometry, self.samples, self.rows, x.shape, x.dtype)
@@ -374,10 +401,10 @@ class _StridedLayout(_Block):
         g = self.geometry
         return kernel_offsets(g.kernel_size, g.stride, g.dilation, self.out_shape)
 
-    def _gather(self, x: np.ndarray, workspace: Workspace) -> np.ndarray:
-        slab = workspace.array("slab", (self.channels, self.batch, *self.slab), x.dtype)
+    def _gather(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
+        slab = scratch.array("slab", (self.channels, self.batch, *self.slab), x.dtype)
         self._fill_slab(slab, x)
-        cols = workspace.array(
+        cols = scratch.array(
             "patches",
             (self.channels, *self.geometry.kernel_size, self.batch, *self.out_shape),
             x.dtype,
@@ -390,14 +417,14 @@ class _StridedLayout(_Block):
         block = u.reshape(len(u), self.batch, *self.out_shape).swapaxes(0, 1)
         y[(self.samples, slice(None), self.rows)] = block
 
-    def from_output(self, dy: np.ndarray, workspace: Workspace) -> np.ndarray:
+    def from_output(self, dy: np.ndarray, scratch: Scratch) -> np.ndarray:
         out_channels = dy.shape[1]
-        delta = workspace.array("maps", (out_channels, self.batch, *self.out_shape), dy.dtype)
+        delta = scratch.array("maps", (out_channels, self.batch, *self.out_shape), dy.dtype)
         delta[...] = dy[(self.samples, slice(None), self.rows)].swapaxes(0, 1)
         return delta.reshape(out_channels, -1)
 
-    def scatter(self, dcols: np.ndarray, dx: np.ndarray, workspace: Workspace) -> None:
-        slab = workspace.zeros("slab", (self.channels, self.batch, *self.slab), dcols.dtype)
+    def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch) -> None:
+        slab = scratch.zeros("slab", (self.channels, self.batch, *self.slab), dcols.dtype)
         dcols = dcols.reshape(
             self.channels, *self.geometry.kernel_size, self.batch, *self.out_shape
         )
@@ -424,16 +451,16 @@ class _ShiftedLayout(_Block):
         self.flat_size = self.shifts[-1] + self.positions
         self.valid = (slice(None), slice(None), *(slice(0, o) for o in self.out_shape))
 
-    def _flat(self, workspace: Workspace, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-        flat = workspace.array("slab", (self.channels, self.batch, self.flat_size), dtype)
+    def _flat(self, scratch: Scratch, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        flat = scratch.array("slab", (self.channels, self.batch, self.flat_size), dtype)
         image = flat[:, :, : self.image_size].reshape(self.channels, self.batch, *self.slab)
         return flat, image
 
-    def _gather(self, x: np.ndarray, workspace: Workspace) -> np.ndarray:
-        flat, image = self._flat(workspace, x.dtype)
+    def _gather(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
+        flat, image = self._flat(scratch, x.dtype)
         flat[:, :, self.image_size :] = 0
         self._fill_slab(image, x)
-        cols = workspace.array(
+        cols = scratch.array(
             "patches", (self.channels, self.taps, self.batch, self.positions), x.dtype
         )
         for k, shift in enumerate(self.shifts):
@@ -444,14 +471,14 @@ class _ShiftedLayout(_Block):
         wide = u.reshape(len(u), self.batch, *self.wide_shape)
         y[(self.samples, slice(None), self.rows)] = wide[self.valid].swapaxes(0, 1)
 
-    def from_output(self, dy: np.ndarray, workspace: Workspace) -> np.ndarray:
+    def from_output(self, dy: np.ndarray, scratch: Scratch) -> np.ndarray:
         out_channels = dy.shape[1]
-        wide = workspace.zeros("maps", (out_channels, self.batch, *self.wide_shape), dy.dtype)
+        wide = scratch.zeros("maps", (out_channels, self.batch, *self.wide_shape), dy.dtype)
         wide[self.valid] = dy[(self.samples, slice(None), self.rows)].swapaxes(0, 1)
         return wide.reshape(out_channels, -1)  # unused columns keep δ = 0
 
-    def scatter(self, dcols: np.ndarray, dx: np.ndarray, workspace: Workspace) -> None:
-        flat, image = self._flat(workspace, dcols.dtype)
+    def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch) -> None:
+        flat, image = self._flat(scratch, dcols.dtype)
         flat.fill(0)
         dcols = dcols.reshape(self.channels, self.taps, self.batch, self.positions)
         for k, shift in enumerate(self.shifts):

@@ -42,8 +42,9 @@ Decisions, made once here for every layer:
    on learned feature-map combinations, SPEC §4).
 9. **Samples are independent unless a layer says otherwise.** ``samples_independent``
    (True by default) means a training-mode forward of a batch equals the forwards of its
-   parts, so a large batch may be split across cores (``convnp.runtime.parallel.BatchSplitter``).
-   Batch norm (statistics over the batch) and dropout (one random stream) set it False.
+   parts, so training on MPI ranks, each with a slice of the batch, equals one process
+   (``convnp.runtime.distributed``). Batch norm (statistics over the batch) and dropout
+   (one random stream) set it False: on ranks they work per slice.
 """
 
 from __future__ import annotations

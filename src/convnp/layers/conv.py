@@ -209,14 +209,16 @@ class _ConvNd(Layer):
                 f"is larger than the padded input; input shape {x.shape}"
             )
         kernel, bias = self.effective_kernel(), self.params.get("bias")
+        # u_j = Σ_{i ∈ M_j} x_i * k_ij + b_j
         u = conv_forward(x, kernel, bias, self.geometry, workspace=self.workspace)
-        self._remember(x)  # u_j = Σ_i x_i * k_ij + b_j
+        self._remember(x)  # the patches p_i of ∂E/∂k are gathered from x again
         return u
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         (x,) = self._recall()
         self._param_grads(x, dy)
-        kernel = self.effective_kernel()  # ∂E/∂x_i = Σ_j conv(δ_j, rot180(k_ij), 'full')
+        # ∂E/∂x_i = Σ_{j: i ∈ M_j} conv(δ_j, rot180(k_ij), 'full')
+        kernel = self.effective_kernel()
         return conv_transpose(dy, kernel, self.geometry, x.shape[2:], workspace=self.workspace)
 
     def backward_params(self, dy: np.ndarray) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from convnp.layers import _windows
-from convnp.layers._conv_ops import Workspace
+from convnp.layers._conv_ops import Scratch, Workspace
 from convnp.layers.base import DEFAULT_DTYPE, Layer, MemoryEstimate, as_tuple, uniform_init
 
 
@@ -138,14 +138,14 @@ class LocallyConnected2d(Layer):
         samples = max(1, self.workspace.limit_bytes // self._bytes_per_sample(itemsize))
         return [slice(start, min(n, start + samples)) for start in range(0, n, samples)]
 
-    def _patches(self, x_block: np.ndarray) -> np.ndarray:
+    def _patches(self, x_block: np.ndarray, scratch: Scratch) -> np.ndarray:
         """p_i(p,q) of a block of samples as (L, C·K, B): one patch matrix per position."""
         x_padded = _windows.pad_spatial(x_block, self.pads)
         windows = _windows.windows(  # (B, C, P, Q, kH, kW)
             x_padded, self.kernel_size, self.stride, (1, 1), self.output_size
         )
         positions, _, taps = self._kernels().shape
-        cols = self.workspace.array(
+        cols = scratch.array(
             "patches",
             (*self.output_size, self.in_channels, *self.kernel_size, len(x_block)),
             x_block.dtype,
@@ -165,13 +165,13 @@ class LocallyConnected2d(Layer):
             )
         u = np.empty((len(x), self.out_channels, *self.output_size), dtype=x.dtype)
         kernels = self._kernels()
-        for block in self._sample_blocks(len(x), x.itemsize):
-            cols = self._patches(x[block])
-            products = self.workspace.array("maps", (*kernels.shape[:2], cols.shape[2]), x.dtype)
-            np.matmul(kernels, cols, out=products)  # Σ_i Σ_ab k_ij^{pq} · p_i(p,q), per (p,q)
-            u[block] = products.reshape(*self.output_size, self.out_channels, -1).transpose(
-                3, 2, 0, 1
-            )
+        with self.workspace.claim() as scratch:
+            for block in self._sample_blocks(len(x), x.itemsize):
+                cols = self._patches(x[block], scratch)
+                products = scratch.array("maps", (*kernels.shape[:2], cols.shape[2]), x.dtype)
+                np.matmul(kernels, cols, out=products)  # Σ_i Σ_ab k_ij^{pq} · p_i(p,q)
+                by_sample = products.reshape(*self.output_size, self.out_channels, -1)
+                u[block] = by_sample.transpose(3, 2, 0, 1)
         if "bias" in self.params:
             u += self.params["bias"]  # + b_j(p,q)
         self._remember(x)
@@ -192,22 +192,20 @@ class LocallyConnected2d(Layer):
         kernels = self._kernels()
         dkernels = np.zeros_like(kernels)
         dx = np.zeros_like(x) if input_grad else None
-        for block in self._sample_blocks(len(x), x.itemsize):
-            cols = self._patches(x[block])
-            delta = self.workspace.array("maps", (*kernels.shape[:2], cols.shape[2]), x.dtype)
-            delta[...] = dy[block].transpose(2, 3, 1, 0).reshape(delta.shape)  # (L, O, B)
-            dkernels += delta @ cols.transpose(0, 2, 1)  # Σ_n δ_j(p,q) · p_i(p,q)
-            if input_grad:
-                dcols = np.matmul(kernels.transpose(0, 2, 1), delta, out=cols)  # Σ_j k δ_j
-                dpatches = dcols.reshape(*self.output_size, self.in_channels, *self.kernel_size, -1)
-                padded_shape = (
-                    len(delta[0, 0]),
-                    self.in_channels,
-                    *(s + b + a for s, (b, a) in zip(self.input_size, self.pads)),
-                )
-                dx_padded = _windows.scatter_windows(
-                    dpatches.transpose(5, 2, 0, 1, 3, 4), padded_shape, self.stride, (1, 1)
-                )
-                dx[block] = _windows.crop_spatial(dx_padded, self.pads, self.input_size)
+        padded = tuple(s + b + a for s, (b, a) in zip(self.input_size, self.pads))
+        with self.workspace.claim() as scratch:
+            for block in self._sample_blocks(len(x), x.itemsize):
+                cols = self._patches(x[block], scratch)
+                delta = scratch.array("maps", (*kernels.shape[:2], cols.shape[2]), x.dtype)
+                delta[...] = dy[block].transpose(2, 3, 1, 0).reshape(delta.shape)  # (L, O, B)
+                dkernels += delta @ cols.transpose(0, 2, 1)  # Σ_n δ_j(p,q) · p_i(p,q)
+                if input_grad:
+                    dcols = np.matmul(kernels.transpose(0, 2, 1), delta, out=cols)  # Σ_j k δ_j
+                    dpatches = dcols.reshape(
+                        *self.output_size, self.in_channels, *self.kernel_size, -1
+                    ).transpose(5, 2, 0, 1, 3, 4)  # (B, C, P, Q, kH, kW), as windows
+                    shape = (len(dpatches), self.in_channels, *padded)
+                    dx_padded = _windows.scatter_windows(dpatches, shape, self.stride, (1, 1))
+                    dx[block] = _windows.crop_spatial(dx_padded, self.pads, self.input_size)
         self.grads["weight"][...] = dkernels.reshape(self.params["weight"].shape)
         return dx

@@ -54,6 +54,7 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -283,6 +284,13 @@ class Communicator:
         """Before training: per-rank thread limits, and the start-up fingerprint check."""
         self.seed = int(getattr(train, "seed", 0))
         self._limit_threads(model)
+        per_slice = [repr(layer) for layer in model if not layer.samples_independent]
+        if per_slice and self.is_root and self.size > 1:
+            warnings.warn(
+                f"{', '.join(per_slice)} work on each rank's slice of the batch (its own "
+                "statistics, its own dropout masks), so results depend on the number of ranks",
+                stacklevel=3,
+            )
         optimizer_state = {key: value for key, value in optimizer.state_dict().items()}
         fingerprints = {
             "model": model_fingerprint(model),
@@ -393,7 +401,8 @@ class Communicator:
                 )
 
     def _limit_threads(self, model: Any) -> None:
-        """BLAS threads: this rank's share of the node's cores."""
+        """BLAS threads: at most this rank's share of the node's cores (a lower limit
+        already set, e.g. OMP_NUM_THREADS=1, is kept)."""
         node = self.comm.Split_type(self._mpi.COMM_TYPE_SHARED)
         share = max(1, available_cores() // node.Get_size())
         node.Free()
@@ -401,4 +410,6 @@ class Communicator:
 
         controller = _blas_controller()
         if controller is not None:
-            controller.limit(limits=share, user_api="blas")
+            blas = controller.select(user_api="blas")
+            current = min((lib.num_threads for lib in blas.lib_controllers), default=share)
+            blas.limit(limits=min(current, share))
