@@ -92,6 +92,17 @@ def test_divergence_message_names_the_layer(digits):
         train.fit(model, CrossEntropyLoss(), opt, [(x, labels)], epochs=1, progress=False)
 
 
+def test_non_finite_input_batch_stops_training_naming_the_input(digits):
+    """The model's entry check (Sequential.forward) stops the step; the message says the
+    batch itself, not a layer, holds the NaN."""
+    model, loader, _, opt = _setup(digits)
+    x, labels = next(iter(loader))
+    x = x.copy()
+    x[3, 0, 5, 5] = np.nan
+    with pytest.raises(train.TrainingDiverged, match="epoch 1: the input batch contains NaN"):
+        train.fit(model, CrossEntropyLoss(), opt, [(x, labels)], epochs=1, progress=False)
+
+
 def test_evaluate_confusion_matrix(digits):
     model, _, val, _ = _setup(digits)
     result = train.evaluate(model, val, CrossEntropyLoss(), num_classes=10)
@@ -151,14 +162,3 @@ def test_a_divergence_first_seen_at_validation_is_a_divergence(digits, tmp_path)
         train.fit(model, CrossEntropyLoss(), opt, loader, epochs=1, val=val, out_dir=tmp_path,
                   progress=False)  # fmt: skip
     assert not (tmp_path / io.CHECKPOINT_NAME).exists()
-
-
-def test_non_finite_input_batch_stops_training_naming_the_input(digits):
-    """The model's entry check (Sequential.forward) stops the step; the message says the
-    batch itself, not a layer, holds the NaN."""
-    model, loader, _, opt = _setup(digits)
-    x, labels = next(iter(loader))
-    x = x.copy()
-    x[3, 0, 5, 5] = np.nan
-    with pytest.raises(train.TrainingDiverged, match="epoch 1: the input batch contains NaN"):
-        train.fit(model, CrossEntropyLoss(), opt, [(x, labels)], epochs=1, progress=False)

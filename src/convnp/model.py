@@ -316,9 +316,10 @@ class Sequential:
         """Train on arrays: images x (N, C, *spatial) and integer labels y (N,).
 
         uint8 images are scaled to [0, 1] (``DataLoader``'s "unit"), float images are used
-        as given; ``evaluate`` and ``predict`` treat their input the same way. As in Keras,
-        ``validation_split`` holds out the *last* fraction of the arrays (before shuffling)
-        and reports val_loss/val_accuracy per epoch. Uses the loss and optimizer of
+        as given; ``evaluate`` and ``predict_proba`` treat their input the same way. As in
+        Keras, ``validation_split`` holds out the *last* fraction of the arrays (before
+        shuffling; shuffle data sorted by class first) and reports val_loss/val_accuracy per
+        epoch. Uses the loss and optimizer of
         ``compile`` (its defaults if never called) and ``convnp.train.fit``; returns its
         per-epoch history.
         """

@@ -108,3 +108,8 @@ def test_command_writes_a_page_that_chromium_renders(run: Path, tmp_path: Path) 
 def test_report_of_a_missing_run_is_one_line(tmp_path: Path, capsys) -> None:
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_a_recorded_command_line_is_shown_as_typed() -> None:
+    section = report._command_section({"command": ["convnp", "train", "--arch", "6c5-2s x"]})
+    assert "convnp train --arch &#x27;6c5-2s x&#x27;" in section and "as recorded" in section

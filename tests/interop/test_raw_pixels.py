@@ -90,8 +90,8 @@ def test_torch_module_takes_the_same_raw_input(data, tmp_path):
     for name in ("lenet5", "bouvrie"):
         path, info = _saved_model(name, data, tmp_path)
         raw = data.test_images[:16]
-        model, run_info = cli._load_model(str(path))
-        ((x, _),) = cli._loader_like_training(raw, np.zeros(16, np.int64), run_info, model)
+        model, recorded = cli._load_model(str(path))
+        ((x, _),) = cli._loader_like_training(raw, np.zeros(16, np.int64), recorded, model)
         module = to_torch(model.eval(), normalize=info["normalize"])
         with torch.no_grad():
             theirs = module(torch.from_numpy(raw.astype(np.float32))).numpy()

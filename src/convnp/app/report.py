@@ -23,6 +23,7 @@ import html
 import json
 import platform
 import re
+import shlex
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -118,6 +119,8 @@ def _command_section(info: Any) -> str:
                       ("schedule", "--schedule"), ("seed", "--seed")):  # fmt: skip
         if _field(info, key) is not None:
             options.append(f"{flag} {_field(info, key)}")
+    if isinstance(recorded, list | tuple):  # an argv list, as a typed run record keeps it
+        recorded = shlex.join(str(part) for part in recorded)
     command = recorded or "convnp train " + " ".join(options)
     caption = "as recorded" if recorded else "an equivalent command, rebuilt from the recorded run"
     skipped = {"class_names", "command"}
@@ -148,9 +151,12 @@ def _data_section(data: Dataset | None, info: Any) -> str:
     if data is None:
         return "<h2>Data</h2><p>No data set is recorded for this run.</p>"
     rows = [
-        ("training", len(data.train_labels), "trains the weights"),
-        ("test", len(data.test_labels), "validation after each epoch, and every figure below"),
+        ("training", _field(info, "train_size") or len(data.train_labels), "the weights"),
+        ("test", len(data.test_labels), "the test accuracy, confusion matrix and figures below"),
     ]
+    for key in ("val_split", "validation_split", "val_size"):  # named as the run records it
+        if _field(info, key) is not None:
+            rows.append(("validation", _field(info, key), f"the val_* columns ({key})"))
     shape = "×".join(map(str, data.train_images.shape[1:]))
     normalize = _field(info, "normalize") or {}
     return (
