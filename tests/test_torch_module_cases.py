@@ -222,8 +222,6 @@ def _lacks_batch_axis(case: Case) -> bool:
     """A (C, *spatial) input to an N-d layer, (C,) logits or a (D,) vector to a loss."""
     name = case.class_name
     ndim = _input_ndim(case)
-    if name == "Linear":
-        return ndim == 1
     spatial = {"1d": 1, "2d": 2, "3d": 3}.get(name[-2:])
     return spatial is not None and not name.startswith("BatchNorm") and ndim == spatial + 1
 

@@ -45,11 +45,21 @@ def test_linear_errors_and_repr(rng):
     assert repr(layer) == "Linear(192, 10)"
     assert repr(Linear(3, 2, bias=False)) == "Linear(3, 2, bias=False)"
     with pytest.raises(
-        ValueError, match=r"Linear\(192, 10\): expected input \(N, 192\), got shape \(2, 191\)"
+        ValueError, match=r"Linear\(192, 10\): expected input \(N, 192\) or \(192,\), got shape"
     ):
         layer.forward(np.zeros((2, 191), np.float32))
     with pytest.raises(RuntimeError, match="before forward"):
         Linear(2, 2).backward(np.zeros((1, 2), np.float32))
+
+
+def test_linear_takes_one_sample_without_a_batch_axis(rng):
+    """(in_features,) -> (out_features,), as PyTorch; gradients as for a batch of one."""
+    torch = pytest.importorskip("torch")
+    layer = Linear(5, 3, dtype=np.float64, rng=rng)
+    x = rng.standard_normal(5)
+    assert_gradients_match_numeric(layer, x)
+    assert_matches_torch(layer, torch.nn.Linear(5, 3).double(), x, rng)
+    assert layer.forward(x).shape == (3,)
 
 
 FLATTEN_CASES = [

@@ -24,6 +24,7 @@ class Linear(Layer):
 
     Shape:
         input (N, in_features) -> output (N, out_features); weight (out_features, in_features).
+        A single sample without a batch axis, (in_features,) -> (out_features,), as PyTorch.
     """
 
     def __init__(
@@ -61,21 +62,29 @@ class Linear(Layer):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(
-            x, ndim=2, layout=f"(N, {self.in_features})", channels=self.in_features
+            x,
+            ndim=(1, 2),
+            layout=f"(N, {self.in_features}) or ({self.in_features},)",
+            channels=self.in_features,
+            channel_axis=-1,
         )
+        batched = x.ndim == 2
+        x = x if batched else x[None]  # one sample: a batch of one, the axis dropped after
         u = x @ self.params["weight"].T  # W x
         if "bias" in self.params:
             u += self.params["bias"]  # + b
-        self._remember(x)
-        return u
+        self._remember(x, batched)
+        return u if batched else u[0]
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        (x,) = self._recall()
-        delta = self._check_grad_output(dy, (x.shape[0], self.out_features))
+        x, batched = self._recall()
+        expected = (x.shape[0], self.out_features) if batched else (self.out_features,)
+        delta = self._check_grad_output(dy, expected).reshape(x.shape[0], self.out_features)
         np.matmul(delta.T, x, out=self.grads["weight"])  # ∂E/∂W = Σ_n δ xᵀ, no temporary
         if "bias" in self.params:
             self.grads["bias"][...] = delta.sum(axis=0)  # ∂E/∂b = Σ_n δ
-        return delta @ self.params["weight"]  # ∂E/∂x = Wᵀ δ
+        dx = delta @ self.params["weight"]  # ∂E/∂x = Wᵀ δ
+        return dx if batched else dx[0]
 
 
 class Flatten(Layer):
