@@ -376,12 +376,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--tta-target", type=float, default=0.0, help="0 skips")
     parser.add_argument("--tta-epochs", type=int)
-    parser.add_argument("--json", default="benchmarks/results-mpi.json")
+    parser.add_argument(
+        "--json",
+        default="runs/benchmarks/results-mpi.json",
+        help="output file (benchmarks/results-mpi.json is the committed record)",
+    )
     args = parser.parse_args(argv)
     tta = {"target": args.tta_target, "epochs": args.tta_epochs, "data": "fashion-mnist"}
     models = {"bouvrie": 50, "lenet5": 64, "modern": 128}
     report = run(models, args.steps, args.windows, tta if args.tta_target else None)
     print_report(report)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
 

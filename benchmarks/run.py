@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 # OpenBLAS's idle threads sleep at once instead of spinning for ~0.1 s after each product
@@ -392,7 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-torch", action="store_true", help="convnp only")
     parser.add_argument("--no-scaling", action="store_true")
-    parser.add_argument("--json", default="benchmarks/results.json", help="output file")
+    parser.add_argument(
+        "--json",
+        default="runs/benchmarks/results.json",
+        help="output file (default under the ignored runs/; benchmarks/results.json is the "
+        "committed record)",
+    )
     parser.add_argument("--mpi", action="store_true", help="MPI section (distributed.py)")
     parser.add_argument("--tta-target", type=float, default=0.93,
                         help="--mpi: time-to-accuracy target for fashion (0 skips)")  # fmt: skip
@@ -433,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     _print_report(report)
     if args.mpi:
         _distributed_module().print_report(report["mpi"])
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "w") as stream:
         json.dump(report, stream, indent=2)
     print(f"\nresults written to {args.json}")

@@ -99,8 +99,9 @@ def benchmarks_page() -> str:
     lines = [
         "# Benchmarks",
         "",
-        "From `benchmarks/results.json`, written by `python benchmarks/run.py` (or",
-        "`convnp bench`): convnp and PyTorch on the same weights and batches, interleaved.",
+        "From `benchmarks/results.json`, the committed record written by",
+        "`python benchmarks/run.py --json benchmarks/results.json`: convnp and PyTorch on the",
+        "same weights and batches, interleaved.",
         "Ratios are convnp / PyTorch (above 1: convnp is faster or, for memory, uses more).",
         "",
         f"Machine: {results.get('machine', '?')}",
