@@ -47,6 +47,11 @@ class _ConvNd(Layer):
     the forward and their gradients are zero, so they stay exactly zero through training.
     ``groups`` is a block-diagonal connection table (depthwise when groups == in_channels).
 
+    ``padding_mode`` (PyTorch's): "zeros" pads inside the convolution; "reflect",
+    "replicate" and "circular" pad x explicitly, x̃ = pad(x), and convolve x̃ without
+    padding, so ∂E/∂x is the gradient on x̃ folded back by the adjoint of the padding
+    (``_windows.fold_padding``: each padded cell adds into the cell of x it copies).
+
     Memory: a training forward keeps its input x (shared with the layer before, which
     usually keeps it anyway) for ∂E/∂k; the workspace holds at most a few
     ``Workspace.limit_bytes`` (``memory_estimate``).
@@ -64,6 +69,7 @@ class _ConvNd(Layer):
         dilation: int | Sequence[int] = 1,
         groups: int = 1,
         bias: bool = True,
+        padding_mode: str = "zeros",
         *,
         connection_table: np.ndarray | Sequence[Sequence[bool]] | None = None,
         flip_kernel: bool = False,
@@ -82,7 +88,19 @@ class _ConvNd(Layer):
         self.flip_kernel = bool(flip_kernel)
         self.pads = _windows.resolve_padding(padding, self.kernel_size, self.dilation)
         """(before, after) zero padding per spatial axis, resolved from ``padding``."""
-        self.geometry = ConvGeometry(self.kernel_size, self.stride, self.pads, self.dilation)
+        if padding_mode not in _windows.PADDING_MODES:
+            raise ValueError(
+                f"{type(self).__name__}: padding_mode must be one of "
+                f"{sorted(_windows.PADDING_MODES)}, got {padding_mode!r}"
+            )
+        self.padding_mode = str(padding_mode)
+        no_pads = ((0, 0),) * nd
+        explicit = self.padding_mode != "zeros"
+        self.input_pads = self.pads if explicit else no_pads
+        """Padding applied to x before the convolution (x̃ = pad(x)): none for "zeros"."""
+        conv_pads = no_pads if explicit else self.pads
+        self.geometry = ConvGeometry(self.kernel_size, self.stride, conv_pads, self.dilation)
+        """The convolution run on x̃: zero padding inside it for "zeros", none otherwise."""
         self.workspace = Workspace()
         if min(self.kernel_size + self.stride + self.dilation) < 1:
             raise ValueError(f"{type(self).__name__}: kernel_size, stride, dilation must be >= 1")
@@ -143,6 +161,7 @@ class _ConvNd(Layer):
             "dilation": list(self.dilation),
             "groups": self.groups,
             "bias": "bias" in self.params,
+            "padding_mode": self.padding_mode,
             "flip_kernel": self.flip_kernel,
         }
         if self.has_connection_table:
@@ -161,6 +180,8 @@ class _ConvNd(Layer):
             text += f", groups={self.groups}"
         if "bias" not in self.params:
             text += ", bias=False"
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode!r}"
         if self.has_connection_table:
             mask = self.connection_mask
             text += f", connection_table=<{int(mask.sum())} of {mask.size} connected>"
@@ -179,7 +200,8 @@ class _ConvNd(Layer):
         return kernel
 
     def output_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
-        return self.geometry.output_shape(tuple(spatial))
+        padded = tuple(s + b + a for s, (b, a) in zip(spatial, self.input_pads))
+        return self.geometry.output_shape(padded)
 
     def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
         """Keeps its input x for ∂E/∂k; the workspace holds the patch and output matrices
@@ -208,26 +230,29 @@ class _ConvNd(Layer):
                 f"{tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))}) "
                 f"is larger than the padded input; input shape {x.shape}"
             )
+        _windows.check_padding_fits(self.pads, x.shape[2:], self.padding_mode)
+        x = _windows.pad_spatial_mode(x, self.input_pads, self.padding_mode)  # x̃ = pad(x)
         kernel, bias = self.effective_kernel(), self.params.get("bias")
-        # u_j = Σ_{i ∈ M_j} x_i * k_ij + b_j
+        # u_j = Σ_{i ∈ M_j} x̃_i * k_ij + b_j
         u = conv_forward(x, kernel, bias, self.geometry, workspace=self.workspace)
-        self._remember(x)  # the patches p_i of ∂E/∂k are gathered from x again
+        self._remember(x)  # the patches p_i of ∂E/∂k are gathered from x̃ again
         return u
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         (x,) = self._recall()
         self._param_grads(x, dy)
-        # ∂E/∂x_i = Σ_{j: i ∈ M_j} conv(δ_j, rot180(k_ij), 'full')
+        # ∂E/∂x̃_i = Σ_{j: i ∈ M_j} conv(δ_j, rot180(k_ij), 'full'), folded back onto x
         kernel = self.effective_kernel()
-        return conv_transpose(dy, kernel, self.geometry, x.shape[2:], workspace=self.workspace)
+        dx = conv_transpose(dy, kernel, self.geometry, x.shape[2:], workspace=self.workspace)
+        return _windows.fold_padding(dx, self.input_pads, self.padding_mode)
 
     def backward_params(self, dy: np.ndarray) -> None:
         (x,) = self._recall()
         self._param_grads(x, dy)
 
     def _param_grads(self, x: np.ndarray, dy: np.ndarray) -> None:
-        """Fill ∂E/∂b and ∂E/∂k from the input x and δ = dy."""
-        out_shape = self.output_shape(x.shape[2:])
+        """Fill ∂E/∂b and ∂E/∂k from the (padded) input x̃ and δ = dy."""
+        out_shape = self.geometry.output_shape(x.shape[2:])
         dy = self._check_grad_output(dy, (len(x), self.out_channels, *out_shape))
         if "bias" in self.params:
             self.grads["bias"][...] = dy.sum(axis=(0, *range(2, 2 + self._nd)))  # Σ_uv δ_j
