@@ -41,7 +41,7 @@ def _torch_twin(layer):
         2: torch.nn.functional.conv2d,
         3: torch.nn.functional.conv3d,
     }
-    nd = layer._nd
+    nd = layer.nd
     mask = torch.tensor(
         layer.connection_mask.reshape(layer.connection_mask.shape + (1,) * nd), dtype=torch.float64
     )
@@ -186,7 +186,7 @@ def test_bad_inputs_name_the_layer_and_shapes(rng):
     ):
         layer.forward(np.zeros((8, 1, 28, 28), np.float32))
     with pytest.raises(ValueError, match="expected input"):
-        layer.forward(np.zeros((3, 28, 28), np.float32))
+        layer.forward(np.zeros((28, 28), np.float32))  # (3, 28, 28) is one sample
     with pytest.raises(ValueError, match="floating-point"):
         layer.forward(np.zeros((1, 3, 28, 28), np.uint8))
     with pytest.raises(ValueError, match="does not match parameter dtype"):

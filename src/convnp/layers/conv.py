@@ -21,6 +21,7 @@ from convnp.layers.base import (
     Layer,
     MemoryEstimate,
     as_tuple,
+    optional_batch_axis,
     uniform_init,
 )
 
@@ -57,7 +58,7 @@ class _ConvNd(Layer):
     ``Workspace.limit_bytes`` (``memory_estimate``).
     """
 
-    _nd = 0
+    nd = 0
 
     def __init__(
         self,
@@ -77,7 +78,7 @@ class _ConvNd(Layer):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        nd = self._nd
+        nd = self.nd
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.kernel_size = as_tuple(kernel_size, nd, "kernel_size")
@@ -149,7 +150,7 @@ class _ConvNd(Layer):
 
     def _mask_like(self, weight: np.ndarray) -> np.ndarray:
         mask = self.connection_mask
-        return mask.reshape(mask.shape + (1,) * self._nd).astype(weight.dtype)
+        return mask.reshape(mask.shape + (1,) * self.nd).astype(weight.dtype)
 
     def config(self) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -170,11 +171,11 @@ class _ConvNd(Layer):
 
     def extra_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
-        if self.stride != (1,) * self._nd:
+        if self.stride != (1,) * self.nd:
             text += f", stride={self.stride}"
-        if self.padding != (0,) * self._nd:
+        if self.padding != (0,) * self.nd:
             text += f", padding={self.padding!r}"
-        if self.dilation != (1,) * self._nd:
+        if self.dilation != (1,) * self.nd:
             text += f", dilation={self.dilation}"
         if self.groups != 1:
             text += f", groups={self.groups}"
@@ -196,7 +197,7 @@ class _ConvNd(Layer):
         if self.has_connection_table or self.groups != 1:
             kernel = kernel * self._mask_like(kernel)
         if self.flip_kernel:
-            kernel = np.flip(kernel, axis=tuple(range(2, 2 + self._nd)))
+            kernel = np.flip(kernel, axis=tuple(range(2, 2 + self.nd)))
         return kernel
 
     def output_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
@@ -220,7 +221,7 @@ class _ConvNd(Layer):
         return MemoryEstimate(keeps_input=True, workspace_bytes=patches + slab)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        nd = self._nd
+        nd = self.nd
         layout = LAYOUTS[nd].replace("C", str(self.in_channels))
         x = self._check_input(x, ndim=nd + 2, layout=layout, channels=self.in_channels)
         out_shape = self.output_shape(x.shape[2:])
@@ -255,22 +256,24 @@ class _ConvNd(Layer):
         out_shape = self.geometry.output_shape(x.shape[2:])
         dy = self._check_grad_output(dy, (len(x), self.out_channels, *out_shape))
         if "bias" in self.params:
-            self.grads["bias"][...] = dy.sum(axis=(0, *range(2, 2 + self._nd)))  # Σ_uv δ_j
+            self.grads["bias"][...] = dy.sum(axis=(0, *range(2, 2 + self.nd)))  # Σ_uv δ_j
         # ∂E/∂k_ij = Σ_uv δ_j · p_i
         dkernel = conv_weight_grad(x, dy, self.geometry, workspace=self.workspace)
         if self.flip_kernel:
-            dkernel = np.flip(dkernel, axis=tuple(range(2, 2 + self._nd)))
+            dkernel = np.flip(dkernel, axis=tuple(range(2, 2 + self.nd)))
         if self.has_connection_table or self.groups != 1:
             dkernel = dkernel * self._mask_like(dkernel)  # only i ∈ M_j learn
         self.grads["weight"][...] = dkernel
 
 
+@optional_batch_axis
 class Conv1d(_ConvNd):
     """1-D convolution over (N, C, L), e.g. a time-delay network (SPEC §6). See _ConvNd."""
 
-    _nd = 1
+    nd = 1
 
 
+@optional_batch_axis
 class Conv2d(_ConvNd):
     """2-D convolution over (N, C, H, W) with optional connection table M_j (SPEC §2).
 
@@ -278,13 +281,14 @@ class Conv2d(_ConvNd):
     Full equations and the implementation are described on ``_ConvNd``.
     """
 
-    _nd = 2
+    nd = 2
 
 
+@optional_batch_axis
 class Conv3d(_ConvNd):
     """3-D convolution over (N, C, D, H, W): volumes or video (SPEC §6). See _ConvNd."""
 
-    _nd = 3
+    nd = 3
 
 
 def grouped_weight(weight: np.ndarray, groups: int) -> np.ndarray:
