@@ -301,3 +301,11 @@ def test_padding_mode_errors_and_config(rng, tmp_path):
     io.save(Sequential(layer), tmp_path / "model.npz")
     (loaded,) = io.load(tmp_path / "model.npz")
     assert loaded.padding_mode == "replicate" and loaded.config() == layer.config()
+
+
+def test_padding_mode_memory_estimate_counts_the_padded_copy():
+    estimate = Conv2d(2, 3, 3, padding=(1, 2), padding_mode="circular").memory_estimate(
+        (4, 2, 5, 6)
+    )
+    assert not estimate.keeps_input
+    assert estimate.other_bytes == 4 * 2 * 7 * 10 * 4  # x̃, float32

@@ -205,8 +205,9 @@ class _ConvNd(Layer):
         return self.geometry.output_shape(padded)
 
     def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
-        """Keeps its input x for ∂E/∂k; the workspace holds the patch and output matrices
-        of one block (``_conv_ops``) plus the padded slab."""
+        """Keeps its input x for ∂E/∂k (with a non-zero ``padding_mode``, its own padded
+        copy x̃ instead); the workspace holds the patch and output matrices of one block
+        (``_conv_ops``) plus the padded slab."""
         n, _, *spatial = input_shape
         itemsize = np.dtype(self.dtype).itemsize
         out_shape = self.output_shape(tuple(spatial))
@@ -218,6 +219,9 @@ class _ConvNd(Layer):
         )
         patches = min(n * per_sample, max(self.workspace.limit_bytes, per_sample))
         slab = patches // int(np.prod(self.kernel_size)) + 1
+        if self.padding_mode != "zeros":
+            kept = n * self.in_channels * int(np.prod(padded)) * itemsize  # x̃
+            return MemoryEstimate(other_bytes=kept, workspace_bytes=patches + slab)
         return MemoryEstimate(keeps_input=True, workspace_bytes=patches + slab)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
