@@ -63,7 +63,7 @@ CONVS = [
 @pytest.mark.parametrize("cls,kernel,stride,dilation,k", CONVS)
 def test_convolution_is_translation_equivariant(digits, cls, kernel, stride, dilation, k, rng):
     """conv(shift_t x) = shift_k conv(x) with t = stride·k, exactly, on the common region."""
-    nd = cls._nd
+    nd = cls.nd
     x = _signals(digits, nd)
     conv = cls(1, 3, kernel, stride, 0, dilation, dtype=np.float64, rng=rng)
     strides = conv.stride
@@ -78,7 +78,7 @@ def test_convolution_is_translation_equivariant(digits, cls, kernel, stride, dil
 
 @pytest.mark.parametrize("cls", [Conv1d, Conv2d, Conv3d])
 def test_padded_convolution_is_equivariant_away_from_the_borders(digits, cls, rng):
-    nd = cls._nd
+    nd = cls.nd
     x = _signals(digits, nd)
     conv = cls(1, 2, 3, padding="same", dtype=np.float64, rng=rng)
     axes = tuple(range(2, 2 + nd))

@@ -240,7 +240,11 @@ def _known_gap(case: Case, module: Any) -> str | None:
         "grouped convolution in PyTorch's (out, in/groups, *k) weight layout": (
             name.startswith("Conv") and getattr(module, "groups", 1) != 1
         ),
-        "input without a batch axis": _lacks_batch_axis(case) and _input_ndim(case) > 0,
+        "input without a batch axis": (
+            _lacks_batch_axis(case)
+            and _input_ndim(case) > 0
+            and not CONVNP_CLASSES[name].accepts_unbatched
+        ),
         "backward after an eval-mode forward": not case.training,
     }
     return next((gap for gap, applies in gaps.items() if applies), None)

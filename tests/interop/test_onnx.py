@@ -222,6 +222,24 @@ def test_unknown_layer_is_named() -> None:
         onnx_export.to_onnx(model, None, (4,))
 
 
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
+def test_conv_padding_modes_export_as_pad_then_conv(padding_mode, images: np.ndarray) -> None:
+    model = Sequential(
+        L.Conv2d(1, 3, 3, stride=2, padding=(2, 1), padding_mode=padding_mode),
+        L.Conv2d(3, 2, 3, padding=1, padding_mode=padding_mode, flip_kernel=True),
+    )
+    randomise_state(model, 7)
+    if padding_mode == "circular":  # ONNX Pad has "wrap" from opset 19 only
+        with pytest.raises(onnx_export.ExportError, match="layer 0 .*'wrap'.*opset=19"):
+            onnx_export.to_onnx(model, None, images.shape[1:])
+    proto = onnx_export.to_onnx(model, None, images.shape[1:], opset=19)
+    assert [node.op_type for node in proto.graph.node] == ["Pad", "Conv"] * 2
+    onnx.checker.check_model(proto, full_check=True)
+    ours = model.predict(images)
+    scale = max(1.0, float(np.abs(ours).max()))
+    assert np.abs(run_onnx(proto, images) - ours).max() <= TOLERANCE * scale
+
+
 def test_adaptive_pool_needs_divisible_sizes() -> None:
     model = Sequential(L.ReLU(), L.AdaptiveAvgPool2d(5))
     with pytest.raises(

@@ -164,8 +164,8 @@ def test_dtype_is_preserved(layer, dtype, rng):
 @pytest.mark.parametrize("layer", ALL_LAYERS, ids=repr)
 def test_bad_input_is_rejected(layer):
     shape = _shape(layer)
-    with pytest.raises(ValueError, match=type(layer).__name__):
-        layer.forward(np.zeros(shape[1:], dtype=np.float32))
+    with pytest.raises(ValueError, match=type(layer).__name__):  # (C, *spatial) is one sample
+        layer.forward(np.zeros(shape[2:], dtype=np.float32))
     with pytest.raises(ValueError, match="floating-point"):
         layer.forward(np.zeros(shape, dtype=np.int32))
     with pytest.raises(ValueError, match="empty spatial axis"):

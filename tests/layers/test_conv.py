@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import assert_gradients_match_numeric, assert_matches_torch
 
-from convnp import Sequential
+from convnp import Sequential, io
 from convnp.layers import Conv1d, Conv2d, Conv3d
 
 # (batch, in, out, spatial, kernel, stride, padding, dilation)
@@ -41,7 +41,7 @@ def _torch_twin(layer):
         2: torch.nn.functional.conv2d,
         3: torch.nn.functional.conv3d,
     }
-    nd = layer._nd
+    nd = layer.nd
     mask = torch.tensor(
         layer.connection_mask.reshape(layer.connection_mask.shape + (1,) * nd), dtype=torch.float64
     )
@@ -186,7 +186,7 @@ def test_bad_inputs_name_the_layer_and_shapes(rng):
     ):
         layer.forward(np.zeros((8, 1, 28, 28), np.float32))
     with pytest.raises(ValueError, match="expected input"):
-        layer.forward(np.zeros((3, 28, 28), np.float32))
+        layer.forward(np.zeros((28, 28), np.float32))  # (3, 28, 28) is one sample
     with pytest.raises(ValueError, match="floating-point"):
         layer.forward(np.zeros((1, 3, 28, 28), np.uint8))
     with pytest.raises(ValueError, match="does not match parameter dtype"):
@@ -243,3 +243,69 @@ def test_float32_stays_float32_and_matches_float64(rng):
     assert layer32.grads["weight"].dtype == np.float32
     np.testing.assert_allclose(y32, y64, atol=1e-4)
     np.testing.assert_allclose(dx32, dx64, atol=1e-4)
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize(
+    "cls,spatial,kernel,stride,padding,dilation",
+    [
+        (Conv1d, (9,), 3, 2, 2, 2),
+        (Conv2d, (5, 7), (3, 2), (2, 1), (2, 1), (1, 2)),
+        (Conv2d, (6, 5), 3, 1, "same", 1),
+        (Conv3d, (4, 5, 3), (2, 3, 2), (1, 2, 1), (1, 2, 2), (2, 1, 1)),
+    ],
+)
+def test_padding_modes_gradients_and_torch(
+    padding_mode, cls, spatial, kernel, stride, padding, dilation, rng
+):
+    """reflect / replicate / circular: finite differences and PyTorch's padding_mode."""
+    torch = pytest.importorskip("torch")
+    args = (2, 3, kernel, stride, padding, dilation)
+    layer = cls(*args, padding_mode=padding_mode, dtype=np.float64, rng=rng)
+    x = rng.standard_normal((2, 2, *spatial))
+    assert_gradients_match_numeric(layer, x)
+    twin_type = {Conv1d: torch.nn.Conv1d, Conv2d: torch.nn.Conv2d, Conv3d: torch.nn.Conv3d}[cls]
+    twin = twin_type(*args, padding_mode=padding_mode)
+    assert_matches_torch(layer, twin, x, rng)
+    assert_matches_torch(layer.astype(np.float32), twin, x.astype(np.float32), rng)
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
+def test_padding_mode_with_flip_kernel_and_table_matches_plain_pad(padding_mode, rng):
+    """The mode pads x before any kernel variant: the same as np.pad then padding=0."""
+    table = rng.random((3, 2)) < 0.7
+    kwargs = {"connection_table": table, "flip_kernel": True, "dtype": np.float64}
+    layer = Conv2d(2, 3, 3, padding=(1, 2), padding_mode=padding_mode, rng=rng, **kwargs)
+    plain = Conv2d(2, 3, 3, rng=rng, **kwargs)
+    plain.params["weight"][...] = layer.params["weight"]
+    plain.params["bias"][...] = layer.params["bias"]
+    x = rng.standard_normal((2, 2, 4, 5))
+    numpy_mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[padding_mode]
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (2, 2)), mode=numpy_mode)
+    np.testing.assert_allclose(layer.forward(x), plain.forward(padded), rtol=1e-12)
+    assert_gradients_match_numeric(layer, x)
+
+
+def test_padding_mode_errors_and_config(rng, tmp_path):
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        Conv2d(1, 1, 3, padding=1, padding_mode="mirror")
+    layer = Conv1d(1, 1, 3, padding=4, padding_mode="reflect")
+    with pytest.raises(ValueError, match=r"padding_mode='reflect': padding \(4, 4\).*size 4"):
+        layer.forward(np.zeros((1, 1, 4), np.float32))
+    layer = Conv1d(1, 1, 3, padding=5, padding_mode="circular")
+    with pytest.raises(ValueError, match="must be at most its size 4"):
+        layer.forward(np.zeros((1, 1, 4), np.float32))
+    layer = Conv2d(2, 3, 3, padding=1, padding_mode="replicate", rng=rng)
+    assert "padding_mode='replicate'" in repr(layer)
+    assert Conv2d(**layer.config()).config() == layer.config()
+    io.save(Sequential(layer), tmp_path / "model.npz")
+    (loaded,) = io.load(tmp_path / "model.npz")
+    assert loaded.padding_mode == "replicate" and loaded.config() == layer.config()
+
+
+def test_padding_mode_memory_estimate_counts_the_padded_copy():
+    estimate = Conv2d(2, 3, 3, padding=(1, 2), padding_mode="circular").memory_estimate(
+        (4, 2, 5, 6)
+    )
+    assert not estimate.keeps_input
+    assert estimate.other_bytes == 4 * 2 * 7 * 10 * 4  # x̃, float32

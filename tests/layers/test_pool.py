@@ -243,8 +243,8 @@ def test_dtype_is_preserved(case, dtype, rng):
 def test_wrong_input_rank_or_dtype_is_rejected(case, rng):
     cls, shape, kwargs = case
     layer = _make(cls, kwargs, np.float32, rng)
-    with pytest.raises(ValueError, match=cls.__name__):
-        layer.forward(np.zeros(shape[1:], dtype=np.float32))
+    with pytest.raises(ValueError, match=cls.__name__):  # (C, *spatial) is one sample
+        layer.forward(np.zeros(shape[2:], dtype=np.float32))
     with pytest.raises(ValueError, match="floating-point"):
         layer.forward(np.zeros(shape, dtype=np.int64))
 

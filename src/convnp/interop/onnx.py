@@ -62,9 +62,10 @@ def _require_onnx() -> Any:
 class _Graph:
     """The nodes and initializers of the graph being built, with unique tensor names."""
 
-    def __init__(self, onnx: Any, dtype: np.dtype) -> None:
+    def __init__(self, onnx: Any, dtype: np.dtype, opset: int = OPSET) -> None:
         self.onnx = onnx
         self.dtype = dtype
+        self.opset = opset
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self.prefix = ""  # "<layer index>." while a layer is converted
@@ -126,14 +127,35 @@ def _conv_node(
     )
 
 
+# a convolution's padding_mode -> ONNX Pad's mode (and the opset that has it)
+_ONNX_PAD_MODES = {"reflect": ("reflect", 11), "replicate": ("edge", 11), "circular": ("wrap", 19)}
+
+
+def _pad_node(g: _Graph, x: str, pads: tuple[tuple[int, int], ...], padding_mode: str) -> str:
+    """x̃ = pad(x) over the spatial axes with a non-zero ``padding_mode``: one Pad node."""
+    mode, since = _ONNX_PAD_MODES[padding_mode]
+    if g.opset < since:
+        raise ExportError(
+            f"padding_mode={padding_mode!r} needs ONNX Pad mode {mode!r}, which exists from "
+            f"opset {since}; export with to_onnx(..., opset={since}) (this export: {g.opset})"
+        )
+    before, after = zip(*pads)
+    widths = g.constant([0, 0, *before, 0, 0, *after], "pads", integer=True)
+    return g.node("Pad", [x, widths], mode=mode)
+
+
 def _conv(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
     """Conv; flip_kernel and connection tables are already in ``effective_kernel()``
-    (rot180, unconnected kernels zero). Plain ``groups`` export as a grouped Conv."""
+    (rot180, unconnected kernels zero). Plain ``groups`` export as a grouped Conv. A
+    non-zero ``padding_mode`` is a Pad node before a Conv without padding."""
     kernel = layer.effective_kernel()
     groups = 1 if layer.has_connection_table else layer.groups
     if groups > 1:
         kernel = grouped_weight(kernel, groups)
-    geometry = {"stride": layer.stride, "pads": layer.pads, "dilation": layer.dilation}
+    if layer.padding_mode != "zeros":
+        x = _pad_node(g, x, layer.input_pads, layer.padding_mode)
+    pads = layer.geometry.pads  # the convolution's own (zero) padding
+    geometry = {"stride": layer.stride, "pads": pads, "dilation": layer.dilation}
     return _conv_node(g, x, kernel, layer.params.get("bias"), groups=groups, **geometry)
 
 
@@ -508,7 +530,7 @@ def to_onnx(
         raise ValueError(f"to_onnx: dtype must be float32 or float64, got {dtype}")
     converters = [_converter(layer, index) for index, layer in enumerate(model)]
     output_shapes = model.output_shapes(input_shape)
-    g = _Graph(onnx, dtype)
+    g = _Graph(onnx, dtype, opset)
     x = _preprocess(g, INPUT_NAME, normalize, len(input_shape) - 1) if normalize else INPUT_NAME
     for index, (layer, convert) in enumerate(zip(model, converters)):
         g.prefix = f"{index}."

@@ -12,14 +12,15 @@ Mapping notes:
 
 * Conv: plain ``nn.ConvNd`` (grouped convs keep only the diagonal blocks of convnp's full
   masked weight; stride-1 "same"/"valid" padding stays a string). ``ConvNd`` is used for a
-  connection table, ``flip_kernel=True`` or asymmetric padding with stride > 1.
+  connection table, ``flip_kernel=True`` or asymmetric padding with stride > 1;
+  ``padding_mode`` travels both ways (F.pad's mode in ``ConvNd``).
 * ``GlobalAvgPool2d``/``GlobalMaxPool2d`` become ``nn.AdaptiveAvg/MaxPool2d(1)`` and come
   back as the adaptive layer (the same function).
 * ``FeatureMapCombination`` sparsity penalties do not run in torch (a torch training loop
   would add them to its loss); the settings survive the round trip. Dropout draws its own
   masks in each library: training-mode outputs agree in distribution, not draw by draw.
 * Refused by ``from_torch``, with the module named: any module without a convnp
-  counterpart, ``padding_mode`` other than "zeros", ``Softmax(dim=None)``,
+  counterpart, ``Softmax(dim=None)``,
   pools with ``return_indices=True``, non-float32/64 weights.
 
 Needs PyTorch (the CPU wheel is enough); without it, importing this module says so.
@@ -54,6 +55,13 @@ from convnp.model import Sequential
 
 _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 _CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+# a convolution's padding_mode -> F.pad's mode
+_TORCH_PAD_MODES = {
+    "zeros": "constant",
+    "reflect": "reflect",
+    "replicate": "replicate",
+    "circular": "circular",
+}
 
 
 def _torch_pads(pads: Iterable[tuple[int, int]]) -> list[int]:
@@ -84,13 +92,15 @@ class _Wrapper(nn.Module):
 class ConvNd(_Wrapper):
     """convnp's convolution (any nd) with a connection table M_j, ``flip_kernel`` or
     asymmetric padding: weight (O, C, *k) stored as convnp stores it, masked to M_j and
-    rotated by 180° in forward (so gradients are convnp's), zero padding done by F.pad."""
+    rotated by 180° in forward (so gradients are convnp's), padding (any ``padding_mode``)
+    done by F.pad."""
 
     def __init__(self, layer: Layer) -> None:
         super().__init__(layer)
         self.nd, self.stride, self.dilation = len(layer.kernel_size), layer.stride, layer.dilation
         self.flip_kernel = layer.flip_kernel
         self.pads = _torch_pads(layer.pads)
+        self.pad_mode = _TORCH_PAD_MODES[layer.padding_mode]
         mask = layer.connection_mask.reshape(layer.connection_mask.shape + (1,) * self.nd)
         self.register_buffer("mask", torch.from_numpy(mask.astype(layer.params["weight"].dtype)))
         self._adopt(layer, "weight", "bias")
@@ -100,7 +110,8 @@ class ConvNd(_Wrapper):
         if self.flip_kernel:
             kernel = kernel.flip(tuple(range(2, 2 + self.nd)))  # true convolution
         convolve = _CONVOLUTIONS[self.nd]
-        return convolve(F.pad(x, self.pads), kernel, self.bias, self.stride, 0, self.dilation)
+        padded = F.pad(x, self.pads, mode=self.pad_mode)
+        return convolve(padded, kernel, self.bias, self.stride, 0, self.dilation)
 
 
 class Subsample2d(_Wrapper):
@@ -215,6 +226,7 @@ def _conv_to_torch(layer: Layer) -> nn.Module:
         layer.dilation,
         layer.groups,
         "bias" in layer.params,
+        layer.padding_mode,
     )
     weight = grouped_weight(layer.params["weight"], layer.groups)
     return _loaded(module, {**layer.params, "weight": weight})
@@ -360,8 +372,6 @@ Converted = tuple[type[Layer], dict[str, Any], dict[str, Any]]
 
 
 def _conv_from_torch(module: nn.Module) -> Converted:
-    if module.padding_mode != "zeros":
-        raise ValueError(f"padding_mode={module.padding_mode!r}: convnp pads with zeros only")
     groups = module.groups
     weight = _numpy(module.weight)
     if groups > 1:  # torch's (O, C/groups, *k) -> convnp's full (O, C, *k), zero off-diagonal
@@ -382,6 +392,7 @@ def _conv_from_torch(module: nn.Module) -> Converted:
         "dilation": list(module.dilation),
         "groups": groups,
         "bias": module.bias is not None,
+        "padding_mode": module.padding_mode,
     }
     classes = {1: L.Conv1d, 2: L.Conv2d, 3: L.Conv3d}
     return classes[len(module.kernel_size)], config, {**_arrays(module), "weight": weight}

@@ -100,6 +100,68 @@ def pad_spatial(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
     return np.pad(x, width, mode="constant", constant_values=value)
 
 
+# PyTorch's Conv padding_mode -> np.pad's mode (SPEC §2: the border cells a kernel sees).
+PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def check_padding_fits(pads: Pads, spatial: tuple[int, ...], padding_mode: str) -> None:
+    """PyTorch's limits: a reflection needs pad < size, a wrap pad <= size per axis."""
+    limit = {"reflect": 0, "circular": 1}.get(padding_mode)
+    if limit is None:
+        return
+    for axis, ((before, after), size) in enumerate(zip(pads, spatial)):
+        if max(before, after) >= size + limit:
+            relation = "smaller than" if limit == 0 else "at most"
+            raise ValueError(
+                f"padding_mode={padding_mode!r}: padding {(before, after)} of spatial axis "
+                f"{axis} must be {relation} its size {size} (input spatial shape {spatial})"
+            )
+
+
+def pad_spatial_mode(x: np.ndarray, pads: Pads, padding_mode: str) -> np.ndarray:
+    """x̃ = pad(x): the trailing len(pads) axes padded as PyTorch's ``padding_mode`` does
+    (zeros, reflect without repeating the edge, replicate the edge, circular wrap)."""
+    if padding_mode == "zeros":
+        return pad_spatial(x, pads)
+    width = ((0, 0),) * (x.ndim - len(pads)) + tuple(pads)
+    return np.pad(x, width, mode=PADDING_MODES[padding_mode])
+
+
+def fold_padding(dx_padded: np.ndarray, pads: Pads, padding_mode: str) -> np.ndarray:
+    """The adjoint of ``pad_spatial_mode``: the gradient on x̃ folded back onto x,
+
+        ∂E/∂x(i) = Σ_{p : s(p) = i} ∂E/∂x̃(p)
+
+    where s(p) is the cell of x that padded cell p copies (s(p) = p − before inside x).
+    Padding is separable, so the fold is done one axis at a time; along an axis of size n
+    with (b, a) padding, the b head cells g[:b] and a tail cells g[b+n:] add into
+        zeros:      nothing (they are constants)
+        replicate:  x(0) and x(n−1)                  (s = 0, resp. n−1)
+        reflect:    x(b), …, x(1) and x(n−2), …, x(n−1−a)   (mirror without the edge)
+        circular:   x(n−b), …, x(n−1) and x(0), …, x(a−1)   (wrap)
+    """
+    if not any(before or after for before, after in pads):
+        return dx_padded
+    nd = len(pads)
+    grad = dx_padded
+    for axis, (before, after) in enumerate(pads, start=dx_padded.ndim - nd):
+        g = np.moveaxis(grad, axis, 0)
+        size = g.shape[0] - before - after
+        folded = g[before : before + size].copy()
+        head, tail = g[:before], g[before + size :]
+        if padding_mode == "replicate":
+            folded[0] += head.sum(axis=0)
+            folded[-1] += tail.sum(axis=0)
+        elif padding_mode == "reflect":
+            folded[1 : before + 1] += head[::-1]
+            folded[size - 1 - after : size - 1] += tail[::-1]
+        elif padding_mode == "circular":
+            folded[size - before :] += head
+            folded[:after] += tail
+        grad = np.moveaxis(folded, 0, axis)
+    return np.ascontiguousarray(grad)
+
+
 def windows(
     x_padded: np.ndarray,
     kernel_size: tuple[int, ...],

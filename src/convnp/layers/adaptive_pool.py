@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from convnp.layers import _windows
-from convnp.layers.base import LAYOUTS, Layer
+from convnp.layers.base import LAYOUTS, Layer, optional_batch_axis
 
 OutputSize = int | None | Sequence[int | None]
 
@@ -141,36 +141,42 @@ def _bin_cells(size: int, out: int) -> np.ndarray:
     return np.minimum(start[:, None] + np.arange(width), end[:, None] - 1)
 
 
+@optional_batch_axis
 class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
     """Adaptive average pooling over (N, C, L). See _AdaptiveAvgPoolNd."""
 
     nd = 1
 
 
+@optional_batch_axis
 class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
     """Adaptive average pooling over (N, C, H, W). See _AdaptiveAvgPoolNd."""
 
     nd = 2
 
 
+@optional_batch_axis
 class AdaptiveAvgPool3d(_AdaptiveAvgPoolNd):
     """Adaptive average pooling over (N, C, D, H, W). See _AdaptiveAvgPoolNd."""
 
     nd = 3
 
 
+@optional_batch_axis
 class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):
     """Adaptive max pooling over (N, C, L). See _AdaptiveMaxPoolNd."""
 
     nd = 1
 
 
+@optional_batch_axis
 class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
     """Adaptive max pooling over (N, C, H, W). See _AdaptiveMaxPoolNd."""
 
     nd = 2
 
 
+@optional_batch_axis
 class AdaptiveMaxPool3d(_AdaptiveMaxPoolNd):
     """Adaptive max pooling over (N, C, D, H, W). See _AdaptiveMaxPoolNd."""
 

@@ -49,9 +49,10 @@ Decisions, made once here for every layer:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -95,6 +96,7 @@ class Layer:
     """Base class: holds params/grads/buffers, the cache slot and input validation."""
 
     samples_independent = True  # decision 9
+    accepts_unbatched = False  # True: also takes one sample, (C, *spatial) (optional_batch_axis)
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
@@ -244,3 +246,41 @@ def uniform_init(
     """PyTorch's default init: U(-bound, bound) with bound = 1/sqrt(fan_in)."""
     rng = np.random.default_rng() if rng is None else rng
     return (rng.uniform(-1.0, 1.0, size=shape) * bound).astype(dtype)
+
+
+LayerType = TypeVar("LayerType", bound=type[Layer])
+
+
+def optional_batch_axis(cls: LayerType) -> LayerType:
+    """Class decorator for a layer over (N, C, *spatial) with ``cls.nd`` spatial axes: like
+    PyTorch's, it also takes one sample without the batch axis, (C, *spatial).
+
+    Such an input gets a batch axis of one on entry and loses it on exit: forward returns
+    y[0] (each output, when it returns several), backward and backward_params take dy of
+    the unbatched shape and return dx[0]. The layer's own code only sees batches.
+    """
+    forward, backward, backward_params = cls.forward, cls.backward, cls.backward_params
+
+    @functools.wraps(forward)
+    def forward_any(self: Layer, x: Any, *args: Any, **kwargs: Any) -> Any:
+        self._unbatched = isinstance(x, np.ndarray) and x.ndim == self.nd + 1
+        if not self._unbatched:
+            return forward(self, x, *args, **kwargs)
+        y = forward(self, x[None], *args, **kwargs)
+        return tuple(part[0] for part in y) if isinstance(y, tuple) else y[0]
+
+    def _batched(self: Layer, dy: Any) -> Any:
+        return dy[None] if getattr(self, "_unbatched", False) and hasattr(dy, "ndim") else dy
+
+    @functools.wraps(backward)
+    def backward_any(self: Layer, dy: Any) -> Any:
+        dx = backward(self, _batched(self, dy))
+        return dx[0] if getattr(self, "_unbatched", False) else dx
+
+    @functools.wraps(backward_params)
+    def backward_params_any(self: Layer, dy: Any) -> None:
+        backward_params(self, _batched(self, dy))
+
+    cls.forward, cls.backward, cls.backward_params = forward_any, backward_any, backward_params_any
+    cls.accepts_unbatched = True
+    return cls

@@ -21,6 +21,7 @@ from convnp.layers.base import (
     Layer,
     MemoryEstimate,
     as_tuple,
+    optional_batch_axis,
     uniform_init,
 )
 
@@ -47,12 +48,17 @@ class _ConvNd(Layer):
     the forward and their gradients are zero, so they stay exactly zero through training.
     ``groups`` is a block-diagonal connection table (depthwise when groups == in_channels).
 
+    ``padding_mode`` (PyTorch's): "zeros" pads inside the convolution; "reflect",
+    "replicate" and "circular" pad x explicitly, x̃ = pad(x), and convolve x̃ without
+    padding, so ∂E/∂x is the gradient on x̃ folded back by the adjoint of the padding
+    (``_windows.fold_padding``: each padded cell adds into the cell of x it copies).
+
     Memory: a training forward keeps its input x (shared with the layer before, which
     usually keeps it anyway) for ∂E/∂k; the workspace holds at most a few
     ``Workspace.limit_bytes`` (``memory_estimate``).
     """
 
-    _nd = 0
+    nd = 0
 
     def __init__(
         self,
@@ -64,6 +70,7 @@ class _ConvNd(Layer):
         dilation: int | Sequence[int] = 1,
         groups: int = 1,
         bias: bool = True,
+        padding_mode: str = "zeros",
         *,
         connection_table: np.ndarray | Sequence[Sequence[bool]] | None = None,
         flip_kernel: bool = False,
@@ -71,7 +78,7 @@ class _ConvNd(Layer):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        nd = self._nd
+        nd = self.nd
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.kernel_size = as_tuple(kernel_size, nd, "kernel_size")
@@ -82,7 +89,19 @@ class _ConvNd(Layer):
         self.flip_kernel = bool(flip_kernel)
         self.pads = _windows.resolve_padding(padding, self.kernel_size, self.dilation)
         """(before, after) zero padding per spatial axis, resolved from ``padding``."""
-        self.geometry = ConvGeometry(self.kernel_size, self.stride, self.pads, self.dilation)
+        if padding_mode not in _windows.PADDING_MODES:
+            raise ValueError(
+                f"{type(self).__name__}: padding_mode must be one of "
+                f"{sorted(_windows.PADDING_MODES)}, got {padding_mode!r}"
+            )
+        self.padding_mode = str(padding_mode)
+        no_pads = ((0, 0),) * nd
+        explicit = self.padding_mode != "zeros"
+        self.input_pads = self.pads if explicit else no_pads
+        """Padding applied to x before the convolution (x̃ = pad(x)): none for "zeros"."""
+        conv_pads = no_pads if explicit else self.pads
+        self.geometry = ConvGeometry(self.kernel_size, self.stride, conv_pads, self.dilation)
+        """The convolution run on x̃: zero padding inside it for "zeros", none otherwise."""
         self.workspace = Workspace()
         if min(self.kernel_size + self.stride + self.dilation) < 1:
             raise ValueError(f"{type(self).__name__}: kernel_size, stride, dilation must be >= 1")
@@ -131,7 +150,7 @@ class _ConvNd(Layer):
 
     def _mask_like(self, weight: np.ndarray) -> np.ndarray:
         mask = self.connection_mask
-        return mask.reshape(mask.shape + (1,) * self._nd).astype(weight.dtype)
+        return mask.reshape(mask.shape + (1,) * self.nd).astype(weight.dtype)
 
     def config(self) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -143,6 +162,7 @@ class _ConvNd(Layer):
             "dilation": list(self.dilation),
             "groups": self.groups,
             "bias": "bias" in self.params,
+            "padding_mode": self.padding_mode,
             "flip_kernel": self.flip_kernel,
         }
         if self.has_connection_table:
@@ -151,16 +171,18 @@ class _ConvNd(Layer):
 
     def extra_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
-        if self.stride != (1,) * self._nd:
+        if self.stride != (1,) * self.nd:
             text += f", stride={self.stride}"
-        if self.padding != (0,) * self._nd:
+        if self.padding != (0,) * self.nd:
             text += f", padding={self.padding!r}"
-        if self.dilation != (1,) * self._nd:
+        if self.dilation != (1,) * self.nd:
             text += f", dilation={self.dilation}"
         if self.groups != 1:
             text += f", groups={self.groups}"
         if "bias" not in self.params:
             text += ", bias=False"
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode!r}"
         if self.has_connection_table:
             mask = self.connection_mask
             text += f", connection_table=<{int(mask.sum())} of {mask.size} connected>"
@@ -175,15 +197,17 @@ class _ConvNd(Layer):
         if self.has_connection_table or self.groups != 1:
             kernel = kernel * self._mask_like(kernel)
         if self.flip_kernel:
-            kernel = np.flip(kernel, axis=tuple(range(2, 2 + self._nd)))
+            kernel = np.flip(kernel, axis=tuple(range(2, 2 + self.nd)))
         return kernel
 
     def output_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
-        return self.geometry.output_shape(tuple(spatial))
+        padded = tuple(s + b + a for s, (b, a) in zip(spatial, self.input_pads))
+        return self.geometry.output_shape(padded)
 
     def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
-        """Keeps its input x for ∂E/∂k; the workspace holds the patch and output matrices
-        of one block (``_conv_ops``) plus the padded slab."""
+        """Keeps its input x for ∂E/∂k (with a non-zero ``padding_mode``, its own padded
+        copy x̃ instead); the workspace holds the patch and output matrices of one block
+        (``_conv_ops``) plus the padded slab."""
         n, _, *spatial = input_shape
         itemsize = np.dtype(self.dtype).itemsize
         out_shape = self.output_shape(tuple(spatial))
@@ -195,10 +219,13 @@ class _ConvNd(Layer):
         )
         patches = min(n * per_sample, max(self.workspace.limit_bytes, per_sample))
         slab = patches // int(np.prod(self.kernel_size)) + 1
+        if self.padding_mode != "zeros":
+            kept = n * self.in_channels * int(np.prod(padded)) * itemsize  # x̃
+            return MemoryEstimate(other_bytes=kept, workspace_bytes=patches + slab)
         return MemoryEstimate(keeps_input=True, workspace_bytes=patches + slab)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        nd = self._nd
+        nd = self.nd
         layout = LAYOUTS[nd].replace("C", str(self.in_channels))
         x = self._check_input(x, ndim=nd + 2, layout=layout, channels=self.in_channels)
         out_shape = self.output_shape(x.shape[2:])
@@ -208,44 +235,49 @@ class _ConvNd(Layer):
                 f"{tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))}) "
                 f"is larger than the padded input; input shape {x.shape}"
             )
+        _windows.check_padding_fits(self.pads, x.shape[2:], self.padding_mode)
+        x = _windows.pad_spatial_mode(x, self.input_pads, self.padding_mode)  # x̃ = pad(x)
         kernel, bias = self.effective_kernel(), self.params.get("bias")
-        # u_j = Σ_{i ∈ M_j} x_i * k_ij + b_j
+        # u_j = Σ_{i ∈ M_j} x̃_i * k_ij + b_j
         u = conv_forward(x, kernel, bias, self.geometry, workspace=self.workspace)
-        self._remember(x)  # the patches p_i of ∂E/∂k are gathered from x again
+        self._remember(x)  # the patches p_i of ∂E/∂k are gathered from x̃ again
         return u
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         (x,) = self._recall()
         self._param_grads(x, dy)
-        # ∂E/∂x_i = Σ_{j: i ∈ M_j} conv(δ_j, rot180(k_ij), 'full')
+        # ∂E/∂x̃_i = Σ_{j: i ∈ M_j} conv(δ_j, rot180(k_ij), 'full'), folded back onto x
         kernel = self.effective_kernel()
-        return conv_transpose(dy, kernel, self.geometry, x.shape[2:], workspace=self.workspace)
+        dx = conv_transpose(dy, kernel, self.geometry, x.shape[2:], workspace=self.workspace)
+        return _windows.fold_padding(dx, self.input_pads, self.padding_mode)
 
     def backward_params(self, dy: np.ndarray) -> None:
         (x,) = self._recall()
         self._param_grads(x, dy)
 
     def _param_grads(self, x: np.ndarray, dy: np.ndarray) -> None:
-        """Fill ∂E/∂b and ∂E/∂k from the input x and δ = dy."""
-        out_shape = self.output_shape(x.shape[2:])
+        """Fill ∂E/∂b and ∂E/∂k from the (padded) input x̃ and δ = dy."""
+        out_shape = self.geometry.output_shape(x.shape[2:])
         dy = self._check_grad_output(dy, (len(x), self.out_channels, *out_shape))
         if "bias" in self.params:
-            self.grads["bias"][...] = dy.sum(axis=(0, *range(2, 2 + self._nd)))  # Σ_uv δ_j
+            self.grads["bias"][...] = dy.sum(axis=(0, *range(2, 2 + self.nd)))  # Σ_uv δ_j
         # ∂E/∂k_ij = Σ_uv δ_j · p_i
         dkernel = conv_weight_grad(x, dy, self.geometry, workspace=self.workspace)
         if self.flip_kernel:
-            dkernel = np.flip(dkernel, axis=tuple(range(2, 2 + self._nd)))
+            dkernel = np.flip(dkernel, axis=tuple(range(2, 2 + self.nd)))
         if self.has_connection_table or self.groups != 1:
             dkernel = dkernel * self._mask_like(dkernel)  # only i ∈ M_j learn
         self.grads["weight"][...] = dkernel
 
 
+@optional_batch_axis
 class Conv1d(_ConvNd):
     """1-D convolution over (N, C, L), e.g. a time-delay network (SPEC §6). See _ConvNd."""
 
-    _nd = 1
+    nd = 1
 
 
+@optional_batch_axis
 class Conv2d(_ConvNd):
     """2-D convolution over (N, C, H, W) with optional connection table M_j (SPEC §2).
 
@@ -253,13 +285,14 @@ class Conv2d(_ConvNd):
     Full equations and the implementation are described on ``_ConvNd``.
     """
 
-    _nd = 2
+    nd = 2
 
 
+@optional_batch_axis
 class Conv3d(_ConvNd):
     """3-D convolution over (N, C, D, H, W): volumes or video (SPEC §6). See _ConvNd."""
 
-    _nd = 3
+    nd = 3
 
 
 def grouped_weight(weight: np.ndarray, groups: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from convnp.layers import _windows
-from convnp.layers.base import LAYOUTS, Layer, as_tuple
+from convnp.layers.base import LAYOUTS, Layer, as_tuple, optional_batch_axis
 
 
 class _PoolNd(Layer):
@@ -406,24 +406,28 @@ class _WeightedAvgPoolNd(_AvgPoolNd):
         return factors
 
 
+@optional_batch_axis
 class MaxPool1d(_MaxPoolNd):
     """Max pooling over (N, C, L). See _MaxPoolNd."""
 
     nd = 1
 
 
+@optional_batch_axis
 class MaxPool2d(_MaxPoolNd):
     """Max pooling over (N, C, H, W), −∞ padding (SPEC §3). See _MaxPoolNd."""
 
     nd = 2
 
 
+@optional_batch_axis
 class MaxPool3d(_MaxPoolNd):
     """Max pooling over (N, C, D, H, W). See _MaxPoolNd."""
 
     nd = 3
 
 
+@optional_batch_axis
 class AvgPool1d(_AvgPoolNd):
     """Average pooling over (N, C, L); like PyTorch, no divisor_override. See _AvgPoolNd."""
 
@@ -440,36 +444,42 @@ class AvgPool1d(_AvgPoolNd):
         super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad)
 
 
+@optional_batch_axis
 class AvgPool2d(_AvgPoolNd):
     """Average pooling over (N, C, H, W) with PyTorch's divisor rules (SPEC §3). See _AvgPoolNd."""
 
     nd = 2
 
 
+@optional_batch_axis
 class AvgPool3d(_AvgPoolNd):
     """Average pooling over (N, C, D, H, W). See _AvgPoolNd."""
 
     nd = 3
 
 
+@optional_batch_axis
 class LPPool1d(_LPPoolNd):
     """Power-average pooling over (N, C, L). See _LPPoolNd."""
 
     nd = 1
 
 
+@optional_batch_axis
 class LPPool2d(_LPPoolNd):
     """Power-average pooling over (N, C, H, W); norm_type=2 is the L2 pool (SPEC §3)."""
 
     nd = 2
 
 
+@optional_batch_axis
 class LPPool3d(_LPPoolNd):
     """Power-average pooling over (N, C, D, H, W). See _LPPoolNd."""
 
     nd = 3
 
 
+@optional_batch_axis
 class WeightedAvgPool2d(_WeightedAvgPoolNd):
     """Gaussian-weighted average pooling over (N, C, H, W) (SPEC §3). See _WeightedAvgPoolNd."""
 
