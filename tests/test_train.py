@@ -162,3 +162,18 @@ def test_a_divergence_first_seen_at_validation_is_a_divergence(digits, tmp_path)
         train.fit(model, CrossEntropyLoss(), opt, loader, epochs=1, val=val, out_dir=tmp_path,
                   progress=False)  # fmt: skip
     assert not (tmp_path / io.CHECKPOINT_NAME).exists()
+
+
+def test_resuming_rewrites_history_files_left_behind_the_checkpoint(digits, tmp_path):
+    """A kill between the checkpoint and the history files leaves history.json one epoch
+    behind; the resumed run (here with nothing left to train) rewrites it from the
+    checkpoint's history."""
+    model, loader, _, opt = _setup(digits)
+    train.fit(model, CrossEntropyLoss(), opt, loader, epochs=2, out_dir=tmp_path, progress=False)
+    full = json.loads((tmp_path / "history.json").read_text())
+    train.write_history(tmp_path, full[:1])  # as if killed before the second history write
+    model, opt, history, _ = io.resume(tmp_path)
+    train.fit(model, CrossEntropyLoss(), opt, loader, epochs=2, out_dir=tmp_path,
+              history=history, progress=False)  # fmt: skip
+    assert json.loads((tmp_path / "history.json").read_text()) == full
+    assert (tmp_path / "history.csv").read_text().count("\n") == 3  # header and two epochs

@@ -221,6 +221,10 @@ def fit(
         comm.start(model, optimizer, train, info=info, history=history, val=val)
         progress, out_dir = progress and comm.is_root, out_dir if comm.is_root else None
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None and history:
+        # the checkpoint's history is the truth: a kill between writing the checkpoint and
+        # the history files left them one epoch behind
+        write_history(out, history)
     for epoch in range(len(history), epochs):
         if hasattr(train, "set_epoch"):
             train.set_epoch(epoch)
