@@ -186,17 +186,6 @@ NETWORKS: list[tuple[str, tuple[int, ...], Callable[[], Sequential]]] = [
         ),
     ),
     (
-        "upsample",
-        (2, 5, 6),
-        lambda: Sequential(
-            L.Upsample(scale_factor=2),
-            L.Upsample(size=(7, 9)),
-            L.Upsample(scale_factor=(1.5, 0.5), mode="bilinear"),
-            L.Upsample(size=(8, 5), mode="bilinear", align_corners=True),
-            L.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False),
-        ),
-    ),
-    (
         "feature-map-combinations",
         (3, 14, 14),
         lambda: Sequential(
