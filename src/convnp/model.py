@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from convnp.layers.base import Layer, check_finite
+from convnp.layers.base import Layer, all_finite, check_finite
 
 
 class Sequential:
@@ -55,7 +55,8 @@ class Sequential:
         inference on several cores see ``convnp.runtime.parallel.predict_in_blocks``.
         """
         count = len(self.layers)
-        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and count:
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and count and not all_finite(x):
+            # the message (a repr) is built only for the error, not on every forward
             check_finite(x, f"layer 0 of {count}: {self.layers[0]!r}")
         for index, layer in enumerate(self.layers):
             try:

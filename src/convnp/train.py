@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from convnp import io
 from convnp.layers.base import NonFiniteInputError
-from convnp.losses import softmax
+from convnp.losses import LOSSES
 from convnp.model import Sequential
 from convnp.optim import Optimizer
 from convnp.runtime.parallel import predict_in_blocks
@@ -48,7 +48,7 @@ def output_scores(loss_kind: str, y: np.ndarray) -> tuple[np.ndarray, str]:
     "outputs" (a squared-error network's sigmoid outputs, used as they are)."""
     if loss_kind == "squared_error":
         return y, "outputs"
-    return softmax(y if loss_kind == "cross_entropy" else -y), "probabilities"
+    return LOSSES[loss_kind].class_probabilities(y), "probabilities"
 
 
 def _refuse_arrays(batches: Any) -> None:

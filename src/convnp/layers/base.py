@@ -65,13 +65,18 @@ class NonFiniteInputError(ValueError):
     """A layer received NaN or inf; training catches it to stop cleanly (``convnp.train``)."""
 
 
-def check_finite(x: np.ndarray, where: str) -> np.ndarray:
-    """Return x; raise ``NonFiniteInputError`` naming ``where`` if it holds NaN or inf.
+def all_finite(x: np.ndarray) -> bool:
+    """True unless x holds NaN or inf.
 
     Two reductions (min and max) instead of ``isfinite(x).all()``: no boolean temporary, and
     NaN or inf anywhere makes one of them non-finite.
     """
-    if x.size and not (np.isfinite(x.max()) and np.isfinite(x.min())):
+    return not x.size or bool(np.isfinite(x.max()) and np.isfinite(x.min()))
+
+
+def check_finite(x: np.ndarray, where: str) -> np.ndarray:
+    """Return x; raise ``NonFiniteInputError`` naming ``where`` if it holds NaN or inf."""
+    if not all_finite(x):
         raise NonFiniteInputError(f"{where}: input of shape {x.shape} contains NaN or inf")
     return x
 
