@@ -40,6 +40,7 @@ import safetensors
 import safetensors.numpy
 
 from convnp import layers as L
+from convnp.layers.base import first_non_finite
 from convnp.losses import LOSSES
 from convnp.model import Sequential
 from convnp.optim import Optimizer, optimizer_class
@@ -485,18 +486,19 @@ def load_tensors(
     )
 
 
-def check_finite(path: Path, tensors: dict[str, np.ndarray], allow_non_finite: bool) -> None:
+def check_finite_tensors(
+    path: Path, tensors: dict[str, np.ndarray], allow_non_finite: bool
+) -> None:
     """Refuse NaN/inf weights unless the caller explicitly allows them."""
-    if allow_non_finite:
-        return
-    for name, value in tensors.items():
-        if value.dtype.kind in "fc" and not np.isfinite(value).all():
-            count = int(value.size - np.isfinite(value).sum())
-            raise ModelFileError(
-                path,
-                f"tensor '{name}' contains NaN or inf ({count} of {value.size} values); "
-                "pass allow_non_finite=True to load it anyway",
-            )
+    name = None if allow_non_finite else first_non_finite(tensors)
+    if name is not None:
+        value = tensors[name]
+        count = int(value.size - np.isfinite(value).sum())
+        raise ModelFileError(
+            path,
+            f"tensor '{name}' contains NaN or inf ({count} of {value.size} values); "
+            "pass allow_non_finite=True to load it anyway",
+        )
 
 
 def save(
@@ -623,7 +625,7 @@ def _build_checked(
     allow_non_finite: bool,
 ) -> Sequential:
     """Build the (already checked) architecture and copy in the (shape-checked) tensors."""
-    check_finite(path, tensors, allow_non_finite)
+    check_finite_tensors(path, tensors, allow_non_finite)
     try:
         model = build(spec, dtype=dtype)
         model.load_state_dict(tensors)
@@ -727,7 +729,7 @@ def load_checkpoint(path: str | Path, *, allow_non_finite: bool = False) -> dict
     model_tensors = _with_prefix(tensors, "model/")
     model = _build_checked(path, spec, arguments, dtype, model_tensors, allow_non_finite)
     _restore_rng_states(path, model, rng_states)
-    check_finite(path, {k: v for k, v in tensors.items() if k.startswith("optimizer/")},
+    check_finite_tensors(path, {k: v for k, v in tensors.items() if k.startswith("optimizer/")},
                  allow_non_finite)  # fmt: skip
     _check_info_fits(path, info, model)
     return {

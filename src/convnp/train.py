@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from convnp import io
-from convnp.layers.base import NonFiniteInputError
+from convnp.layers.base import NonFiniteInputError, first_non_finite
 from convnp.losses import LOSSES
 from convnp.model import Sequential
 from convnp.optim import Optimizer
@@ -94,12 +94,12 @@ def _stop_if_not_finite(model: Sequential, x: np.ndarray, error: float) -> None:
     if not np.isfinite(error):
         raise TrainingDiverged(f"the loss is {error}; {_first_non_finite_output(model, x)}")
     for index, layer in enumerate(model):
-        for key, grad in layer.grads.items():
-            if not np.isfinite(grad).all():
-                raise TrainingDiverged(
-                    f"the gradient of '{index}.{key}' in layer {index} ({layer!r}) contains "
-                    "NaN or inf; try a smaller learning rate"
-                )
+        key = first_non_finite(layer.grads)
+        if key is not None:
+            raise TrainingDiverged(
+                f"the gradient of '{index}.{key}' in layer {index} ({layer!r}) contains "
+                "NaN or inf; try a smaller learning rate"
+            )
 
 
 def _stop_if_update_not_finite(model: Sequential) -> None:
@@ -110,14 +110,6 @@ def _stop_if_update_not_finite(model: Sequential) -> None:
             f"the update made '{name}' NaN or inf (its gradient was finite; the step "
             "overflowed); try a smaller learning rate"
         )
-
-
-def first_non_finite(arrays: dict[str, np.ndarray]) -> str | None:
-    """The name of the first float array holding NaN or inf, or None if all are finite."""
-    for name, array in arrays.items():
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            return name
-    return None
 
 
 def _first_non_finite_output(model: Sequential, x: np.ndarray) -> str:

@@ -71,7 +71,17 @@ def all_finite(x: np.ndarray) -> bool:
     Two reductions (min and max) instead of ``isfinite(x).all()``: no boolean temporary, and
     NaN or inf anywhere makes one of them non-finite.
     """
+    if x.dtype.kind == "c":  # complex numbers have no order: the plain test
+        return bool(np.isfinite(x).all())
     return not x.size or bool(np.isfinite(x.max()) and np.isfinite(x.min()))
+
+
+def first_non_finite(arrays: dict[str, np.ndarray]) -> str | None:
+    """The name of the first float array holding NaN or inf, or None if all are finite."""
+    for name, array in arrays.items():
+        if array.dtype.kind in "fc" and not all_finite(array):
+            return name
+    return None
 
 
 def check_finite(x: np.ndarray, where: str) -> np.ndarray:
