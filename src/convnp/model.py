@@ -358,20 +358,22 @@ class Sequential:
         logits, softmax of minus the RBF energies, or a squared-error net's sigmoid outputs."""
         from convnp import train
 
-        if self.loss is None:
-            self.compile()
-        kind = _loss_kind(self.loss)
-        outputs = np.concatenate([self.predict(xb) for xb, _ in self._array_batches(x)])
-        return train.output_scores(kind, outputs)[0]
+        outputs = self._array_outputs(x)
+        return train.output_scores(_loss_kind(self.loss), outputs)[0]
 
     def predict_classes(self, x: np.ndarray) -> np.ndarray:
         """The decided class per input: argmax, or argmin of RBF energies (the loss's rule)."""
         from convnp import train
 
+        outputs = self._array_outputs(x)
+        return train.predicted_classes(self.loss, outputs)
+
+    def _array_outputs(self, x: np.ndarray) -> np.ndarray:
+        """Eval-mode outputs for array input scaled as ``fit`` scales it; compiles the
+        default loss first if none was chosen (the callers read it)."""
         if self.loss is None:
             self.compile()
-        outputs = np.concatenate([self.predict(xb) for xb, _ in self._array_batches(x)])
-        return train.predicted_classes(self.loss, outputs)
+        return np.concatenate([self.predict(xb) for xb, _ in self._array_batches(x)])
 
     def save(self, path: Any) -> None:
         """Write a model file (``convnp.io.save``) that ``convnp.load`` and the ``convnp``
