@@ -310,4 +310,3 @@ class Conv3d(_ConvNd):
     """3-D convolution over (N, C, D, H, W): volumes or video (SPEC §6). See _ConvNd."""
 
     nd = 3
-
