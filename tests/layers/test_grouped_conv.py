@@ -5,6 +5,9 @@ in the old dense masked layout (issue 13)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,3 +255,24 @@ def test_groups_that_do_not_divide_are_refused_before_reading_tensors(rng, tmp_p
         path.write_bytes(safetensors.numpy.save(tensors, metadata=bad))
         with pytest.raises(io.ModelFileError, match="entry 0 \\(Conv2d\\): inconsistent sizes"):
             io.load(path)
+
+
+def test_groups_benchmark_reports_every_figure(tmp_path):
+    """benchmarks/groups.py --quick runs and reports weights and times for every groups."""
+    pytest.importorskip("torch")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "groups.py"
+    output = tmp_path / "groups.json"
+    completed = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    rows = json.loads(output.read_text())["rows"]
+    assert [(row["channels"], row["groups"]) for row in rows] == [(16, 1), (16, 4), (16, 16)]
+    for row in rows:
+        assert row["convnp"] == row["torch"] == 16 * 16 // row["groups"] * 9
+        assert all(ms > 0 for ms in row["ms"].values()) and len(row["ms"]) == 4
+        assert row["convnp_ratio_to_groups_1"]["train"] > 0
+    assert "g/1" in completed.stdout
