@@ -303,7 +303,7 @@ def _window_count(size: int, kernel: int, stride: int, padding: Any, index: int)
 def _conv_tensors(config: dict[str, Any], nd: int) -> dict[str, tuple[int, ...]]:
     groups, in_channels = config.get("groups", 1), config["in_channels"]
     if groups < 1 or in_channels % groups:
-        raise ValueError("groups must divide in_channels")
+        raise ValueError(f"groups={groups} must divide in_channels={in_channels}")
     kernel = _expand(config["kernel_size"], nd)
     shapes = {"weight": (config["out_channels"], in_channels // groups, *kernel)}
     if config.get("bias", True):
@@ -415,9 +415,10 @@ def _tensors_by_layer(
             continue
         try:
             values = rule(config)
-        except (TypeError, ValueError, IndexError):  # a malformed size: the constructor says why
+        except (TypeError, ValueError, IndexError) as error:  # a malformed size
             raise ValueError(
-                f"architecture entry {index} ({entry['type']}): inconsistent sizes in {config}"
+                f"architecture entry {index} ({entry['type']}): inconsistent sizes in {config} "
+                f"({error})"
             ) from None
         found.update({f"{index}.{name}": value for name, value in values.items()})
     return found

@@ -253,7 +253,8 @@ def test_groups_that_do_not_divide_are_refused_before_reading_tensors(rng, tmp_p
         spec[0]["config"]["groups"] = groups
         bad = {**metadata, "architecture": json.dumps(spec)}
         path.write_bytes(safetensors.numpy.save(tensors, metadata=bad))
-        with pytest.raises(io.ModelFileError, match="entry 0 \\(Conv2d\\): inconsistent sizes"):
+        expected = rf"entry 0 \(Conv2d\): inconsistent .*groups={groups} must divide in_channels=4"
+        with pytest.raises(io.ModelFileError, match=expected):
             io.load(path)
 
 
