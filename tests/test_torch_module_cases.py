@@ -237,9 +237,6 @@ def _known_gap(case: Case, module: Any) -> str | None:
     if missing:
         return f"{name}: convnp has no argument {', '.join(missing)}"
     gaps = {
-        "grouped convolution in PyTorch's (out, in/groups, *k) weight layout": (
-            name.startswith("Conv") and getattr(module, "groups", 1) != 1
-        ),
         "input without a batch axis": (
             _lacks_batch_axis(case)
             and _input_ndim(case) > 0

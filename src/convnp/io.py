@@ -301,13 +301,11 @@ def _window_count(size: int, kernel: int, stride: int, padding: Any, index: int)
 
 
 def _conv_tensors(config: dict[str, Any], nd: int) -> dict[str, tuple[int, ...]]:
-    shapes = {
-        "weight": (
-            config["out_channels"],
-            config["in_channels"],
-            *_expand(config["kernel_size"], nd),
-        )
-    }
+    groups, in_channels = config.get("groups", 1), config["in_channels"]
+    if groups < 1 or in_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels={in_channels}")
+    kernel = _expand(config["kernel_size"], nd)
+    shapes = {"weight": (config["out_channels"], in_channels // groups, *kernel)}
     if config.get("bias", True):
         shapes["bias"] = (config["out_channels"],)
     return shapes
@@ -372,29 +370,83 @@ DECLARED_TENSORS: dict[str, Callable[[dict[str, Any]], dict[str, tuple[int, ...]
 }
 
 
+def _diagonal_blocks(weight: np.ndarray, groups: int) -> np.ndarray:
+    """A grouped convolution's weight as older files store it, the full
+    (O, C, *k) masked to zero off the diagonal blocks, in today's (O, C/groups, *k): the
+    diagonal blocks only (the rest was masked out of the forward, so nothing is lost)."""
+    out_channels, in_channels, *kernel = weight.shape
+    blocks = weight.reshape(groups, out_channels // groups, groups, in_channels // groups, *kernel)
+    return blocks[np.arange(groups), :, np.arange(groups)].reshape(out_channels, -1, *kernel)
+
+
+# A legacy layout: the shape older files hold a tensor in, and its conversion to today's.
+Legacy = tuple[tuple[int, ...], Callable[[np.ndarray], np.ndarray]]
+
+
+def _legacy_conv_tensors(config: dict[str, Any], nd: int) -> dict[str, Legacy]:
+    """Files written before the (O, C/groups, *k) layout hold a grouped convolution's
+    weight as the full masked (O, C, *k)."""
+    groups = config.get("groups", 1)
+    if groups == 1:
+        return {}
+    dense = (config["out_channels"], config["in_channels"], *_expand(config["kernel_size"], nd))
+    return {"weight": (dense, lambda weight: _diagonal_blocks(weight, groups))}
+
+
+# Tensors that files written by earlier versions hold in another layout; ``load`` and
+# ``load_checkpoint`` accept that shape too (and only it) and convert on load.
+LEGACY_TENSORS: dict[str, Callable[[dict[str, Any]], dict[str, Legacy]]] = {
+    "Conv1d": lambda config: _legacy_conv_tensors(config, 1),
+    "Conv2d": lambda config: _legacy_conv_tensors(config, 2),
+    "Conv3d": lambda config: _legacy_conv_tensors(config, 3),
+}
+
+
+def _tensors_by_layer(
+    table: dict[str, Callable[[dict[str, Any]], dict[str, Any]]],
+    spec: list[dict[str, Any]],
+    arguments: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """{"<index>.<name>": what ``table``'s rule says} over the checked architecture."""
+    found = {}
+    for index, (entry, config) in enumerate(zip(spec, arguments)):
+        rule = table.get(entry["type"])
+        if rule is None:
+            continue
+        try:
+            values = rule(config)
+        except (TypeError, ValueError, IndexError) as error:  # a malformed size
+            raise ValueError(
+                f"architecture entry {index} ({entry['type']}): inconsistent sizes in {config} "
+                f"({error})"
+            ) from None
+        found.update({f"{index}.{name}": value for name, value in values.items()})
+    return found
+
+
 def declared_tensors(
     spec: list[dict[str, Any]], arguments: list[dict[str, Any]]
 ) -> dict[str, tuple[int, ...]]:
     """{"<index>.<name>": shape} of every param and buffer the checked architecture declares."""
-    declared = {}
-    for index, (entry, config) in enumerate(zip(spec, arguments)):
-        rule = DECLARED_TENSORS.get(entry["type"])
-        if rule is None:
-            continue
-        try:
-            shapes = rule(config)
-        except (TypeError, ValueError, IndexError):  # a malformed size: the constructor says why
-            raise ValueError(
-                f"architecture entry {index} ({entry['type']}): inconsistent sizes in {config}"
-            ) from None
-        declared.update({f"{index}.{name}": shape for name, shape in shapes.items()})
-    return declared
+    return _tensors_by_layer(DECLARED_TENSORS, spec, arguments)
+
+
+def legacy_tensors(
+    spec: list[dict[str, Any]], arguments: list[dict[str, Any]]
+) -> dict[str, Legacy]:
+    """{"<index>.<name>": (older shape, conversion)} for the tensors that have a legacy layout."""
+    return _tensors_by_layer(LEGACY_TENSORS, spec, arguments)
 
 
 def check_tensor_shapes(
-    path: Path, declared: dict[str, tuple[int, ...]], stored: dict[str, tuple[int, ...]]
+    path: Path,
+    declared: dict[str, tuple[int, ...]],
+    stored: dict[str, tuple[int, ...]],
+    legacy: dict[str, Legacy] | None = None,
 ) -> None:
-    """The tensors in the file must be exactly the ones the architecture declares."""
+    """The tensors in the file must be exactly the ones the architecture declares, each in
+    its declared shape or its ``legacy`` one."""
+    legacy = legacy or {}
     missing = sorted(set(declared) - set(stored))
     unexpected = sorted(set(stored) - set(declared))
     if missing or unexpected:
@@ -404,12 +456,30 @@ def check_tensor_shapes(
             f"unexpected keys {unexpected[:5]}",
         )
     for name, shape in declared.items():
-        if tuple(stored[name]) != tuple(shape):
+        accepted = [tuple(shape)] + ([tuple(legacy[name][0])] if name in legacy else [])
+        if tuple(stored[name]) not in accepted:
+            older = f" or {accepted[1]} (older files)" if len(accepted) > 1 else ""
             raise ModelFileError(
                 path,
-                f"tensor '{name}' has shape {tuple(stored[name])}, model expects {tuple(shape)} "
-                "(as its architecture declares)",
+                f"tensor '{name}' has shape {tuple(stored[name])}, model expects {tuple(shape)}"
+                f"{older} (as its architecture declares)",
             )
+
+
+def _convert_legacy(
+    tensors: dict[str, np.ndarray],
+    legacy: dict[str, Legacy],
+    name_of: Callable[[str], str] = lambda key: key,
+) -> dict[str, np.ndarray]:
+    """``tensors`` with each one held in its legacy shape converted to today's layout;
+    ``name_of(key)`` is the model tensor a key holds (or holds state of: an optimizer's
+    "momentum.0.weight" is per-element state of "0.weight" and converts with it)."""
+    converted = dict(tensors)
+    for key, value in tensors.items():
+        name = name_of(key)
+        if name in legacy and value.shape == tuple(legacy[name][0]):
+            converted[key] = legacy[name][1](value)
+    return converted
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -649,10 +719,11 @@ def load(path: str | os.PathLike[str], *, allow_non_finite: bool = False) -> Seq
     spec, arguments, info, dtype = _parse_metadata(path, metadata)
     try:
         declared = declared_tensors(spec, arguments)
+        legacy = legacy_tensors(spec, arguments)
     except ValueError as error:
         raise ModelFileError(path, str(error)) from None
-    check_tensor_shapes(path, declared, shapes)
-    tensors, _ = load_tensors(path)
+    check_tensor_shapes(path, declared, shapes, legacy)
+    tensors = _convert_legacy(load_tensors(path)[0], legacy)
     model = _build_checked(path, spec, arguments, dtype, tensors, allow_non_finite)
     _check_info_fits(path, info, model)
     if info.get("input_shape"):  # recorded by `convnp train` and Sequential.save
@@ -719,14 +790,15 @@ def load_checkpoint(path: str | Path, *, allow_non_finite: bool = False) -> dict
         if stray:
             raise ValueError(f"unexpected tensors {stray[:5]} (neither model/ nor optimizer/)")
         declared = declared_tensors(spec, arguments)
+        legacy = legacy_tensors(spec, arguments)
         optimizer = _check_optimizer(_parse_json(metadata.get("optimizer"), "optimizer"))
         history = _check_history(_parse_json(metadata.get("history"), "history"))
         rng_states = _parse_json(metadata.get("rng_states"), "rng_states")
     except ValueError as error:
         raise ModelFileError(path, str(error)) from None
-    check_tensor_shapes(path, declared, _with_prefix(shapes, "model/"))
+    check_tensor_shapes(path, declared, _with_prefix(shapes, "model/"), legacy)
     tensors, _ = load_tensors(path)
-    model_tensors = _with_prefix(tensors, "model/")
+    model_tensors = _convert_legacy(_with_prefix(tensors, "model/"), legacy)
     model = _build_checked(path, spec, arguments, dtype, model_tensors, allow_non_finite)
     _restore_rng_states(path, model, rng_states)
     check_finite_tensors(path, {k: v for k, v in tensors.items() if k.startswith("optimizer/")},
@@ -735,7 +807,9 @@ def load_checkpoint(path: str | Path, *, allow_non_finite: bool = False) -> dict
     return {
         "model": model,
         "optimizer": optimizer,
-        "optimizer_state": _with_prefix(tensors, "optimizer/"),
+        "optimizer_state": _convert_legacy(
+            _with_prefix(tensors, "optimizer/"), legacy, lambda key: key.partition(".")[2]
+        ),
         "history": history,
         "info": info,
     }

@@ -33,7 +33,6 @@ from convnp import io
 from convnp import layers as L
 from convnp.layers.base import Layer
 from convnp.layers.combine import FeatureMapCombination
-from convnp.layers.conv import grouped_weight
 from convnp.layers.dropout import Dropout, Dropout2d
 from convnp.layers.local import LocallyConnected2d
 from convnp.layers.normalization import BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -146,17 +145,15 @@ def _pad_node(g: _Graph, x: str, pads: tuple[tuple[int, int], ...], padding_mode
 
 def _conv(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
     """Conv; flip_kernel and connection tables are already in ``effective_kernel()``
-    (rot180, unconnected kernels zero). Plain ``groups`` export as a grouped Conv. A
-    non-zero ``padding_mode`` is a Pad node before a Conv without padding."""
+    (rot180, unconnected kernels zero). ``groups`` export as a grouped Conv (the same
+    (O, C/groups, *k) weight layout). A non-zero ``padding_mode`` is a Pad node before a
+    Conv without padding."""
     kernel = layer.effective_kernel()
-    groups = 1 if layer.has_connection_table else layer.groups
-    if groups > 1:
-        kernel = grouped_weight(kernel, groups)
     if layer.padding_mode != "zeros":
         x = _pad_node(g, x, layer.input_pads, layer.padding_mode)
     pads = layer.geometry.pads  # the convolution's own (zero) padding
     geometry = {"stride": layer.stride, "pads": pads, "dilation": layer.dilation}
-    return _conv_node(g, x, kernel, layer.params.get("bias"), groups=groups, **geometry)
+    return _conv_node(g, x, kernel, layer.params.get("bias"), groups=layer.groups, **geometry)
 
 
 def _feature_map_combination(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:

@@ -10,8 +10,8 @@ whose parameters have convnp's names and shapes. ``from_torch`` maps both kinds 
 
 Mapping notes:
 
-* Conv: plain ``nn.ConvNd`` (grouped convs keep only the diagonal blocks of convnp's full
-  masked weight; stride-1 "same"/"valid" padding stays a string). ``ConvNd`` is used for a
+* Conv: plain ``nn.ConvNd`` (the same weight layout, (O, C/groups, *k); stride-1
+  "same"/"valid" padding stays a string). ``ConvNd`` is used for a
   connection table, ``flip_kernel=True`` or asymmetric padding with stride > 1;
   ``padding_mode`` travels both ways (F.pad's mode in ``ConvNd``).
 * ``GlobalAvgPool2d``/``GlobalMaxPool2d`` become ``nn.AdaptiveAvg/MaxPool2d(1)`` and come
@@ -46,7 +46,6 @@ from convnp import io
 from convnp import layers as L
 from convnp.layers.base import Layer
 from convnp.layers.combine import FeatureMapCombination as _FeatureMapCombination
-from convnp.layers.conv import grouped_weight
 from convnp.layers.dropout import Dropout, Dropout2d
 from convnp.layers.local import LocallyConnected2d as _LocallyConnected2d
 from convnp.layers.normalization import BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -91,27 +90,30 @@ class _Wrapper(nn.Module):
 
 class ConvNd(_Wrapper):
     """convnp's convolution (any nd) with a connection table M_j, ``flip_kernel`` or
-    asymmetric padding: weight (O, C, *k) stored as convnp stores it, masked to M_j and
-    rotated by 180° in forward (so gradients are convnp's), padding (any ``padding_mode``)
-    done by F.pad."""
+    asymmetric padding: weight stored as convnp stores it ((O, C, *k) with a table, masked
+    to M_j in forward; (O, C/groups, *k) with groups), rotated by 180° in forward (so
+    gradients are convnp's), padding (any ``padding_mode``) done by F.pad."""
 
     def __init__(self, layer: Layer) -> None:
         super().__init__(layer)
         self.nd, self.stride, self.dilation = len(layer.kernel_size), layer.stride, layer.dilation
-        self.flip_kernel = layer.flip_kernel
+        self.flip_kernel, self.groups = layer.flip_kernel, layer.groups
         self.pads = _torch_pads(layer.pads)
         self.pad_mode = _TORCH_PAD_MODES[layer.padding_mode]
-        mask = layer.connection_mask.reshape(layer.connection_mask.shape + (1,) * self.nd)
-        self.register_buffer("mask", torch.from_numpy(mask.astype(layer.params["weight"].dtype)))
+        mask = None
+        if layer.has_connection_table:
+            table = layer.connection_mask.reshape(layer.connection_mask.shape + (1,) * self.nd)
+            mask = torch.from_numpy(table.astype(layer.params["weight"].dtype))
+        self.register_buffer("mask", mask)
         self._adopt(layer, "weight", "bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = self.weight * self.mask  # only i ∈ M_j
+        kernel = self.weight if self.mask is None else self.weight * self.mask  # only i ∈ M_j
         if self.flip_kernel:
             kernel = kernel.flip(tuple(range(2, 2 + self.nd)))  # true convolution
         convolve = _CONVOLUTIONS[self.nd]
         padded = F.pad(x, self.pads, mode=self.pad_mode)
-        return convolve(padded, kernel, self.bias, self.stride, 0, self.dilation)
+        return convolve(padded, kernel, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 class Subsample2d(_Wrapper):
@@ -228,8 +230,7 @@ def _conv_to_torch(layer: Layer) -> nn.Module:
         "bias" in layer.params,
         layer.padding_mode,
     )
-    weight = grouped_weight(layer.params["weight"], layer.groups)
-    return _loaded(module, {**layer.params, "weight": weight})
+    return _loaded(module, layer.params)  # the same (O, C/groups, *k) weight layout
 
 
 def _loaded(module: nn.Module, arrays: dict[str, np.ndarray]) -> nn.Module:
@@ -372,16 +373,6 @@ Converted = tuple[type[Layer], dict[str, Any], dict[str, Any]]
 
 
 def _conv_from_torch(module: nn.Module) -> Converted:
-    groups = module.groups
-    weight = _numpy(module.weight)
-    if groups > 1:  # torch's (O, C/groups, *k) -> convnp's full (O, C, *k), zero off-diagonal
-        out_channels, in_per_group, *kernel = weight.shape
-        full = np.zeros(
-            (groups, out_channels // groups, groups, in_per_group, *kernel), weight.dtype
-        )
-        blocks = weight.reshape(groups, out_channels // groups, in_per_group, *kernel)
-        full[np.arange(groups), :, np.arange(groups)] = blocks
-        weight = full.reshape(out_channels, groups * in_per_group, *kernel)
     padding = module.padding if isinstance(module.padding, str) else list(module.padding)
     config = {
         "in_channels": module.in_channels,
@@ -390,12 +381,12 @@ def _conv_from_torch(module: nn.Module) -> Converted:
         "stride": list(module.stride),
         "padding": padding,
         "dilation": list(module.dilation),
-        "groups": groups,
+        "groups": module.groups,
         "bias": module.bias is not None,
         "padding_mode": module.padding_mode,
     }
     classes = {1: L.Conv1d, 2: L.Conv2d, 3: L.Conv3d}
-    return classes[len(module.kernel_size)], config, {**_arrays(module), "weight": weight}
+    return classes[len(module.kernel_size)], config, _arrays(module)  # the same weight layout
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

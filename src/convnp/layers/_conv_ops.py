@@ -261,7 +261,7 @@ def conv_transpose(
             delta = _stack(block.from_output(dy, scratch), groups)
             dcols = scratch.array("patches", (channels * block.taps, delta.shape[2]), dy.dtype)
             # Σ_j k_ij δ_j for every patch cell
-            np.matmul(kernel.swapaxes(1, 2), delta, out=_stack(dcols, groups))
+            _stacked_product(kernel.swapaxes(1, 2), delta, out=_stack(dcols, groups))
             block.scatter(dcols, dx, scratch)  # each patch cell back to its pixel
     return dx
 
@@ -272,6 +272,17 @@ def _kernel_stack(weight: np.ndarray, groups: int) -> np.ndarray:
     if groups < 1 or weight.shape[0] % groups:
         raise ValueError(f"groups={groups} must divide out_channels={weight.shape[0]}")
     return weight.reshape(groups, weight.shape[0] // groups, -1)
+
+
+def _stacked_product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out = a @ b over a stack of groups. With one column in a (a depthwise convolution's
+    one output map per group) it is an outer product, which np.matmul computes in its
+    generic loop, not BLAS: 64 groups, (9, 1) @ (1, 37k) float32, 1 thread measured 51 ms
+    against 9 ms for the broadcast product used there."""
+    if a.shape[-1] == 1:
+        np.multiply(a, b, out=out)
+    else:
+        np.matmul(a, b, out=out)
 
 
 def _stack(matrix: np.ndarray, groups: int) -> np.ndarray:

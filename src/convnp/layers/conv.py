@@ -44,9 +44,18 @@ class _ConvNd(Layer):
 
     Each of the three lines is one primitive of ``_conv_ops`` (``conv_forward``,
     ``conv_weight_grad``, ``conv_transpose``), which work on blocks of samples in a
-    bounded, reused ``workspace`` (SPEC §5). Unconnected kernels (outside M_j) are masked in
-    the forward and their gradients are zero, so they stay exactly zero through training.
-    ``groups`` is a block-diagonal connection table (depthwise when groups == in_channels).
+    bounded, reused ``workspace`` (SPEC §5).
+
+    Two ways to choose M_j, stored differently:
+
+    * ``groups`` = G (PyTorch's): the maps split into G consecutive groups and M_j is the
+      C/G input maps of j's group g(j), so only those kernels exist: ``weight`` is
+      (out_channels, in_channels/G, *kernel_size) as in PyTorch, k_ij = weight[j, i − g(j)·C/G],
+      and each group is its own smaller convolution (G = in_channels: depthwise), so
+      weights, memory and multiplications all fall by G.
+    * ``connection_table`` (any M_j, e.g. LeNet-5's C3): ``weight`` is the full
+      (out_channels, in_channels, *kernel_size); kernels outside M_j are masked in the
+      forward and their gradients are zero, so they stay exactly zero through training.
 
     ``padding_mode`` (PyTorch's): "zeros" pads inside the convolution; "reflect",
     "replicate" and "circular" pad x explicitly, x̃ = pad(x), and convolve x̃ without
@@ -111,14 +120,15 @@ class _ConvNd(Layer):
         """Boolean (out_channels, in_channels) table of M_j: True where x_i feeds map j."""
         self.has_connection_table = connection_table is not None
 
-        weight_shape = (self.out_channels, self.in_channels, *self.kernel_size)
-        fan_in = self.connection_mask.sum(axis=1) * int(
-            np.prod(self.kernel_size)
-        )  # |M_j|·K per map j
+        weight_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        # |M_j|·K per map j: PyTorch's in_channels/groups · K, or the table's row
+        fan_in = self.connection_mask.sum(axis=1) * int(np.prod(self.kernel_size))
         bound = 1.0 / np.sqrt(np.maximum(fan_in, 1))
         rng = np.random.default_rng() if rng is None else rng
         weight = uniform_init(rng, weight_shape, bound.reshape((-1,) + (1,) * (nd + 1)), dtype)
-        self._add_param("weight", weight * self._mask_like(weight))
+        if self.has_connection_table:
+            weight *= self._mask_like(weight)
+        self._add_param("weight", weight)
         if bias:
             self._add_param("bias", uniform_init(rng, (self.out_channels,), bound, dtype))
 
@@ -191,10 +201,11 @@ class _ConvNd(Layer):
         return text
 
     def effective_kernel(self) -> np.ndarray:
-        """k_ij as applied to the input by cross-correlation, (O, C, *kernel_size): the
-        weight masked to M_j and, with ``flip_kernel``, rotated by 180°. Exporters use it."""
+        """k_ij as applied to the input by cross-correlation, in the weight's layout
+        ((O, C/groups, *kernel_size)): masked to the connection table, if any, and, with
+        ``flip_kernel``, rotated by 180°. Exporters use it."""
         kernel = self.params["weight"]
-        if self.has_connection_table or self.groups != 1:
+        if self.has_connection_table:
             kernel = kernel * self._mask_like(kernel)
         if self.flip_kernel:
             kernel = np.flip(kernel, axis=tuple(range(2, 2 + self.nd)))
@@ -239,7 +250,9 @@ class _ConvNd(Layer):
         x = _windows.pad_spatial_mode(x, self.input_pads, self.padding_mode)  # x̃ = pad(x)
         kernel, bias = self.effective_kernel(), self.params.get("bias")
         # u_j = Σ_{i ∈ M_j} x̃_i * k_ij + b_j
-        u = conv_forward(x, kernel, bias, self.geometry, workspace=self.workspace)
+        u = conv_forward(
+            x, kernel, bias, self.geometry, groups=self.groups, workspace=self.workspace
+        )
         self._remember(x)  # the patches p_i of ∂E/∂k are gathered from x̃ again
         return u
 
@@ -248,7 +261,9 @@ class _ConvNd(Layer):
         self._param_grads(x, dy)
         # ∂E/∂x̃_i = Σ_{j: i ∈ M_j} conv(δ_j, rot180(k_ij), 'full'), folded back onto x
         kernel = self.effective_kernel()
-        dx = conv_transpose(dy, kernel, self.geometry, x.shape[2:], workspace=self.workspace)
+        dx = conv_transpose(
+            dy, kernel, self.geometry, x.shape[2:], groups=self.groups, workspace=self.workspace
+        )
         return _windows.fold_padding(dx, self.input_pads, self.padding_mode)
 
     def backward_params(self, dy: np.ndarray) -> None:
@@ -262,10 +277,12 @@ class _ConvNd(Layer):
         if "bias" in self.params:
             self.grads["bias"][...] = dy.sum(axis=(0, *range(2, 2 + self.nd)))  # Σ_uv δ_j
         # ∂E/∂k_ij = Σ_uv δ_j · p_i
-        dkernel = conv_weight_grad(x, dy, self.geometry, workspace=self.workspace)
+        dkernel = conv_weight_grad(
+            x, dy, self.geometry, groups=self.groups, workspace=self.workspace
+        )
         if self.flip_kernel:
             dkernel = np.flip(dkernel, axis=tuple(range(2, 2 + self.nd)))
-        if self.has_connection_table or self.groups != 1:
+        if self.has_connection_table:
             dkernel = dkernel * self._mask_like(dkernel)  # only i ∈ M_j learn
         self.grads["weight"][...] = dkernel
 
@@ -281,7 +298,7 @@ class Conv1d(_ConvNd):
 class Conv2d(_ConvNd):
     """2-D convolution over (N, C, H, W) with optional connection table M_j (SPEC §2).
 
-    u_j = Σ_{i ∈ M_j} x_i * k_ij + b_j; weight (out_channels, in_channels, kH, kW).
+    u_j = Σ_{i ∈ M_j} x_i * k_ij + b_j; weight (out_channels, in_channels/groups, kH, kW).
     Full equations and the implementation are described on ``_ConvNd``.
     """
 
@@ -293,12 +310,3 @@ class Conv3d(_ConvNd):
     """3-D convolution over (N, C, D, H, W): volumes or video (SPEC §6). See _ConvNd."""
 
     nd = 3
-
-
-def grouped_weight(weight: np.ndarray, groups: int) -> np.ndarray:
-    """A grouped convolution's full (O, C, *k) weight (zero off the diagonal blocks, as convnp
-    stores it) in the (O, C/groups, *k) layout of PyTorch and ONNX: the diagonal blocks only.
-    Exporters use it."""
-    out_channels, in_channels, *kernel = weight.shape
-    blocks = weight.reshape(groups, out_channels // groups, groups, in_channels // groups, *kernel)
-    return blocks[np.arange(groups), :, np.arange(groups)].reshape(out_channels, -1, *kernel)
