@@ -59,7 +59,7 @@ def _import_torch_lists() -> tuple[Any, Any]:
 # torch class name -> convnp class (losses included); MSELoss maps through a scale factor.
 # Cases of the torch classes in MODULES_TO_COVER are collected even where convnp lacks the
 # class, so that they are counted (and skipped, naming it) rather than silently left out.
-MODULES_TO_COVER = {"ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
+MODULES_TO_COVER: set[str] = set()  # none left: ConvTranspose1d/2d/3d are convnp layers now
 CONVNP_CLASSES: dict[str, type] = {
     name: getattr(layers, name)
     for name in layers.__all__
@@ -238,7 +238,7 @@ def _known_gap(case: Case, module: Any) -> str | None:
         return f"{name}: convnp has no argument {', '.join(missing)}"
     gaps = {
         "grouped convolution in PyTorch's (out, in/groups, *k) weight layout": (
-            name.startswith("Conv") and getattr(module, "groups", 1) != 1
+            name in ("Conv1d", "Conv2d", "Conv3d") and getattr(module, "groups", 1) != 1
         ),
         "input without a batch axis": (
             _lacks_batch_axis(case)
