@@ -205,8 +205,8 @@ def _per_axis(value: Any, axes: int) -> list[Any]:
 
 
 def _check_window_sizes(config: dict[str, Any], where: str) -> None:
-    """Sizes no tensor in the file bounds but a forward pass allocates: zero padding and
-    dilation (a padding of 2^20 asks for terabytes of padded maps) beyond
+    """Sizes no tensor in the file bounds but a forward pass allocates: zero padding, output
+    padding and dilation (a padding of 2^20 asks for terabytes of padded maps) beyond
     ``MAX_PADDING``/``MAX_DILATION``, and adaptive pooling outputs beyond
     ``MAX_ADAPTIVE_CELLS`` per map."""
     limits = ("padding", MAX_PADDING), ("output_padding", MAX_PADDING), ("dilation", MAX_DILATION)
