@@ -1,8 +1,8 @@
 """One table of sample networks for the adapter tests (tests/interop/test_onnx.py and
 test_torch.py): together they cover every layer class with the geometry corner cases
 (stride, padding, dilation, asymmetric "same", ceil_mode overhang, count_include_pad,
-divisor_override, groups, connection tables, flip_kernel, 1-D/3-D), and the helpers both
-tests use to fill them with non-trivial state and feed them real pixels."""
+divisor_override, groups, connection tables, flip_kernel, output_padding, 1-D/3-D), and the
+helpers both tests use to fill them with non-trivial state and feed them real pixels."""
 
 from __future__ import annotations
 
@@ -174,6 +174,41 @@ NETWORKS: list[tuple[str, tuple[int, ...], Callable[[], Sequential]]] = [
             L.Upsample(scale_factor=(1.5, 0.5), mode="bilinear"),
             L.Upsample(size=(8, 5), mode="bilinear", align_corners=True),
             L.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False),
+        ),
+    ),
+    (
+        "conv-transpose-decoder",
+        (4, 7, 7),
+        lambda: Sequential(
+            L.ConvTranspose2d(
+                4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, **seeded(21)
+            ),
+            L.ReLU(),
+            L.ConvTranspose2d(
+                6, 3, (2, 3), (1, 2), (0, 1), dilation=(2, 1), bias=False, **seeded(22)
+            ),
+            # output_padding >= stride (allowed below the dilation)
+            L.ConvTranspose2d(3, 2, 3, output_padding=1, dilation=2, **seeded(23)),
+            L.Tanh(),
+        ),
+    ),
+    (
+        "conv-transpose-1d",
+        (3, 20),
+        lambda: Sequential(
+            L.ConvTranspose1d(3, 4, 5, stride=3, padding=2, output_padding=2, **seeded(24)),
+            L.ConvTranspose1d(
+                4, 4, 3, padding=2, output_padding=2, groups=4, dilation=3, **seeded(25)
+            ),
+        ),
+    ),
+    (
+        "conv-transpose-3d",
+        (2, 3, 4, 5),
+        lambda: Sequential(
+            L.ConvTranspose3d(
+                2, 4, (2, 3, 2), (1, 2, 2), (0, 1, 1), (0, 1, 0), groups=2, **seeded(26)
+            ),
         ),
     ),
     (

@@ -339,6 +339,8 @@ def test_declared_tensor_table_matches_every_layer_type():
         L.FeatureMapCombination(2, 3, 3, kernels="per_input"), L.FeatureMapCombination(2, 3, 3),
         L.EuclideanRBF(4, 5), L.Subsample2d(3, 2), L.BatchNorm2d(3), L.BatchNorm1d(2, affine=False),
         L.BatchNorm3d(2, track_running_stats=False), L.MaxPool2d(2), L.Dropout(0.1),
+        L.ConvTranspose1d(4, 6, 3, groups=2), L.ConvTranspose2d(2, 3, (3, 2), bias=False),
+        L.ConvTranspose3d(1, 2, 2, stride=2),
     ]  # fmt: skip
     assert {type(layer).__name__ for layer in examples} >= allocating
     model = Sequential(*examples)

@@ -59,7 +59,7 @@ def _import_torch_lists() -> tuple[Any, Any]:
 # torch class name -> convnp class (losses included); MSELoss maps through a scale factor.
 # Cases of the torch classes in MODULES_TO_COVER are collected even where convnp lacks the
 # class, so that they are counted (and skipped, naming it) rather than silently left out.
-MODULES_TO_COVER = {"ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
+MODULES_TO_COVER: set[str] = set()  # none left: ConvTranspose1d/2d/3d are convnp layers now
 CONVNP_CLASSES: dict[str, type] = {
     name: getattr(layers, name)
     for name in layers.__all__

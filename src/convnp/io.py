@@ -79,6 +79,7 @@ MAX_INPUT_ELEMENTS = 2**26  # one input image (info.input_shape): 64 Mi values
 MAX_NAME_LENGTH = 1_000
 MAX_ADAPTIVE_CELLS = 2**16  # adaptive pooling: a 256x256 output map
 MAX_PADDING = MAX_DILATION = 1024  # far above real networks (DeepLab's atrous rates: 24)
+MAX_TRANSPOSED_STRIDE = 1024  # a transposed convolution multiplies its maps' size by it
 FLOAT_DTYPES = ("float32", "float64")
 
 
@@ -194,6 +195,8 @@ def check_architecture(spec: Any) -> list[dict[str, Any]]:
         where = f"architecture entry {index} ({name})"
         arguments.append(check_arguments(LAYER_TYPES[name], entry.get("config", {}), where))
         _check_window_sizes(arguments[-1], where)
+        if name.startswith("ConvTranspose"):
+            _check_transposed_stride(arguments[-1], where)
     return arguments
 
 
@@ -202,11 +205,12 @@ def _per_axis(value: Any, axes: int) -> list[Any]:
 
 
 def _check_window_sizes(config: dict[str, Any], where: str) -> None:
-    """Sizes no tensor in the file bounds but a forward pass allocates: zero padding and
-    dilation (a padding of 2^20 asks for terabytes of padded maps) beyond
+    """Sizes no tensor in the file bounds but a forward pass allocates: zero padding, output
+    padding and dilation (a padding of 2^20 asks for terabytes of padded maps) beyond
     ``MAX_PADDING``/``MAX_DILATION``, and adaptive pooling outputs beyond
     ``MAX_ADAPTIVE_CELLS`` per map."""
-    for name, limit in (("padding", MAX_PADDING), ("dilation", MAX_DILATION)):
+    limits = ("padding", MAX_PADDING), ("output_padding", MAX_PADDING), ("dilation", MAX_DILATION)
+    for name, limit in limits:
         value = config.get(name, 0)
         if not isinstance(value, str) and max(_per_axis(value, 1), default=0) > limit:
             raise ValueError(f"{where}: {name} {value} exceeds {limit}")
@@ -218,6 +222,14 @@ def _check_window_sizes(config: dict[str, Any], where: str) -> None:
                 f"{where}: output_size {output} makes {cells:,} cells a map "
                 f"(at most {MAX_ADAPTIVE_CELLS:,})"
             )
+
+
+def _check_transposed_stride(config: dict[str, Any], where: str) -> None:
+    """A transposed convolution's stride multiplies its output's size: at most
+    ``MAX_TRANSPOSED_STRIDE`` (a convolution's stride divides it and needs no bound)."""
+    stride = config.get("stride", 1)
+    if max(_per_axis(stride, 1), default=0) > MAX_TRANSPOSED_STRIDE:
+        raise ValueError(f"{where}: stride {stride} exceeds {MAX_TRANSPOSED_STRIDE}")
 
 
 def _conforms(value: Any, annotation: Any) -> bool:
@@ -311,6 +323,18 @@ def _conv_tensors(config: dict[str, Any], nd: int) -> dict[str, tuple[int, ...]]
     return shapes
 
 
+def _conv_transpose_tensors(config: dict[str, Any], nd: int) -> dict[str, tuple[int, ...]]:
+    """PyTorch's layout: (in_channels, out_channels/groups, *kernel_size)."""
+    groups = config.get("groups", 1)
+    if groups < 1 or config["out_channels"] % groups:
+        raise ValueError(f"groups={groups} does not divide out_channels")
+    kernel = _expand(config["kernel_size"], nd)
+    shapes = {"weight": (config["in_channels"], config["out_channels"] // groups, *kernel)}
+    if config.get("bias", True):
+        shapes["bias"] = (config["out_channels"],)
+    return shapes
+
+
 def _linear_tensors(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     shapes = {"weight": (config["out_features"], config["in_features"])}
     if config.get("bias", True):
@@ -360,6 +384,9 @@ DECLARED_TENSORS: dict[str, Callable[[dict[str, Any]], dict[str, tuple[int, ...]
     "Conv1d": lambda config: _conv_tensors(config, 1),
     "Conv2d": lambda config: _conv_tensors(config, 2),
     "Conv3d": lambda config: _conv_tensors(config, 3),
+    "ConvTranspose1d": lambda config: _conv_transpose_tensors(config, 1),
+    "ConvTranspose2d": lambda config: _conv_transpose_tensors(config, 2),
+    "ConvTranspose3d": lambda config: _conv_transpose_tensors(config, 3),
     "LocallyConnected2d": _local_tensors,
     "FeatureMapCombination": _combination_tensors,
     "EuclideanRBF": lambda config: {"weight": (config["out_features"], config["in_features"])},

@@ -156,6 +156,41 @@ def _conv(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
     return _conv_node(g, x, kernel, layer.params.get("bias"), groups=layer.groups, **geometry)
 
 
+def _conv_transpose(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
+    """ConvTranspose: the same weight layout (C, M/group, *k) and attributes as PyTorch's.
+
+    ONNX Runtime takes output_padding o only below the stride s; PyTorch also allows it
+    below the dilation. Such an axis crops p − o cells at the end instead of p (the same
+    cells), and where o > p the last o − p cells, which only the bias reaches, are a Pad
+    with zeros followed by the bias."""
+    end_pads, output_padding, zeros = [], [], []
+    for p, o, s in zip(layer.padding, layer.output_padding, layer.stride):
+        end_pads.append(p if o < s else max(p - o, 0))
+        output_padding.append(o if o < s else 0)
+        zeros.append(0 if o < s else max(o - p, 0))
+    bias = layer.params.get("bias")
+    inputs = [x, g.constant(layer.params["weight"], "weight")]
+    if bias is not None and not any(zeros):
+        inputs.append(g.constant(bias, "bias"))
+    y = g.node(
+        "ConvTranspose",
+        inputs,
+        kernel_shape=list(layer.kernel_size),
+        strides=list(layer.stride),
+        pads=[*layer.padding, *end_pads],
+        output_padding=output_padding,
+        dilations=list(layer.dilation),
+        group=layer.groups,
+    )
+    if not any(zeros):
+        return y
+    widths = g.constant([0, 0, *(0,) * layer.nd, 0, 0, *zeros], "pads", integer=True)
+    y = g.node("Pad", [y, widths])
+    if bias is None:
+        return y
+    return g.node("Add", [y, g.constant(bias.reshape(-1, *(1,) * layer.nd), "bias")])
+
+
 def _feature_map_combination(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
     """u_j = Σ_i α_ij (x_i * k_ij) + b_j = Σ_i x_i * (α_ij k_ij) + b_j: one Conv whose kernel
     is α_ij·k_ij (per_input kernels k_i are shared by every j), rotated if flip_kernel."""
@@ -393,6 +428,7 @@ def _softmax(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...]) -> str:
 # its parent does, so it needs its own entry.
 CONVERTERS: dict[type[Layer], Converter] = {
     **dict.fromkeys((L.Conv1d, L.Conv2d, L.Conv3d), _conv),
+    **dict.fromkeys((L.ConvTranspose1d, L.ConvTranspose2d, L.ConvTranspose3d), _conv_transpose),
     **dict.fromkeys((L.MaxPool1d, L.MaxPool2d, L.MaxPool3d), _max_pool),
     **dict.fromkeys((L.AvgPool1d, L.AvgPool2d, L.AvgPool3d), _window_average),
     L.WeightedAvgPool2d: _window_average,

@@ -14,6 +14,7 @@ Mapping notes:
   "same"/"valid" padding stays a string). ``ConvNd`` is used for a
   connection table, ``flip_kernel=True`` or asymmetric padding with stride > 1;
   ``padding_mode`` travels both ways (F.pad's mode in ``ConvNd``).
+* ConvTranspose: ``nn.ConvTransposeNd`` both ways (the same arguments and weight layout).
 * ``GlobalAvgPool2d``/``GlobalMaxPool2d`` become ``nn.AdaptiveAvg/MaxPool2d(1)`` and come
   back as the adaptive layer (the same function).
 * ``FeatureMapCombination`` sparsity penalties do not run in torch (a torch training loop
@@ -233,6 +234,12 @@ def _conv_to_torch(layer: Layer) -> nn.Module:
     return _loaded(module, layer.params)  # the same (O, C/groups, *k) weight layout
 
 
+def _conv_transpose_to_torch(layer: Layer) -> nn.Module:
+    """The same constructor arguments and weight layout in both libraries."""
+    module_type = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[layer.nd - 1]
+    return _loaded(module_type(**layer.config()), layer.params)
+
+
 def _loaded(module: nn.Module, arrays: dict[str, np.ndarray]) -> nn.Module:
     """Copy convnp arrays into the module's parameters/buffers of the same names (the
     module takes their dtype first, so float64 weights are never rounded)."""
@@ -280,6 +287,9 @@ _AVG = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
 _LP = ("norm_type", "kernel_size", "stride", "ceil_mode")
 TO_TORCH: dict[type[Layer], Callable[[Layer], nn.Module]] = {
     **dict.fromkeys((L.Conv1d, L.Conv2d, L.Conv3d), _conv_to_torch),
+    **dict.fromkeys(
+        (L.ConvTranspose1d, L.ConvTranspose2d, L.ConvTranspose3d), _conv_transpose_to_torch
+    ),
     L.MaxPool1d: lambda layer: nn.MaxPool1d(**_pool_arguments(layer, *_MAX)),
     L.MaxPool2d: lambda layer: nn.MaxPool2d(**_pool_arguments(layer, *_MAX)),
     L.MaxPool3d: lambda layer: nn.MaxPool3d(**_pool_arguments(layer, *_MAX)),
@@ -389,6 +399,13 @@ def _conv_from_torch(module: nn.Module) -> Converted:
     return classes[len(module.kernel_size)], config, _arrays(module)  # the same weight layout
 
 
+def _conv_transpose_from_torch(module: nn.Module) -> Converted:
+    names = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding")
+    config = {name: getattr(module, name) for name in (*names, "groups", "dilation")}
+    layer_type = (L.ConvTranspose1d, L.ConvTranspose2d, L.ConvTranspose3d)[module.weight.ndim - 3]
+    return layer_type, {**config, "bias": module.bias is not None}, _arrays(module)
+
+
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
 
@@ -457,6 +474,9 @@ def _linear_from_torch(module: nn.Module) -> Converted:
 
 FROM_TORCH: dict[type[nn.Module], Callable[[nn.Module], Converted]] = {
     **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), _conv_from_torch),
+    **dict.fromkeys(
+        (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), _conv_transpose_from_torch
+    ),
     nn.MaxPool1d: _attributes(L.MaxPool1d, *_MAX),
     nn.MaxPool2d: _attributes(L.MaxPool2d, *_MAX),
     nn.MaxPool3d: _attributes(L.MaxPool3d, *_MAX),

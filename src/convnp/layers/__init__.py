@@ -14,6 +14,7 @@ from convnp.layers.adaptive_pool import (
 from convnp.layers.base import Layer
 from convnp.layers.combine import FeatureMapCombination
 from convnp.layers.conv import Conv1d, Conv2d, Conv3d
+from convnp.layers.conv_transpose import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
 from convnp.layers.dense import Flatten, Linear
 from convnp.layers.dropout import Dropout, Dropout2d
 from convnp.layers.local import LocallyConnected2d
@@ -41,6 +42,9 @@ __all__ = [
     "Conv1d",
     "Conv2d",
     "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
     "LocallyConnected2d",
     # learned combinations of feature maps (SPEC §4)
     "FeatureMapCombination",
