@@ -199,7 +199,8 @@ def conv_forward(
     with workspace.claim() as scratch:
         for block in _blocks(x.shape, out_channels, geometry, workspace.limit_bytes, x.dtype):
             # rows (map i, offset k), columns (n, u); a part at a time, still in the cache
-            for part, cols in block.gather_parts(x, scratch, out_channels, PART_BYTES):
+            parts = block.parts(out_channels, x.itemsize)
+            for part, cols in block.gather_parts(x, scratch, parts):
                 u = scratch.array("maps", (out_channels, cols.shape[1]), x.dtype)
                 # Σ_i Σ_k k_ij(k) · x_i(u + k), one product per group (a stack: no group loop)
                 np.matmul(kernel, _stack(cols, groups), out=_stack(u, groups))
@@ -227,10 +228,10 @@ def conv_weight_grad(
     dkernel = np.zeros((groups, out_channels // groups, channels // groups * taps), dy.dtype)
     with workspace.claim() as scratch:
         for block in _blocks(x.shape, out_channels, geometry, workspace.limit_bytes, x.dtype):
-            cols = _stack(block.patches(x, scratch), groups)
-            delta = _stack(block.from_output(dy, scratch), groups)  # δ_j as (O, B·L)
-            # (cols δᵀ)ᵀ lets BLAS stream the long B·L axis (1.4-2x faster than δ colsᵀ)
-            dkernel += np.matmul(cols, delta.swapaxes(1, 2)).swapaxes(1, 2)
+            for part, cols in block.patch_parts(x, scratch, block.parts(out_channels, x.itemsize)):
+                delta = _stack(block.from_output(dy, scratch, part), groups)  # δ_j as (O, b·L)
+                # (cols δᵀ)ᵀ lets BLAS stream the long b·L axis (1.4-2x faster than δ colsᵀ)
+                dkernel += np.matmul(_stack(cols, groups), delta.swapaxes(1, 2)).swapaxes(1, 2)
     return dkernel.reshape(out_channels, channels // groups, *geometry.kernel_size)
 
 
@@ -261,11 +262,14 @@ def conv_transpose(
     kernel = _kernel_stack(weight, groups)
     with workspace.claim() as scratch:
         for block in _blocks(x_shape, out_channels, geometry, workspace.limit_bytes, dy.dtype):
-            delta = _stack(block.from_output(dy, scratch), groups)
+            # the whole block at once: the scatter's Python loop over the K kernel offsets
+            # runs once per part, and parts measured slower here (bouvrie, 6 -> 12 maps)
+            whole = slice(0, block.batch)
+            delta = _stack(block.from_output(dy, scratch, whole), groups)
             dcols = scratch.array("patches", (channels * block.taps, delta.shape[2]), dy.dtype)
             # Σ_j k_ij δ_j for every patch cell
             np.matmul(kernel.swapaxes(1, 2), delta, out=_stack(dcols, groups))
-            block.scatter(dcols, dx, scratch)  # each patch cell back to its pixel
+            block.scatter(dcols, dx, scratch, whole)  # each patch cell back to its pixel
     return dx
 
 
@@ -353,6 +357,7 @@ class _Block:
         rows = range(out_shape[0]) if rows is None else rows
         self.rows = slice(rows.start, rows.stop)
         self.out_shape = (len(rows), *out_shape[1:])
+        self.columns = math.prod(self.out_shape)  # patch-matrix columns per sample
         before, stride0 = geometry.pads[0][0], geometry.stride[0]
         first = rows.start * stride0  # padded coordinates of the slab along axis 0
         last = (rows.stop - 1) * stride0 + geometry.extent(0)
@@ -375,42 +380,42 @@ class _Block:
         block.samples = slice(samples.start, samples.stop)
         return block
 
-    def gather(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
-        """The block's patch matrix (C·K, B·L) of x, gathered into the scratch."""
-        ((_, matrix),) = self.gather_parts(x, scratch, 0, part_bytes=2**62)
-        return matrix
+    def parts(self, out_channels: int, itemsize: int) -> list[slice]:
+        """The block's samples in parts of about ``PART_BYTES`` of patch and output matrix
+        (C·K + out_channels rows): a part's matrices are still in the CPU cache when the
+        product reads them, and the block's large matrices are never written whole."""
+        row_bytes = (self.channels * self.taps + out_channels) * self.columns * itemsize
+        step = max(1, PART_BYTES // row_bytes)
+        return [slice(start, min(self.batch, start + step)) for start in range(0, self.batch, step)]
 
     def gather_parts(
-        self, x: np.ndarray, scratch: Scratch, out_channels: int, part_bytes: int
+        self, x: np.ndarray, scratch: Scratch, parts: list[slice]
     ) -> Iterator[tuple[slice, np.ndarray]]:
-        """The block's patch matrix a part of its samples at a time, each part in the same
-        cache-sized buffer: yields (the part's samples within the block, its patch matrix).
-        A part holds about ``part_bytes`` of patches and output (C·K + out_channels rows),
-        so the product reads the patches while they are still in the CPU cache, and a
-        forward keeps its memory traffic small (measured below ``_blocks``). A block of one
-        part is kept for the weight gradient as ``gather`` keeps it."""
-        view = self._gather(x, scratch)
-        columns = math.prod(view.shape[2 + len(self.geometry.kernel_size) :])  # per sample
-        row_bytes = (self.channels * self.taps + out_channels) * columns * x.itemsize
-        step = max(1, part_bytes // row_bytes)
-        sample_axis = 1 + len(self.geometry.kernel_size)  # view: (C, *k, B, *columns)
-        for start in range(0, self.batch, step):
-            part = slice(start, min(self.batch, start + step))
+        """Yield (part, the part's patch matrix (C·K, b·L) of x), each part gathered into the
+        same scratch buffer; a block in one part keeps its matrix for ``patch_parts``."""
+        view = self._gather(x, scratch)  # (C, *k, B, *columns)
+        sample_axis = 1 + len(self.geometry.kernel_size)
+        for part in parts:
             source = view[(slice(None),) * sample_axis + (part,)]
             patches = scratch.array("patches", source.shape, x.dtype)
             np.copyto(patches, source)
             matrix = patches.reshape(self.channels * self.taps, -1)
-            if step >= self.batch:  # one part: the block's whole matrix
+            if len(parts) == 1:
                 scratch.keep("patches", x, self._key(x), matrix)
             yield part, matrix
 
-    def patches(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
-        """The patch matrix as ``gather``, but not gathered again when the workspace still
-        holds it from the last gather of this same array x (a forward whose batch was one
-        block, then the weight gradient): x must not change in between, which holds for a
-        layer's cached input."""
-        cols = scratch.kept("patches", x, self._key(x))
-        return self.gather(x, scratch) if cols is None else cols
+    def patch_parts(
+        self, x: np.ndarray, scratch: Scratch, parts: list[slice]
+    ) -> Iterator[tuple[slice, np.ndarray]]:
+        """As ``gather_parts``, but a block in one part is not gathered again when the
+        workspace still holds its matrix from the last gather of this same array x (a
+        forward, then the weight gradient): x must not change in between, which holds for
+        a layer's cached input."""
+        kept = scratch.kept("patches", x, self._key(x)) if len(parts) == 1 else None
+        if kept is None:
+            yield from self.gather_parts(x, scratch, parts)
+        else:
+            yield parts[0], kept
 
     def _in_batch(self, part: slice) -> slice:
         """Samples ``part`` of this block as samples of the whole batch."""
@@ -425,11 +430,11 @@ class _Block:
         source = x[(self.samples, slice(None), *self.x_index)]
         slab[(slice(None), slice(None), *self.interior)] = source.swapaxes(0, 1)
 
-    def _add_slab(self, slab: np.ndarray, dx: np.ndarray) -> None:
-        """dx[block] += the slab's gradient inside the input (the padding's is dropped);
+    def _add_slab(self, slab: np.ndarray, dx: np.ndarray, part: slice) -> None:
+        """dx[part] += the part's slab gradient inside the input (the padding's is dropped);
         blocks of whole samples do not overlap, so they are written, not added."""
         inside = slab[(slice(None), slice(None), *self.interior)].swapaxes(0, 1)
-        target = (self.samples, slice(None), *self.x_index)
+        target = (self._in_batch(part), slice(None), *self.x_index)
         if self.whole_rows:
             dx[target] = inside
         else:  # row blocks of one sample share the input rows their kernels both reach
@@ -455,20 +460,19 @@ class _StridedLayout(_Block):
         block = u.reshape(len(u), -1, *self.out_shape).swapaxes(0, 1)
         y[(self._in_batch(part), slice(None), self.rows)] = block
 
-    def from_output(self, dy: np.ndarray, scratch: Scratch) -> np.ndarray:
-        out_channels = dy.shape[1]
-        delta = scratch.array("maps", (out_channels, self.batch, *self.out_shape), dy.dtype)
-        delta[...] = dy[(self.samples, slice(None), self.rows)].swapaxes(0, 1)
-        return delta.reshape(out_channels, -1)
+    def from_output(self, dy: np.ndarray, scratch: Scratch, part: slice) -> np.ndarray:
+        source = dy[(self._in_batch(part), slice(None), self.rows)].swapaxes(0, 1)
+        delta = scratch.array("maps", source.shape, dy.dtype)
+        delta[...] = source
+        return delta.reshape(len(delta), -1)
 
-    def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch) -> None:
-        slab = scratch.zeros("slab", (self.channels, self.batch, *self.slab), dcols.dtype)
-        dcols = dcols.reshape(
-            self.channels, *self.geometry.kernel_size, self.batch, *self.out_shape
-        )
+    def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch, part: slice) -> None:
+        batch = part.stop - part.start
+        slab = scratch.zeros("slab", (self.channels, batch, *self.slab), dcols.dtype)
+        dcols = dcols.reshape(self.channels, *self.geometry.kernel_size, batch, *self.out_shape)
         for offset, slices in self._offsets():
             slab[(slice(None), slice(None), *slices)] += dcols[(slice(None), *offset)]
-        self._add_slab(slab, dx)
+        self._add_slab(slab, dx, part)
 
 
 class _ShiftedLayout(_Block):
@@ -480,7 +484,7 @@ class _ShiftedLayout(_Block):
         flat_strides = [math.prod(self.slab[a + 1 :]) for a in range(len(self.slab))]
         self.shift_steps = [d * s for d, s in zip(self.geometry.dilation, flat_strides)]
         self.wide_shape = (self.out_shape[0], *self.slab[1:])  # out_0 rows of the padded grid
-        self.positions = math.prod(self.wide_shape)
+        self.positions = self.columns = math.prod(self.wide_shape)
         self.image_size = math.prod(self.slab)
         # the last shifted read runs past the image by the shifts of axes 1.. (zeros)
         kernel = self.geometry.kernel_size
@@ -494,13 +498,13 @@ class _ShiftedLayout(_Block):
         steps = [np.arange(k) * step for k, step in zip(kernel, self.shift_steps)]
         return functools.reduce(np.add.outer, steps).ravel().tolist()
 
-    def _flat(self, scratch: Scratch, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-        flat = scratch.array("slab", (self.channels, self.batch, self.flat_size), dtype)
-        image = flat[:, :, : self.image_size].reshape(self.channels, self.batch, *self.slab)
+    def _flat(self, scratch: Scratch, dtype: np.dtype, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        flat = scratch.array("slab", (self.channels, batch, self.flat_size), dtype)
+        image = flat[:, :, : self.image_size].reshape(self.channels, batch, *self.slab)
         return flat, image
 
     def _gather(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
-        flat, image = self._flat(scratch, x.dtype)
+        flat, image = self._flat(scratch, x.dtype, self.batch)
         flat[:, :, self.image_size :] = 0
         self._fill_slab(image, x)
         # row block k = the flat images shifted by shift(k): one strided view for all k
@@ -520,16 +524,17 @@ class _ShiftedLayout(_Block):
         wide = u.reshape(len(u), -1, *self.wide_shape)
         y[(self._in_batch(part), slice(None), self.rows)] = wide[self.valid].swapaxes(0, 1)
 
-    def from_output(self, dy: np.ndarray, scratch: Scratch) -> np.ndarray:
-        out_channels = dy.shape[1]
-        wide = scratch.zeros("maps", (out_channels, self.batch, *self.wide_shape), dy.dtype)
-        wide[self.valid] = dy[(self.samples, slice(None), self.rows)].swapaxes(0, 1)
-        return wide.reshape(out_channels, -1)  # unused columns keep δ = 0
+    def from_output(self, dy: np.ndarray, scratch: Scratch, part: slice) -> np.ndarray:
+        source = dy[(self._in_batch(part), slice(None), self.rows)].swapaxes(0, 1)
+        wide = scratch.zeros("maps", (*source.shape[:2], *self.wide_shape), dy.dtype)
+        wide[self.valid] = source
+        return wide.reshape(len(wide), -1)  # unused columns keep δ = 0
 
-    def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch) -> None:
-        flat, image = self._flat(scratch, dcols.dtype)
+    def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch, part: slice) -> None:
+        batch = part.stop - part.start
+        flat, image = self._flat(scratch, dcols.dtype, batch)
         flat.fill(0)
-        dcols = dcols.reshape(self.channels, self.taps, self.batch, self.positions)
+        dcols = dcols.reshape(self.channels, self.taps, batch, self.positions)
         for k, shift in enumerate(self.shifts()):
             flat[:, :, shift : shift + self.positions] += dcols[:, k]
-        self._add_slab(image, dx)
+        self._add_slab(image, dx, part)
