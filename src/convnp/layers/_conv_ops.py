@@ -22,14 +22,27 @@ these matrices stay under ``Workspace.limit_bytes``, and they live in a ``Worksp
 the caller owns and that is reused from call to call: peak memory is the activations plus a
 constant, and a training step allocates no large temporaries.
 
-Two gather layouts (same results, tested equal): for stride 1, ``_ShiftedLayout`` lays
-each padded (map, sample) image out flat, so kernel offset k meets the flat image shifted
-by one number, shift(k) = Σ_a k_a·d_a·S_a (S_a: flat stride of spatial axis a), and a row
-block of the matrix is one long contiguous copy (measured 128x32x14x14, k = 3: gather
-8.0 -> 6.0 ms, scatter 14.2 -> 6.8 ms against strided copies). Its output positions lie on
-the padded grid, so each output row carries (padded width − output width) unused columns,
-computed and dropped; their δ is zero, so they add nothing to any gradient.
-``_StridedLayout`` handles any stride with one strided copy per kernel offset.
+Within a block, the forward and the weight gradient go **a part at a time**: parts of about
+``PART_BYTES`` (a core's L2 cache) of patch and output matrix, each gathered into the same
+scratch buffer and read by its product while still in the cache. Whole 8 MiB blocks made
+small networks' inference slower than 06cb8bd's freshly allocated patch matrices (bouvrie's
+first conv, batch 64: 1.2 against 0.6 ms): every layer's workspace is memory of its own that
+the other layers' work has pushed out of the cache, so each block was written to and read
+back from main memory. With parts it takes 0.65-0.8x 06cb8bd's CPU time. The weight
+gradient gathers its parts again (from the block's padded input: cheap), except for a block
+of one part, whose patch matrix the forward leaves in the workspace. The input gradient
+keeps whole blocks: its scatter loops over the K offsets in Python once per part, and parts
+measured slower there.
+
+Two gather layouts (same results, tested equal), each a strided *view* of the block's
+padded input copied into the patch matrix in one call (no loop over offsets): for stride 1,
+``_ShiftedLayout`` lays each padded (map, sample) image out flat, so kernel offset k meets
+the flat image shifted by one number, shift(k) = Σ_a k_a·d_a·S_a (S_a: flat stride of
+spatial axis a): the copy runs along long contiguous rows (measured 128x32x14x14, k = 3:
+gather 8.0 -> 6.0 ms, scatter 14.2 -> 6.8 ms against strided copies). Its output positions
+lie on the padded grid, so each output row carries (padded width − output width) unused
+columns, computed and dropped; their δ is zero, so they add nothing to any gradient.
+``_StridedLayout`` handles any stride: the copy reads the windows of ``_windows.windows``.
 """
 
 from __future__ import annotations
@@ -53,6 +66,10 @@ from convnp.layers._windows import Pads, kernel_offsets, output_size, windows
 # machine) for 2, 4, 8, 16, 32 and 64 MiB: blocks of a few thousand columns keep BLAS busy.
 # 8 MiB leaves that margin while a layer's workspace stays small next to its activations.
 WORKSPACE_BYTES = 8 * 2**20
+# Bytes of patch plus output matrix per part of a block (module docstring): the L2 cache of
+# one core. Measured (CPU time, 1 BLAS thread, bouvrie, lenet5, modern inference and
+# training): 1 and 2 MiB within noise of each other; 512 KiB slowed modern's 32 -> 64 conv
+# (one sample per part: the per-part Python costs show).
 PART_BYTES = 2**20
 
 
