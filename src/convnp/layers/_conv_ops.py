@@ -279,14 +279,11 @@ def conv_transpose(
     kernel = _kernel_stack(weight, groups)
     with workspace.claim() as scratch:
         for block in _blocks(x_shape, out_channels, geometry, workspace.limit_bytes, dy.dtype):
-            # the whole block at once: the scatter's Python loop over the K kernel offsets
-            # runs once per part, and parts measured slower here (bouvrie, 6 -> 12 maps)
-            whole = slice(0, block.batch)
-            delta = _stack(block.from_output(dy, scratch, whole), groups)
+            delta = _stack(block.from_output(dy, scratch), groups)
             dcols = scratch.array("patches", (channels * block.taps, delta.shape[2]), dy.dtype)
             # Σ_j k_ij δ_j for every patch cell
             np.matmul(kernel.swapaxes(1, 2), delta, out=_stack(dcols, groups))
-            block.scatter(dcols, dx, scratch, whole)  # each patch cell back to its pixel
+            block.scatter(dcols, dx, scratch)  # each patch cell back to its pixel
     return dx
 
 
@@ -434,8 +431,10 @@ class _Block:
         else:
             yield parts[0], kept
 
-    def _in_batch(self, part: slice) -> slice:
-        """Samples ``part`` of this block as samples of the whole batch."""
+    def _in_batch(self, part: slice | None) -> slice:
+        """Samples ``part`` of this block (all when None) as samples of the whole batch."""
+        if part is None:
+            return self.samples
         return slice(self.samples.start + part.start, self.samples.start + part.stop)
 
     def _key(self, x: np.ndarray) -> tuple:
@@ -447,11 +446,11 @@ class _Block:
         source = x[(self.samples, slice(None), *self.x_index)]
         slab[(slice(None), slice(None), *self.interior)] = source.swapaxes(0, 1)
 
-    def _add_slab(self, slab: np.ndarray, dx: np.ndarray, part: slice) -> None:
-        """dx[part] += the part's slab gradient inside the input (the padding's is dropped);
+    def _add_slab(self, slab: np.ndarray, dx: np.ndarray) -> None:
+        """dx[block] += the slab's gradient inside the input (the padding's is dropped);
         blocks of whole samples do not overlap, so they are written, not added."""
         inside = slab[(slice(None), slice(None), *self.interior)].swapaxes(0, 1)
-        target = (self._in_batch(part), slice(None), *self.x_index)
+        target = (self.samples, slice(None), *self.x_index)
         if self.whole_rows:
             dx[target] = inside
         else:  # row blocks of one sample share the input rows their kernels both reach
@@ -477,19 +476,22 @@ class _StridedLayout(_Block):
         block = u.reshape(len(u), -1, *self.out_shape).swapaxes(0, 1)
         y[(self._in_batch(part), slice(None), self.rows)] = block
 
-    def from_output(self, dy: np.ndarray, scratch: Scratch, part: slice) -> np.ndarray:
+    def from_output(
+        self, dy: np.ndarray, scratch: Scratch, part: slice | None = None
+    ) -> np.ndarray:
         source = dy[(self._in_batch(part), slice(None), self.rows)].swapaxes(0, 1)
         delta = scratch.array("maps", source.shape, dy.dtype)
         delta[...] = source
         return delta.reshape(len(delta), -1)
 
-    def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch, part: slice) -> None:
-        batch = part.stop - part.start
-        slab = scratch.zeros("slab", (self.channels, batch, *self.slab), dcols.dtype)
-        dcols = dcols.reshape(self.channels, *self.geometry.kernel_size, batch, *self.out_shape)
+    def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch) -> None:
+        slab = scratch.zeros("slab", (self.channels, self.batch, *self.slab), dcols.dtype)
+        dcols = dcols.reshape(
+            self.channels, *self.geometry.kernel_size, self.batch, *self.out_shape
+        )
         for offset, slices in self._offsets():
             slab[(slice(None), slice(None), *slices)] += dcols[(slice(None), *offset)]
-        self._add_slab(slab, dx, part)
+        self._add_slab(slab, dx)
 
 
 class _ShiftedLayout(_Block):
@@ -515,13 +517,13 @@ class _ShiftedLayout(_Block):
         steps = [np.arange(k) * step for k, step in zip(kernel, self.shift_steps)]
         return functools.reduce(np.add.outer, steps).ravel().tolist()
 
-    def _flat(self, scratch: Scratch, dtype: np.dtype, batch: int) -> tuple[np.ndarray, np.ndarray]:
-        flat = scratch.array("slab", (self.channels, batch, self.flat_size), dtype)
-        image = flat[:, :, : self.image_size].reshape(self.channels, batch, *self.slab)
+    def _flat(self, scratch: Scratch, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        flat = scratch.array("slab", (self.channels, self.batch, self.flat_size), dtype)
+        image = flat[:, :, : self.image_size].reshape(self.channels, self.batch, *self.slab)
         return flat, image
 
     def _gather(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
-        flat, image = self._flat(scratch, x.dtype, self.batch)
+        flat, image = self._flat(scratch, x.dtype)
         flat[:, :, self.image_size :] = 0
         self._fill_slab(image, x)
         # row block k = the flat images shifted by shift(k): one strided view for all k
@@ -541,17 +543,18 @@ class _ShiftedLayout(_Block):
         wide = u.reshape(len(u), -1, *self.wide_shape)
         y[(self._in_batch(part), slice(None), self.rows)] = wide[self.valid].swapaxes(0, 1)
 
-    def from_output(self, dy: np.ndarray, scratch: Scratch, part: slice) -> np.ndarray:
+    def from_output(
+        self, dy: np.ndarray, scratch: Scratch, part: slice | None = None
+    ) -> np.ndarray:
         source = dy[(self._in_batch(part), slice(None), self.rows)].swapaxes(0, 1)
         wide = scratch.zeros("maps", (*source.shape[:2], *self.wide_shape), dy.dtype)
         wide[self.valid] = source
         return wide.reshape(len(wide), -1)  # unused columns keep δ = 0
 
-    def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch, part: slice) -> None:
-        batch = part.stop - part.start
-        flat, image = self._flat(scratch, dcols.dtype, batch)
+    def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch) -> None:
+        flat, image = self._flat(scratch, dcols.dtype)
         flat.fill(0)
-        dcols = dcols.reshape(self.channels, self.taps, batch, self.positions)
+        dcols = dcols.reshape(self.channels, self.taps, self.batch, self.positions)
         for k, shift in enumerate(self.shifts()):
             flat[:, :, shift : shift + self.positions] += dcols[:, k]
-        self._add_slab(image, dx, part)
+        self._add_slab(image, dx)
