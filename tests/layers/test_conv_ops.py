@@ -149,9 +149,9 @@ def test_blocked_equals_one_shot(case, limit, rng):
 
 @pytest.mark.parametrize("case", CASES)
 def test_parts_of_a_block_equal_one_part(case, rng, monkeypatch):
-    """A block worked a part at a time (here one sample per part, PART_BYTES tiny): the
-    forward and the weight gradient (which then gathers per part) equal the one-part
-    results in float64 at 1e-12."""
+    """A forward block worked a part at a time (here one sample per part, PART_BYTES
+    tiny): the output, and the weight gradient (which then cannot reuse the forward's
+    patches and gathers again), equal the one-part results in float64 at 1e-12."""
     geometry, groups, x, weight, bias, dy = _problem(case, rng)
     out_channels = weight.shape[0]
     expected = _all_three(geometry, groups, x, weight, bias, dy, Workspace(2**30))

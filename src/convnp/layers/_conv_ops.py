@@ -22,17 +22,17 @@ these matrices stay under ``Workspace.limit_bytes``, and they live in a ``Worksp
 the caller owns and that is reused from call to call: peak memory is the activations plus a
 constant, and a training step allocates no large temporaries.
 
-Within a block, the forward and the weight gradient go **a part at a time**: parts of about
-``PART_BYTES`` (a core's L2 cache) of patch and output matrix, each gathered into the same
-scratch buffer and read by its product while still in the cache. Whole 8 MiB blocks made
-small networks' inference slower than 06cb8bd's freshly allocated patch matrices (bouvrie's
-first conv, batch 64: 1.2 against 0.6 ms): every layer's workspace is memory of its own that
-the other layers' work has pushed out of the cache, so each block was written to and read
-back from main memory. With parts it takes 0.65-0.8x 06cb8bd's CPU time. The weight
-gradient gathers its parts again (from the block's padded input: cheap), except for a block
-of one part, whose patch matrix the forward leaves in the workspace. The input gradient
-keeps whole blocks: its scatter loops over the K offsets in Python once per part, and parts
-measured slower there.
+Within a block, the forward goes **a part at a time**: parts of about ``PART_BYTES`` of
+patch and output matrix (a core's L2 cache, about), each gathered into the same scratch
+buffer and read by its product while still in the cache. Whole 8 MiB blocks made small
+networks' inference slower than 06cb8bd's freshly allocated patch matrices (bouvrie's first
+conv, batch 64: 1.2 against 0.6 ms): every layer's workspace is memory of its own that the
+other layers' work has pushed out of the cache, so each block was written to and read back
+from main memory. With parts it takes 0.65-0.8x 06cb8bd's CPU time. The gradients keep
+whole blocks: each part is one more matrix product, and in training OpenBLAS wakes its
+threads for every product, and the input gradient's scatter loops over the K offsets in
+Python once per part (parts measured slower in both). The weight gradient reuses the
+forward's patch matrix when the block was one part; else it gathers the block again.
 
 Two gather layouts (same results, tested equal), each a strided *view* of the block's
 padded input copied into the patch matrix in one call (no loop over offsets): for stride 1,
@@ -66,11 +66,11 @@ from convnp.layers._windows import Pads, kernel_offsets, output_size, windows
 # machine) for 2, 4, 8, 16, 32 and 64 MiB: blocks of a few thousand columns keep BLAS busy.
 # 8 MiB leaves that margin while a layer's workspace stays small next to its activations.
 WORKSPACE_BYTES = 8 * 2**20
-# Bytes of patch plus output matrix per part of a block (module docstring): the L2 cache of
-# one core. Measured (CPU time, 1 BLAS thread, bouvrie, lenet5, modern inference and
-# training): 1 and 2 MiB within noise of each other; 512 KiB slowed modern's 32 -> 64 conv
-# (one sample per part: the per-part Python costs show).
-PART_BYTES = 2**20
+# Bytes of patch plus output matrix per part of a forward block (module docstring), about
+# a core's L2 cache. Measured (CPU time, 1 BLAS thread, bouvrie, lenet5, modern inference):
+# 1 and 2 MiB within noise of each other; 512 KiB slowed modern's 32 -> 64 conv (one sample
+# per part: the per-part Python costs show). 2 MiB: fewer products while training.
+PART_BYTES = 2 * 2**20
 
 
 @dataclass(frozen=True)
@@ -245,10 +245,10 @@ def conv_weight_grad(
     dkernel = np.zeros((groups, out_channels // groups, channels // groups * taps), dy.dtype)
     with workspace.claim() as scratch:
         for block in _blocks(x.shape, out_channels, geometry, workspace.limit_bytes, x.dtype):
-            for part, cols in block.patch_parts(x, scratch, block.parts(out_channels, x.itemsize)):
-                delta = _stack(block.from_output(dy, scratch, part), groups)  # δ_j as (O, b·L)
-                # (cols δᵀ)ᵀ lets BLAS stream the long b·L axis (1.4-2x faster than δ colsᵀ)
-                dkernel += np.matmul(_stack(cols, groups), delta.swapaxes(1, 2)).swapaxes(1, 2)
+            cols = _stack(block.patches(x, scratch), groups)
+            delta = _stack(block.from_output(dy, scratch), groups)  # δ_j as (O, B·L)
+            # (cols δᵀ)ᵀ lets BLAS stream the long B·L axis (1.4-2x faster than δ colsᵀ)
+            dkernel += np.matmul(cols, delta.swapaxes(1, 2)).swapaxes(1, 2)
     return dkernel.reshape(out_channels, channels // groups, *geometry.kernel_size)
 
 
@@ -406,7 +406,7 @@ class _Block:
         self, x: np.ndarray, scratch: Scratch, parts: list[slice]
     ) -> Iterator[tuple[slice, np.ndarray]]:
         """Yield (part, the part's patch matrix (C·K, b·L) of x), each part gathered into the
-        same scratch buffer; a block in one part keeps its matrix for ``patch_parts``."""
+        same scratch buffer; a block in one part keeps its matrix for ``patches``."""
         view = self._gather(x, scratch)  # (C, *k, B, *columns)
         sample_axis = 1 + len(self.geometry.kernel_size)
         for part in parts:
@@ -418,23 +418,21 @@ class _Block:
                 scratch.keep("patches", x, self._key(x), matrix)
             yield part, matrix
 
-    def patch_parts(
-        self, x: np.ndarray, scratch: Scratch, parts: list[slice]
-    ) -> Iterator[tuple[slice, np.ndarray]]:
-        """As ``gather_parts``, but a block in one part is not gathered again when the
-        workspace still holds its matrix from the last gather of this same array x (a
-        forward, then the weight gradient): x must not change in between, which holds for
-        a layer's cached input."""
-        kept = scratch.kept("patches", x, self._key(x)) if len(parts) == 1 else None
-        if kept is None:
-            yield from self.gather_parts(x, scratch, parts)
-        else:
-            yield parts[0], kept
+    def gather(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
+        """The block's patch matrix (C·K, B·L) of x, gathered into the scratch and kept."""
+        ((_, matrix),) = self.gather_parts(x, scratch, [slice(0, self.batch)])
+        return matrix
 
-    def _in_batch(self, part: slice | None) -> slice:
-        """Samples ``part`` of this block (all when None) as samples of the whole batch."""
-        if part is None:
-            return self.samples
+    def patches(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
+        """The patch matrix as ``gather``, but not gathered again when the workspace still
+        holds it from the last gather of this same array x (a forward whose block was one
+        part, then the weight gradient): x must not change in between, which holds for a
+        layer's cached input."""
+        cols = scratch.kept("patches", x, self._key(x))
+        return self.gather(x, scratch) if cols is None else cols
+
+    def _in_batch(self, part: slice) -> slice:
+        """Samples ``part`` of this block as samples of the whole batch."""
         return slice(self.samples.start + part.start, self.samples.start + part.stop)
 
     def _key(self, x: np.ndarray) -> tuple:
@@ -476,13 +474,11 @@ class _StridedLayout(_Block):
         block = u.reshape(len(u), -1, *self.out_shape).swapaxes(0, 1)
         y[(self._in_batch(part), slice(None), self.rows)] = block
 
-    def from_output(
-        self, dy: np.ndarray, scratch: Scratch, part: slice | None = None
-    ) -> np.ndarray:
-        source = dy[(self._in_batch(part), slice(None), self.rows)].swapaxes(0, 1)
-        delta = scratch.array("maps", source.shape, dy.dtype)
-        delta[...] = source
-        return delta.reshape(len(delta), -1)
+    def from_output(self, dy: np.ndarray, scratch: Scratch) -> np.ndarray:
+        out_channels = dy.shape[1]
+        delta = scratch.array("maps", (out_channels, self.batch, *self.out_shape), dy.dtype)
+        delta[...] = dy[(self.samples, slice(None), self.rows)].swapaxes(0, 1)
+        return delta.reshape(out_channels, -1)
 
     def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch) -> None:
         slab = scratch.zeros("slab", (self.channels, self.batch, *self.slab), dcols.dtype)
@@ -543,13 +539,11 @@ class _ShiftedLayout(_Block):
         wide = u.reshape(len(u), -1, *self.wide_shape)
         y[(self._in_batch(part), slice(None), self.rows)] = wide[self.valid].swapaxes(0, 1)
 
-    def from_output(
-        self, dy: np.ndarray, scratch: Scratch, part: slice | None = None
-    ) -> np.ndarray:
-        source = dy[(self._in_batch(part), slice(None), self.rows)].swapaxes(0, 1)
-        wide = scratch.zeros("maps", (*source.shape[:2], *self.wide_shape), dy.dtype)
-        wide[self.valid] = source
-        return wide.reshape(len(wide), -1)  # unused columns keep δ = 0
+    def from_output(self, dy: np.ndarray, scratch: Scratch) -> np.ndarray:
+        out_channels = dy.shape[1]
+        wide = scratch.zeros("maps", (out_channels, self.batch, *self.wide_shape), dy.dtype)
+        wide[self.valid] = dy[(self.samples, slice(None), self.rows)].swapaxes(0, 1)
+        return wide.reshape(out_channels, -1)  # unused columns keep δ = 0
 
     def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch) -> None:
         flat, image = self._flat(scratch, dcols.dtype)
