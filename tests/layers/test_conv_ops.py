@@ -147,6 +147,27 @@ def test_blocked_equals_one_shot(case, limit, rng):
         np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_parts_of_a_block_equal_one_part(case, rng, monkeypatch):
+    """A forward block worked a part at a time (here one sample per part, PART_BYTES
+    tiny): the output, and the weight gradient (which then cannot reuse the forward's
+    patches and gathers again), equal the one-part results in float64 at 1e-12."""
+    geometry, groups, x, weight, bias, dy = _problem(case, rng)
+    out_channels = weight.shape[0]
+    expected = _all_three(geometry, groups, x, weight, bias, dy, Workspace(2**30))
+    monkeypatch.setattr(_conv_ops, "PART_BYTES", 1)
+    (block,) = _conv_ops._blocks(x.shape, out_channels, geometry, 2**30, x.dtype)
+    assert block.parts(out_channels, x.itemsize) == [slice(n, n + 1) for n in range(len(x))]
+    spatial, taps = x.shape[2:], math.prod(geometry.kernel_size)
+    padded_row = math.prod(s + b + a for s, (b, a) in zip(spatial[1:], geometry.pads[1:]))
+    row_bytes = (x.shape[1] * taps + out_channels) * padded_row * x.itemsize
+    two_samples = 2 * geometry.output_shape(spatial)[0] * row_bytes  # blocks 2, 2, 1
+    for limit in (2**30, two_samples):
+        got = _all_three(geometry, groups, x, weight, bias, dy, Workspace(limit))
+        for name, g, e in zip(("output", "weight grad", "input grad"), got, expected):
+            np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12, err_msg=f"{name} {limit}")
+
+
 @pytest.mark.parametrize("spatial, kernel, padding, dilation", GEOMETRIES)
 @pytest.mark.parametrize("limit", [2**30, 600])
 def test_shifted_layout_matches_strided(spatial, kernel, padding, dilation, limit, monkeypatch):

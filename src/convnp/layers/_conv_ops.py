@@ -22,20 +22,34 @@ these matrices stay under ``Workspace.limit_bytes``, and they live in a ``Worksp
 the caller owns and that is reused from call to call: peak memory is the activations plus a
 constant, and a training step allocates no large temporaries.
 
-Two gather layouts (same results, tested equal): for stride 1, ``_ShiftedLayout`` lays
-each padded (map, sample) image out flat, so kernel offset k meets the flat image shifted
-by one number, shift(k) = Σ_a k_a·d_a·S_a (S_a: flat stride of spatial axis a), and a row
-block of the matrix is one long contiguous copy (measured 128x32x14x14, k = 3: gather
-8.0 -> 6.0 ms, scatter 14.2 -> 6.8 ms against strided copies). Its output positions lie on
-the padded grid, so each output row carries (padded width − output width) unused columns,
-computed and dropped; their δ is zero, so they add nothing to any gradient.
-``_StridedLayout`` handles any stride with one strided copy per kernel offset.
+Within a block, the forward goes **a part at a time**: parts of about ``PART_BYTES`` of
+patch and output matrix (a core's L2 cache, about), each gathered into the same scratch
+buffer and read by its product while still in the cache. Whole 8 MiB blocks made small
+networks' inference slower than 06cb8bd's freshly allocated patch matrices (bouvrie's first
+conv, batch 64: 1.2 against 0.6 ms): every layer's workspace is memory of its own that the
+other layers' work has pushed out of the cache, so each block was written to and read back
+from main memory. With parts it takes 0.65-0.8x 06cb8bd's CPU time. The gradients keep
+whole blocks: each part is one more matrix product, and in training OpenBLAS wakes its
+threads for every product, and the input gradient's scatter loops over the K offsets in
+Python once per part (parts measured slower in both). The weight gradient reuses the
+forward's patch matrix when the block was one part; else it gathers the block again.
+
+Two gather layouts (same results, tested equal), each a strided *view* of the block's
+padded input copied into the patch matrix in one call (no loop over offsets): for stride 1,
+``_ShiftedLayout`` lays each padded (map, sample) image out flat, so kernel offset k meets
+the flat image shifted by one number, shift(k) = Σ_a k_a·d_a·S_a (S_a: flat stride of
+spatial axis a): the copy runs along long contiguous rows (measured 128x32x14x14, k = 3:
+gather 8.0 -> 6.0 ms, scatter 14.2 -> 6.8 ms against strided copies). Its output positions
+lie on the padded grid, so each output row carries (padded width − output width) unused
+columns, computed and dropped; their δ is zero, so they add nothing to any gradient.
+``_StridedLayout`` handles any stride: the copy reads the windows of ``_windows.windows``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import copy
+import functools
 import math
 import threading
 import weakref
@@ -44,7 +58,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convnp.layers._windows import Pads, kernel_offsets, output_size
+from convnp.layers._windows import Pads, kernel_offsets, output_size, windows
 
 # Bytes of patch matrix plus output matrix per block. Measured (one conv 3x3 forward +
 # backward, 1 BLAS thread): 64->64 ch 32x32 batch 64, 32->32 ch 96x96 batch 32, 128->128
@@ -52,6 +66,11 @@ from convnp.layers._windows import Pads, kernel_offsets, output_size
 # machine) for 2, 4, 8, 16, 32 and 64 MiB: blocks of a few thousand columns keep BLAS busy.
 # 8 MiB leaves that margin while a layer's workspace stays small next to its activations.
 WORKSPACE_BYTES = 8 * 2**20
+# Bytes of patch plus output matrix per part of a forward block (module docstring), about
+# a core's L2 cache. Measured (CPU time, 1 BLAS thread, bouvrie, lenet5, modern inference):
+# 1 and 2 MiB within noise of each other; 512 KiB slowed modern's 32 -> 64 conv (one sample
+# per part: the per-part Python costs show). 2 MiB: fewer products while training.
+PART_BYTES = 2 * 2**20
 
 
 @dataclass(frozen=True)
@@ -196,13 +215,15 @@ def conv_forward(
     kernel = _kernel_stack(weight, groups)  # (G, O/G, C/G·K)
     with workspace.claim() as scratch:
         for block in _blocks(x.shape, out_channels, geometry, workspace.limit_bytes, x.dtype):
-            cols = block.gather(x, scratch)  # rows (map i, offset k), columns (n, u)
-            u = scratch.array("maps", (out_channels, cols.shape[1]), x.dtype)
-            # Σ_i Σ_k k_ij(k) · x_i(u + k), one product per group (a stack: no loop over groups)
-            np.matmul(kernel, _stack(cols, groups), out=_stack(u, groups))
-            if bias is not None:
-                u += bias[:, None]  # + b_j
-            block.to_output(u, y)
+            # rows (map i, offset k), columns (n, u); a part at a time, still in the cache
+            parts = block.parts(out_channels, x.itemsize)
+            for part, cols in block.gather_parts(x, scratch, parts):
+                u = scratch.array("maps", (out_channels, cols.shape[1]), x.dtype)
+                # Σ_i Σ_k k_ij(k) · x_i(u + k), one product per group (a stack: no group loop)
+                np.matmul(kernel, _stack(cols, groups), out=_stack(u, groups))
+                if bias is not None:
+                    u += bias[:, None]  # + b_j
+                block.to_output(u, y, part)
     return y
 
 
@@ -316,8 +337,14 @@ def _blocks(
     layout = _layout_for(geometry)
     if budget >= out_shape[0]:
         samples = max(1, budget // out_shape[0])
+        block = None
         for start in range(0, n, samples):
-            yield layout(x_shape, geometry, range(start, min(n, start + samples)), None)
+            stop = min(n, start + samples)
+            if block is None or block.batch != stop - start:
+                block = layout(x_shape, geometry, range(start, stop), None)
+            else:  # same shape: the geometry is worked out once per call, not per block
+                block = block.moved_to(range(start, stop))
+            yield block
     else:
         for sample in range(n):
             for first in range(0, out_shape[0], budget):
@@ -355,6 +382,7 @@ class _Block:
         rows = range(out_shape[0]) if rows is None else rows
         self.rows = slice(rows.start, rows.stop)
         self.out_shape = (len(rows), *out_shape[1:])
+        self.columns = math.prod(self.out_shape)  # patch-matrix columns per sample
         before, stride0 = geometry.pads[0][0], geometry.stride[0]
         first = rows.start * stride0  # padded coordinates of the slab along axis 0
         last = (rows.stop - 1) * stride0 + geometry.extent(0)
@@ -371,19 +399,52 @@ class _Block:
         )
         self.whole_rows = rows.start == 0 and rows.stop == out_shape[0]
 
+    def moved_to(self, samples: range) -> _Block:
+        """This block for other samples, as many as here."""
+        block = copy.copy(self)
+        block.samples = slice(samples.start, samples.stop)
+        return block
+
+    def parts(self, out_channels: int, itemsize: int) -> list[slice]:
+        """The block's samples in parts of about ``PART_BYTES`` of patch and output matrix
+        (C·K + out_channels rows): a part's matrices are still in the CPU cache when the
+        product reads them, and the block's large matrices are never written whole."""
+        row_bytes = (self.channels * self.taps + out_channels) * self.columns * itemsize
+        step = max(1, PART_BYTES // row_bytes)
+        return [slice(start, min(self.batch, start + step)) for start in range(0, self.batch, step)]
+
+    def gather_parts(
+        self, x: np.ndarray, scratch: Scratch, parts: list[slice]
+    ) -> Iterator[tuple[slice, np.ndarray]]:
+        """Yield (part, the part's patch matrix (C·K, b·L) of x), each part gathered into the
+        same scratch buffer; a block in one part keeps its matrix for ``patches``."""
+        view = self._gather(x, scratch)  # (C, *k, B, *columns)
+        sample_axis = 1 + len(self.geometry.kernel_size)
+        for part in parts:
+            source = view[(slice(None),) * sample_axis + (part,)]
+            patches = scratch.array("patches", source.shape, x.dtype)
+            np.copyto(patches, source)
+            matrix = patches.reshape(self.channels * self.taps, -1)
+            if len(parts) == 1:
+                scratch.keep("patches", x, self._key(x), matrix)
+            yield part, matrix
+
     def gather(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
-        """The block's patch matrix (C·K, B·L) of x, gathered into the scratch."""
-        cols = self._gather(x, scratch)
-        scratch.keep("patches", x, self._key(x), cols)
-        return cols
+        """The block's patch matrix (C·K, B·L) of x, gathered into the scratch and kept."""
+        ((_, matrix),) = self.gather_parts(x, scratch, [slice(0, self.batch)])
+        return matrix
 
     def patches(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
         """The patch matrix as ``gather``, but not gathered again when the workspace still
-        holds it from the last gather of this same array x (a forward whose batch was one
-        block, then the weight gradient): x must not change in between, which holds for a
+        holds it from the last gather of this same array x (a forward whose block was one
+        part, then the weight gradient): x must not change in between, which holds for a
         layer's cached input."""
         cols = scratch.kept("patches", x, self._key(x))
         return self.gather(x, scratch) if cols is None else cols
+
+    def _in_batch(self, part: slice) -> slice:
+        """Samples ``part`` of this block as samples of the whole batch."""
+        return slice(self.samples.start + part.start, self.samples.start + part.stop)
 
     def _key(self, x: np.ndarray) -> tuple:
         return (self.geometry, self.samples, self.rows, x.shape, x.dtype)
@@ -415,18 +476,14 @@ class _StridedLayout(_Block):
     def _gather(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
         slab = scratch.array("slab", (self.channels, self.batch, *self.slab), x.dtype)
         self._fill_slab(slab, x)
-        cols = scratch.array(
-            "patches",
-            (self.channels, *self.geometry.kernel_size, self.batch, *self.out_shape),
-            x.dtype,
-        )
-        for offset, slices in self._offsets():
-            cols[(slice(None), *offset)] = slab[(slice(None), slice(None), *slices)]
-        return cols.reshape(self.channels * self.taps, -1)
+        g, nd = self.geometry, len(self.slab)
+        # (C, B, *out, *k) -> (C, *k, B, *out): one copy for all kernel offsets
+        view = windows(slab, g.kernel_size, g.stride, g.dilation, self.out_shape)
+        return view.transpose(0, *range(2 + nd, 2 + 2 * nd), 1, *range(2, 2 + nd))
 
-    def to_output(self, u: np.ndarray, y: np.ndarray) -> None:
-        block = u.reshape(len(u), self.batch, *self.out_shape).swapaxes(0, 1)
-        y[(self.samples, slice(None), self.rows)] = block
+    def to_output(self, u: np.ndarray, y: np.ndarray, part: slice) -> None:
+        block = u.reshape(len(u), -1, *self.out_shape).swapaxes(0, 1)
+        y[(self._in_batch(part), slice(None), self.rows)] = block
 
     def from_output(self, dy: np.ndarray, scratch: Scratch) -> np.ndarray:
         out_channels = dy.shape[1]
@@ -451,16 +508,21 @@ class _ShiftedLayout(_Block):
     def __init__(self, *args: object) -> None:
         super().__init__(*args)
         flat_strides = [math.prod(self.slab[a + 1 :]) for a in range(len(self.slab))]
-        self.shifts = [
-            sum(k * d * s for k, d, s in zip(offset, self.geometry.dilation, flat_strides))
-            for offset in itertools.product(*(range(k) for k in self.geometry.kernel_size))
-        ]
+        self.shift_steps = [d * s for d, s in zip(self.geometry.dilation, flat_strides)]
         self.wide_shape = (self.out_shape[0], *self.slab[1:])  # out_0 rows of the padded grid
-        self.positions = math.prod(self.wide_shape)
+        self.positions = self.columns = math.prod(self.wide_shape)
         self.image_size = math.prod(self.slab)
         # the last shifted read runs past the image by the shifts of axes 1.. (zeros)
-        self.flat_size = self.shifts[-1] + self.positions
+        kernel = self.geometry.kernel_size
+        self.flat_size = sum((k - 1) * step for k, step in zip(kernel, self.shift_steps))
+        self.flat_size += self.positions
         self.valid = (slice(None), slice(None), *(slice(0, o) for o in self.out_shape))
+
+    def shifts(self) -> list[int]:
+        """shift(k) for every kernel offset k in row-major order."""
+        kernel = self.geometry.kernel_size
+        steps = [np.arange(k) * step for k, step in zip(kernel, self.shift_steps)]
+        return functools.reduce(np.add.outer, steps).ravel().tolist()
 
     def _flat(self, scratch: Scratch, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         flat = scratch.array("slab", (self.channels, self.batch, self.flat_size), dtype)
@@ -471,16 +533,22 @@ class _ShiftedLayout(_Block):
         flat, image = self._flat(scratch, x.dtype)
         flat[:, :, self.image_size :] = 0
         self._fill_slab(image, x)
-        cols = scratch.array(
-            "patches", (self.channels, self.taps, self.batch, self.positions), x.dtype
+        # row block k = the flat images shifted by shift(k): one strided view for all k
+        # (a step along kernel axis a shifts by d_a·S_a cells), copied by the caller
+        return np.lib.stride_tricks.as_strided(
+            flat,
+            shape=(self.channels, *self.geometry.kernel_size, self.batch, self.positions),
+            strides=(
+                flat.strides[0],
+                *(step * flat.itemsize for step in self.shift_steps),
+                *flat.strides[1:],
+            ),
+            writeable=False,
         )
-        for k, shift in enumerate(self.shifts):
-            cols[:, k] = flat[:, :, shift : shift + self.positions]
-        return cols.reshape(self.channels * self.taps, -1)
 
-    def to_output(self, u: np.ndarray, y: np.ndarray) -> None:
-        wide = u.reshape(len(u), self.batch, *self.wide_shape)
-        y[(self.samples, slice(None), self.rows)] = wide[self.valid].swapaxes(0, 1)
+    def to_output(self, u: np.ndarray, y: np.ndarray, part: slice) -> None:
+        wide = u.reshape(len(u), -1, *self.wide_shape)
+        y[(self._in_batch(part), slice(None), self.rows)] = wide[self.valid].swapaxes(0, 1)
 
     def from_output(self, dy: np.ndarray, scratch: Scratch) -> np.ndarray:
         out_channels = dy.shape[1]
@@ -492,6 +560,6 @@ class _ShiftedLayout(_Block):
         flat, image = self._flat(scratch, dcols.dtype)
         flat.fill(0)
         dcols = dcols.reshape(self.channels, self.taps, self.batch, self.positions)
-        for k, shift in enumerate(self.shifts):
+        for k, shift in enumerate(self.shifts()):
             flat[:, :, shift : shift + self.positions] += dcols[:, k]
         self._add_slab(image, dx)

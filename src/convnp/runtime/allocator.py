@@ -10,11 +10,15 @@ blocks in the heap for reuse. The ``convnp`` command calls this at start-up; lib
 may call it once. It changes the allocator of the whole process, so the library never calls
 it on import.
 
-Still worth it after the bounded workspaces (CPU seconds per step, 1 BLAS thread, switch
-off -> on, alternating runs): VGG-style net at 3x96x96, batch 32: training 1.65-1.92 ->
-1.57-1.63 s, inference 0.59-0.70 -> 0.47-0.55 s; at 3x32x32 batch 64 and for the `modern`
-MNIST network (batch 128, inference at 1000) no difference within noise. Before the
-workspaces it gave `modern` training 1681 -> 1882 images/s.
+More needed since the bounded workspaces: a process whose large temporaries were freed
+every step had glibc raise its mmap threshold to their size on its own (dynamic threshold),
+but the workspaces keep theirs, so without this call every layer output above 128 KiB is a
+fresh mapping. Measured (eval forward of a 64-sample block, 1 BLAS thread, CPU time, switch
+off -> on): bouvrie 616 -> 0.4 page faults, 5.3 -> 2.7 ms; lenet5 556 -> 0.3 faults, 5.0 ->
+3.5 ms (06cb8bd, without the workspaces: 0.2 faults and the same time either way). Earlier
+(CPU seconds per step): VGG-style net at 3x96x96, batch 32: training 1.65-1.92 -> 1.57-1.63
+s, inference 0.59-0.70 -> 0.47-0.55 s; before the workspaces it gave `modern` training
+1681 -> 1882 images/s.
 """
 
 from __future__ import annotations
