@@ -36,10 +36,13 @@ def test_parameters_yield_live_references(rng):
     assert param is model[0].params["weight"] and grad is model[0].grads["weight"]
 
 
-def test_train_eval_modes_reach_every_layer(rng):
+def test_train_eval_modes_and_no_grad_reach_every_layer(rng):
     model = _small_model(rng).eval()
     assert all(not layer.training for layer in model)
-    model.forward(rng.standard_normal((1, 1, 6, 6)))
+    with model.no_grad() as same:
+        assert same is model and not any(layer.grad_enabled for layer in model)
+        model.forward(rng.standard_normal((1, 1, 6, 6)))
+    assert all(layer.grad_enabled for layer in model)
     assert all(layer._cache is None for layer in model)
     assert all(layer.training for layer in model.train())
 
