@@ -124,6 +124,19 @@ def test_forward_errors_say_which_layer(rng):
         model.forward(rng.standard_normal((2, 1, 8, 8)))
 
 
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_backward_releases_each_layers_cache(rng, input_grad):
+    """Back-propagation drops every layer's kept arrays (as PyTorch frees saved tensors):
+    a second backward needs a new forward."""
+    model = _small_model(rng)
+    dy = rng.standard_normal(model.forward(rng.standard_normal((2, 1, 6, 6))).shape)
+    assert all(layer._cache is not None for layer in model)
+    model.backward(dy, input_grad=input_grad)
+    assert all(layer._cache is None for layer in model)
+    with pytest.raises(RuntimeError, match="before forward"):
+        model.backward(dy)
+
+
 def test_backward_without_input_gradient_fills_the_same_grads(rng):
     model = _small_model(rng)
     x = rng.standard_normal((2, 1, 6, 6))

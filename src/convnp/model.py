@@ -68,16 +68,25 @@ class Sequential:
 
     def backward(self, dy: np.ndarray, *, input_grad: bool = True) -> np.ndarray | None:
         """Back-propagate ∂E/∂y; returns ∂E/∂x, or None with ``input_grad=False`` (training
-        needs only the parameter gradients, so the first layer skips computing dx)."""
+        needs only the parameter gradients, so the first layer skips computing dx).
+
+        Each layer's cache is released as soon as its backward has run (``Layer.release``),
+        so the peak memory of a training step falls as back-propagation proceeds instead of
+        holding every activation to the end; another backward needs another forward.
+        """
         if not self.layers:
             return dy if input_grad else None
         first, *rest = self.layers
         for layer in reversed(rest):
             dy = layer.backward(dy)
+            layer.release()
+        dx = None
         if input_grad:
-            return first.backward(dy)
-        first.backward_params(dy)
-        return None
+            dx = first.backward(dy)
+        else:
+            first.backward_params(dy)
+        first.release()
+        return dx
 
     def apply_regularizers(self) -> float:
         """Run every layer's attached penalties (after backward): each adds its gradient to

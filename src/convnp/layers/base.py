@@ -215,6 +215,12 @@ class Layer:
         call's cache is dropped)."""
         self._cache = values if self.grad_enabled else None
 
+    def release(self) -> None:
+        """Drop what the last forward kept for backward. ``Sequential.backward`` calls it once
+        a layer's backward has run, so memory falls as back-propagation proceeds (PyTorch
+        frees saved tensors the same way); a further backward needs a new forward."""
+        self._cache = None
+
     def _recall(self) -> tuple:
         if self._cache is None:
             raise RuntimeError(
