@@ -138,6 +138,11 @@ FAMILIES: dict[str, Builder] = {
     "BatchNorm3d-no-affine": _batch_norm(3, affine=False, eps=1e-3),
     "BatchNorm2d-batch-statistics": _batch_norm(2, track_running_stats=False),
 }
+if hasattr(L, "ConvTranspose2d"):  # from the convt branch, merged beside this one
+    FAMILIES["ConvTranspose2d"] = lambda rng: (
+        L.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1, rng=rng),
+        _maps(rng, 2, 2),
+    )
 SEEDS = (0, 1)
 CASES = [(name, seed) for name in FAMILIES for seed in SEEDS]
 
@@ -159,6 +164,7 @@ def test_every_layer_class_has_a_family() -> None:
     unpooling = {L.MaxUnpool1d, L.MaxUnpool2d, L.MaxUnpool3d}  # take indices: tested below
     same_code = {L.AvgPool1d, L.AvgPool3d, L.LPPool1d, L.LPPool3d, L.AdaptiveAvgPool1d}
     same_code |= {L.AdaptiveAvgPool2d, L.AdaptiveMaxPool3d, L.GlobalAvgPool2d}
+    same_code |= {getattr(L, f"ConvTranspose{nd}d", L.Layer) for nd in (1, 3)}
     assert expected - unpooling - same_code <= covered, expected - unpooling - same_code - covered
 
 
