@@ -81,8 +81,9 @@ class _Convnp:
     def infer(self, steps: int) -> float:
         self.model.eval()
         started = time.perf_counter()
-        for _ in range(steps):
-            self.model.forward(self.x)
+        with self.model.no_grad():  # inference: keep nothing for a backward (torch.no_grad)
+            for _ in range(steps):
+                self.model.forward(self.x)
         seconds = time.perf_counter() - started
         self.model.train()
         return steps * len(self.x) / seconds

@@ -61,3 +61,22 @@ def test_memory_benchmark_reports_speed_rss_and_curves(tmp_path):
     curves = report["curves"]["frameworks"]["convnp"]
     assert all(value > 0 for value in curves["batch"].values())
     assert curves["mib_per_sample_32px"][0] > 0
+
+
+def test_eval_inference_benchmark_reports_every_path(tmp_path):
+    """benchmarks/eval_inference.py, tiny settings: each path's images/s is there and positive."""
+    script = SCRIPT.parent / "eval_inference.py"
+    output = tmp_path / "eval.json"
+    arguments = ["--models", "bouvrie", "--batch", "20", "--repeats", "1", "--rounds", "1"]
+    completed = subprocess.run(
+        [sys.executable, str(script), *arguments, "--json", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    figures = json.loads(output.read_text())["medians"]["after"]["bouvrie"]
+    assert set(figures) == {
+        "predict_in_blocks", "predict", "eval_forward_grad_kept", "eval_forward_input_gradient"
+    }  # fmt: skip
+    assert all(rate > 0 for rate in figures.values())

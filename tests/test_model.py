@@ -36,10 +36,13 @@ def test_parameters_yield_live_references(rng):
     assert param is model[0].params["weight"] and grad is model[0].grads["weight"]
 
 
-def test_train_eval_modes_reach_every_layer(rng):
+def test_train_eval_modes_and_no_grad_reach_every_layer(rng):
     model = _small_model(rng).eval()
     assert all(not layer.training for layer in model)
-    model.forward(rng.standard_normal((1, 1, 6, 6)))
+    with model.no_grad() as same:
+        assert same is model and not any(layer.grad_enabled for layer in model)
+        model.forward(rng.standard_normal((1, 1, 6, 6)))
+    assert all(layer.grad_enabled for layer in model)
     assert all(layer._cache is None for layer in model)
     assert all(layer.training for layer in model.train())
 
@@ -119,6 +122,19 @@ def test_forward_errors_say_which_layer(rng):
     model = _small_model(rng)
     with pytest.raises(ValueError, match=r"layer 4 of 5: Linear\(12, 4\): expected input"):
         model.forward(rng.standard_normal((2, 1, 8, 8)))
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_backward_releases_each_layers_cache(rng, input_grad):
+    """Back-propagation drops every layer's kept arrays (as PyTorch frees saved tensors):
+    a second backward needs a new forward."""
+    model = _small_model(rng)
+    dy = rng.standard_normal(model.forward(rng.standard_normal((2, 1, 6, 6))).shape)
+    assert all(layer._cache is not None for layer in model)
+    model.backward(dy, input_grad=input_grad)
+    assert all(layer._cache is None for layer in model)
+    with pytest.raises(RuntimeError, match="before forward"):
+        model.backward(dy)
 
 
 def test_backward_without_input_gradient_fills_the_same_grads(rng):

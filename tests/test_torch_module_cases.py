@@ -242,7 +242,6 @@ def _known_gap(case: Case, module: Any) -> str | None:
             and _input_ndim(case) > 0
             and not CONVNP_CLASSES[name].accepts_unbatched
         ),
-        "backward after an eval-mode forward": not case.training,
     }
     return next((gap for gap, applies in gaps.items() if applies), None)
 

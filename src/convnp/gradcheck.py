@@ -109,6 +109,7 @@ def gradcheck(
     eps: float = DEFAULT_EPS,
     max_checks: int | None = DEFAULT_MAX_CHECKS,
     rng: np.random.Generator | None = None,
+    training: bool = True,
 ) -> GradcheckResult:
     """Max relative error of ``backward`` against central differences, per array.
 
@@ -117,6 +118,9 @@ def gradcheck(
     samples that many entries per array (default 20; None checks all). ``eps``: the step
     of the extrapolated central differences; the module docstring says why 1e-4. float64
     only: float32 round-off (~1e-7) swamps a difference quotient, so it is refused.
+    ``training``: check the training-mode function (the default) or, with False, the
+    eval-mode one (batch norm with its running statistics, dropout the identity); the
+    module is left in that mode.
     """
     rng = np.random.default_rng(0) if rng is None else rng
     named = _named_params(module)
@@ -126,7 +130,10 @@ def gradcheck(
             "differences); call .astype(np.float64) on the model and the input first"
         )
     x = np.array(x, dtype=np.float64, order="C", copy=True)
-    module.train()
+    if training:
+        module.train()
+    else:
+        module.eval()
     y = module.forward(x)
     r = rng.standard_normal(y.shape) if dy is None else np.asarray(dy, dtype=np.float64)
     analytic = {"input": np.array(module.backward(r))}

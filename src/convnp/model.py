@@ -3,6 +3,7 @@ layers' backward passes in reverse order, each turning ∂E/∂y into ∂E/∂x)
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -67,16 +68,25 @@ class Sequential:
 
     def backward(self, dy: np.ndarray, *, input_grad: bool = True) -> np.ndarray | None:
         """Back-propagate ∂E/∂y; returns ∂E/∂x, or None with ``input_grad=False`` (training
-        needs only the parameter gradients, so the first layer skips computing dx)."""
+        needs only the parameter gradients, so the first layer skips computing dx).
+
+        Each layer's cache is released as soon as its backward has run (``Layer.release``),
+        so the peak memory of a training step falls as back-propagation proceeds instead of
+        holding every activation to the end; another backward needs another forward.
+        """
         if not self.layers:
             return dy if input_grad else None
         first, *rest = self.layers
         for layer in reversed(rest):
             dy = layer.backward(dy)
+            layer.release()
+        dx = None
         if input_grad:
-            return first.backward(dy)
-        first.backward_params(dy)
-        return None
+            dx = first.backward(dy)
+        else:
+            first.backward_params(dy)
+        first.release()
+        return dx
 
     def apply_regularizers(self) -> float:
         """Run every layer's attached penalties (after backward): each adds its gradient to
@@ -84,7 +94,8 @@ class Sequential:
         return float(sum(penalty(layer) for layer in self.layers for penalty in layer.regularizers))
 
     def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """Forward in eval mode, in batches (memory stays bounded), restoring the mode.
+        """Forward in eval mode and within ``no_grad()``, in batches (memory stays bounded),
+        restoring the mode.
 
         Runs on the calling thread; ``convnp.runtime.parallel.predict_in_blocks`` computes the
         same output on several cores.
@@ -92,7 +103,9 @@ class Sequential:
         was_training = self.training
         self.eval()
         try:
-            outputs = [self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+            with self.no_grad():  # no backward follows: keep nothing (memory stays bounded)
+                starts = range(0, len(x), batch_size)
+                outputs = [self.forward(x[i : i + batch_size]) for i in starts]
         finally:
             self.train(was_training)
         return np.concatenate(outputs) if outputs else np.empty((0,))
@@ -122,6 +135,19 @@ class Sequential:
 
     def eval(self) -> Sequential:
         return self.train(False)
+
+    @contextlib.contextmanager
+    def no_grad(self) -> Iterator[Sequential]:
+        """``with model.no_grad(): ...``: forward keeps nothing for backward in any layer
+        (``Layer.no_grad``), for inference no backward follows; restored on exit.
+
+        Outside it a forward keeps what backward needs in eval mode too, so a network in
+        eval mode back-propagates as in PyTorch (input gradients, saliency maps).
+        """
+        with contextlib.ExitStack() as stack:
+            for layer in self.layers:
+                stack.enter_context(layer.no_grad())
+            yield self
 
     def astype(self, dtype: Any) -> Sequential:
         """Convert every layer (rebinds params: build the optimizer afterwards)."""
@@ -169,9 +195,10 @@ class Sequential:
         was_training = self.training
         self.eval()
         try:
-            for layer in self.layers:
-                x = layer.forward(x)
-                shapes.append(tuple(x.shape[1:]))
+            with self.no_grad():
+                for layer in self.layers:
+                    x = layer.forward(x)
+                    shapes.append(tuple(x.shape[1:]))
         finally:
             self.train(was_training)
         return shapes

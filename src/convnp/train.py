@@ -147,7 +147,8 @@ def evaluate(
     true_parts, predicted_parts = [], []
     try:
         for x, labels in batches:
-            y = predict_in_blocks(model, x) if comm is None else comm.forward(model, x)
+            with model.no_grad():  # no backward follows: the layers keep nothing
+                y = predict_in_blocks(model, x) if comm is None else comm.forward(model, x)
             total_loss += loss.forward(y, labels) * _loss_weight(loss, len(x))
             count += len(x)
             true_parts.append(np.asarray(labels))

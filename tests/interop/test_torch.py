@@ -175,6 +175,14 @@ def test_dropout_models_agree_in_eval_mode(images) -> None:
     )
 
 
+@pytest.mark.parametrize("shape, factory", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_eval_mode_backward_matches_torch(shape, factory, images) -> None:
+    """Backward after an eval-mode forward (running statistics, dropout the identity), as
+    for saliency maps and input gradients: every sample network, float64."""
+    model = randomise_state(factory(), 1).astype(np.float64).eval()
+    assert_same_function(model, images_as(shape, images))
+
+
 def test_fine_tune_in_torch_then_continue_in_convnp(images) -> None:
     labels = load_dataset("mnist5k").test_labels[::125]
     model = zoo.get_recipe("lenet5").build(rng=np.random.default_rng(7))

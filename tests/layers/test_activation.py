@@ -98,7 +98,8 @@ def test_dtype_preserved_repr_and_errors(rng):
     assert repr(LeakyReLU(0.2)) == "LeakyReLU(negative_slope=0.2)"
     assert repr(ReLU()) == "ReLU()"
     relu = ReLU().eval()
-    relu.forward(x)
+    with relu.no_grad():
+        relu.forward(x)
     assert relu._cache is None
 
 

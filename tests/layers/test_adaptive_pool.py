@@ -143,10 +143,10 @@ def test_backward_before_forward_raises(layer):
 
 
 @pytest.mark.parametrize("layer", ALL_LAYERS, ids=repr)
-def test_eval_mode_caches_nothing(layer, rng):
+def test_no_grad_keeps_nothing(layer, rng):
     layer = type(layer)(**layer.config())
-    layer.training = False
-    y = layer.forward(rng.standard_normal(_shape(layer)))
+    with layer.no_grad():
+        y = layer.forward(rng.standard_normal(_shape(layer)))
     assert layer._cache is None
     with pytest.raises(RuntimeError):
         layer.backward(np.ones_like(y))

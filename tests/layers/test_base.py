@@ -59,7 +59,7 @@ def test_layers_do_not_scan_values_the_model_entry_does():
     assert check_finite(np.empty((0, 3)), "where").size == 0
 
 
-def test_one_slot_cache_backward_before_forward_and_eval_mode(rng):
+def test_one_slot_cache_backward_before_forward_eval_mode_and_no_grad(rng):
     layer = Scale(2, dtype=np.float64)
     with pytest.raises(RuntimeError, match=r"Scale\(\): backward\(\) called before forward\(\)"):
         layer.backward(np.ones((1, 2)))
@@ -72,9 +72,15 @@ def test_one_slot_cache_backward_before_forward_and_eval_mode(rng):
     with pytest.raises(ValueError, match=r"backward expected dy of shape \(4, 2\), got \(4, 3\)"):
         layer.backward(np.ones((4, 3)))
     assert layer.eval() is layer and not layer.training
-    layer.forward(x)
-    assert layer._cache is None  # eval mode keeps nothing
-    with pytest.raises(RuntimeError, match="eval mode"):
+    layer.forward(x)  # eval mode keeps what backward needs, as PyTorch
+    layer.backward(dy)
+    np.testing.assert_allclose(layer.grads["weight"], (dy * x).sum(axis=0))
+    with layer.no_grad() as same:
+        assert same is layer and not layer.grad_enabled
+        layer.forward(x)
+    assert layer.grad_enabled  # restored
+    assert layer._cache is None  # no_grad keeps nothing (and dropped the previous cache)
+    with pytest.raises(RuntimeError, match=r"within no_grad\(\)"):
         layer.backward(dy)
 
 

@@ -310,14 +310,14 @@ def test_init_alpha_uniform_and_effective_kernel_like_torch(rng):
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
-def test_dtype_preserved_and_eval_caches_nothing(kernels, rng):
+def test_dtype_preserved_and_no_grad_keeps_nothing(kernels, rng):
     layer, x = _layer(SHAPES[1], kernels, rng, dtype=np.float32)
     y = layer.forward(x)
     assert y.dtype == np.float32
     assert layer.backward(np.ones_like(y)).dtype == np.float32
     assert all(g.dtype == np.float32 for g in layer.grads.values())
-    layer.eval()
-    layer.forward(x)
+    with layer.no_grad():
+        layer.forward(x)
     assert layer._cache is None
     # no inner layer that could hold a cache of its own: the layer is built on primitives
     assert not any(isinstance(value, Layer) for value in vars(layer).values())

@@ -203,16 +203,15 @@ def test_bad_inputs_name_the_layer_and_shapes(rng):
         Conv2d(3, 6, 5, groups=2)
 
 
-def test_backward_before_forward_and_eval_mode(rng):
+def test_backward_before_forward_and_no_grad(rng):
     layer = Conv2d(1, 2, 3, rng=rng)
     with pytest.raises(RuntimeError, match="before forward"):
         layer.backward(np.zeros((1, 2, 3, 3), np.float32))
-    layer.training = False
-    layer.forward(np.zeros((1, 1, 5, 5), np.float32))
+    with layer.no_grad():
+        layer.forward(np.zeros((1, 1, 5, 5), np.float32))
     assert layer._cache is None
     with pytest.raises(RuntimeError):
         layer.backward(np.zeros((1, 2, 3, 3), np.float32))
-    layer.training = True
     layer.forward(np.zeros((1, 1, 5, 5), np.float32))
     with pytest.raises(ValueError, match=r"backward expected dy of shape \(1, 2, 3, 3\)"):
         layer.backward(np.zeros((1, 2, 4, 4), np.float32))

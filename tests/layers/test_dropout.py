@@ -101,11 +101,17 @@ def test_dropout2d_zeroes_whole_maps(rng):
     np.testing.assert_allclose(y[kept_maps], 2 * x[kept_maps])
 
 
-def test_eval_is_identity_and_caches_nothing(rng):
+def test_eval_is_identity_both_ways_and_no_grad_keeps_nothing(rng):
     layer = Dropout(0.5, rng=rng)
     layer.eval()
     x = rng.standard_normal((3, 4)).astype(np.float32)
     assert layer.forward(x) is x
+    dy = rng.standard_normal((3, 4)).astype(np.float32)
+    assert layer.backward(dy) is dy  # ∂E/∂x = dy
+    with pytest.raises(ValueError, match="backward expected dy of shape"):
+        layer.backward(dy[:2])
+    with layer.no_grad():
+        assert layer.forward(x) is x
     assert layer._cache is None
     with pytest.raises(RuntimeError, match="before forward"):
         layer.backward(x)

@@ -111,13 +111,13 @@ def test_errors_name_the_layer_and_shapes(rng):
         layer.backward(np.zeros((2, 4, 7, 6), np.float32))
 
 
-def test_eval_caches_nothing_and_float32_stays_float32(rng):
+def test_no_grad_keeps_nothing_and_float32_stays_float32(rng):
     layer = LocallyConnected2d(2, 2, 5, 3, rng=rng)
     x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
     y = layer.forward(x)
     assert y.dtype == np.float32 and layer.backward(y).dtype == np.float32
-    layer.eval()
-    layer.forward(x)
+    with layer.no_grad():
+        layer.forward(x)
     assert layer._cache is None
 
 

@@ -100,13 +100,14 @@ def test_compact_backward_formula(rng):
     np.testing.assert_allclose(dx, expected, atol=1e-12)
 
 
-def test_eval_uses_running_statistics_and_caches_nothing(rng):
+def test_eval_uses_running_statistics_and_no_grad_keeps_nothing(rng):
     layer = BatchNorm2d(2, momentum=1.0, dtype=np.float64)
     x = _input((4, 2, 3, 3), rng)
     layer.forward(x)  # momentum 1: the running statistics are this batch's
     layer.eval()
     probe = _input((1, 2, 3, 3), rng)
-    y = layer.forward(probe)
+    with layer.no_grad():
+        y = layer.forward(probe)
     assert layer._cache is None
     mean = x.mean(axis=(0, 2, 3), keepdims=True)
     var = x.var(axis=(0, 2, 3), ddof=1, keepdims=True)

@@ -218,11 +218,11 @@ def test_backward_before_forward_raises(case, rng):
 
 
 @pytest.mark.parametrize("case", _first_case_of_each_class(), ids=_case_id)
-def test_eval_mode_caches_nothing(case, rng):
+def test_no_grad_keeps_nothing(case, rng):
     cls, shape, kwargs = case
     layer = _make(cls, kwargs, np.float32, rng)
-    layer.training = False
-    y = layer.forward(_input(cls, shape, kwargs, np.float32, rng))
+    with layer.no_grad():
+        y = layer.forward(_input(cls, shape, kwargs, np.float32, rng))
     assert layer._cache is None
     with pytest.raises(RuntimeError):
         layer.backward(np.ones_like(y))

@@ -73,8 +73,8 @@ def test_behaviour(rng):
     with pytest.raises(ValueError, match="backward expected dy of shape"):
         layer.backward(np.zeros((3, 3), np.float32))
     assert layer.backward(np.ones_like(y)).dtype == np.float32
-    layer.eval()
-    layer.forward(x)
+    with layer.no_grad():
+        layer.forward(x)
     with pytest.raises(RuntimeError, match="before forward"):
         layer.backward(np.ones_like(y))
     with pytest.raises(ValueError, match="must be >= 1"):

@@ -71,10 +71,9 @@ def test_follows_the_layer_protocol(dtype, rng):
     with pytest.raises(RuntimeError, match="before forward"):
         layer.backward(np.ones((1, 1, 1, 1), dtype=dtype))
     x = rng.standard_normal(shape).astype(dtype)
-    layer.training = False
-    layer.forward(x)
+    with layer.no_grad():
+        layer.forward(x)
     assert layer._cache is None
-    layer.training = True
     y = layer.forward(x)
     dx = layer.backward(rng.standard_normal(y.shape).astype(dtype))
     assert y.dtype == dtype and dx.dtype == dtype and dx.shape == shape

@@ -113,3 +113,31 @@ def test_return_indices_in_config_and_eval_mode(rng):
 def test_unpool_errors(indices, output_size, message):
     with pytest.raises(ValueError, match=message):
         MaxUnpool2d(2).forward(np.ones((1, 1, 1, 2)), indices, output_size)
+
+
+@pytest.mark.parametrize("shape,arguments", [CASES[0], CASES[3], CASES[4]])
+def test_unpool_without_batch_axis_matches_torch(shape, arguments, rng):
+    """x and indices (C, *in) -> (C, *out), as PyTorch; equal to a batch of one."""
+    torch = pytest.importorskip("torch")
+    nd = len(shape) - 2
+    pooled, indices = POOLS[nd](**arguments, return_indices=True).forward(_distinct(rng, shape))
+    pooled, indices = pooled[0], indices[0]  # one sample, no batch axis
+    unpool = UNPOOLS[nd](**arguments)
+    y = unpool.forward(pooled, indices, output_size=shape[2:])
+    assert y.shape == (shape[1], *shape[2:])
+    dy = rng.standard_normal(y.shape)
+    dx = unpool.backward(dy)
+    assert dx.shape == pooled.shape
+
+    pooled_t = torch.tensor(pooled, requires_grad=True)
+    twin = getattr(torch.nn, f"MaxUnpool{nd}d")(**arguments)
+    y_t = twin(pooled_t, torch.tensor(indices), output_size=shape[2:])
+    y_t.backward(torch.tensor(dy))
+    np.testing.assert_array_equal(y, y_t.detach().numpy())
+    np.testing.assert_array_equal(dx, pooled_t.grad.numpy())
+
+    batch = unpool.forward(pooled[None], indices=indices[None], output_size=shape[2:])
+    np.testing.assert_array_equal(batch[0], y)
+    np.testing.assert_array_equal(unpool.backward(dy[None])[0], dx)
+    with pytest.raises(ValueError, match="indices must be integers of the input's shape"):
+        unpool.forward(pooled, indices[None], output_size=shape[2:])

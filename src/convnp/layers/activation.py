@@ -116,7 +116,11 @@ class ReLU(_Elementwise):
         return np.maximum(x, 0)
 
     def _dy_times_derivative(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return dy * (y > 0)  # f' = 1 where u > 0, i.e. where y > 0
+        # f' = 1 where u > 0, i.e. where y > 0: written as 1.0/0.0 straight into dx, then
+        # times dy in place (no boolean mask temporary)
+        dx = np.greater(y, 0, out=np.empty_like(dy))
+        dx *= dy
+        return dx
 
 
 class LeakyReLU(_Elementwise):

@@ -123,7 +123,7 @@ class _AdaptiveMaxPoolNd(_AdaptivePoolNd):
         x, out_shape = self._validated(x)
         cells = tuple(_bin_cells(size, out) for size, out in zip(x.shape[2:], out_shape))
         patches = _windows.gather_windows(x, cells)  # B(x): (N, C, *out, *m)
-        y, argmax = _windows.max_over_windows(patches, self.nd, with_argmax=self.training)
+        y, argmax = _windows.max_over_windows(patches, self.nd, with_argmax=self.grad_enabled)
         self._remember(argmax, cells, x.shape)
         return y
 

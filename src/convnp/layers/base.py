@@ -22,9 +22,17 @@ Decisions, made once here for every layer:
    optimizer).
 3. **Shapes are known at construction.** ``in_channels`` etc. are required; nothing is
    created lazily on the first forward.
-4. **One-slot cache.** ``forward`` stores what backward needs with ``_remember`` (overwriting
-   the previous call's); in eval mode nothing is stored. ``backward`` before ``forward``
-   raises ``RuntimeError``.
+4. **One-slot cache, kept in both modes.** ``forward`` stores what backward needs with
+   ``_remember`` (overwriting the previous call's), in eval mode too: as in PyTorch, a
+   network in eval mode back-propagates (saliency maps, input gradients, fine-tuning with
+   frozen batch-norm statistics), and backward then differentiates the eval-mode function.
+   Inference that no backward follows says so: within ``no_grad()`` (``grad_enabled``
+   False, PyTorch's ``torch.no_grad``) forward keeps nothing and computes nothing for
+   backward (no argmax of max pooling), so only the arrays in flight are alive;
+   ``Sequential.predict``, ``convnp.train.evaluate`` and
+   ``convnp.runtime.parallel.predict_in_blocks`` run in it. The switch is an attribute of
+   each layer, set and restored by the context manager on the objects it is called on:
+   no global or thread state. ``backward`` with nothing kept raises ``RuntimeError``.
 5. **Activations are separate layers**, so a layer's equation and its gradient check stay
    local: Bouvrie's x = f(u) spans a conv/subsample layer (u) and an activation layer (f).
 6. **Errors name the problem**: ``_check_input`` raises ``ValueError`` naming the layer,
@@ -49,8 +57,10 @@ Decisions, made once here for every layer:
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -118,6 +128,7 @@ class Layer:
         self.grads: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}
         self.training: bool = True
+        self.grad_enabled: bool = True  # False: forward keeps nothing for backward (no_grad)
         self.regularizers: list[Callable[[Layer], float]] = []
         self._cache: Any = None
 
@@ -153,13 +164,25 @@ class Layer:
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def train(self, mode: bool = True) -> Layer:
-        """Training mode (the default): forward caches what backward needs."""
+        """Training mode (the default), or with False eval mode: dropout and batch norm act
+        as at test time. Both modes keep what backward needs (decision 4)."""
         self.training = mode
         return self
 
     def eval(self) -> Layer:
-        """Evaluation mode: forward caches nothing (and dropout/batch-norm act as at test)."""
+        """Evaluation mode: dropout is the identity, batch norm uses its running statistics."""
         return self.train(False)
+
+    @contextlib.contextmanager
+    def no_grad(self) -> Iterator[Layer]:
+        """``with layer.no_grad(): ...`` runs forward keeping nothing for backward (and
+        skipping work only backward needs); the previous setting is restored on exit."""
+        previous = self.grad_enabled
+        self.grad_enabled = False
+        try:
+            yield self
+        finally:
+            self.grad_enabled = previous
 
     # -- parameters ---------------------------------------------------------------------
     def _add_param(self, name: str, value: np.ndarray) -> None:
@@ -188,14 +211,21 @@ class Layer:
 
     # -- the one-slot cache -------------------------------------------------------------
     def _remember(self, *values: Any) -> None:
-        """Cache what backward needs; in eval mode nothing is kept (no memory growth)."""
-        self._cache = values if self.training else None
+        """Cache what backward needs; within ``no_grad()`` nothing is kept (and the previous
+        call's cache is dropped)."""
+        self._cache = values if self.grad_enabled else None
+
+    def release(self) -> None:
+        """Drop what the last forward kept for backward. ``Sequential.backward`` calls it once
+        a layer's backward has run, so memory falls as back-propagation proceeds (PyTorch
+        frees saved tensors the same way); a further backward needs a new forward."""
+        self._cache = None
 
     def _recall(self) -> tuple:
         if self._cache is None:
             raise RuntimeError(
                 f"{self!r}: backward() called before forward() "
-                "(or the last forward ran in eval mode, which caches nothing)"
+                "(or the last forward ran within no_grad(), which keeps nothing)"
             )
         return self._cache
 
@@ -272,16 +302,30 @@ def optional_batch_axis(cls: LayerType) -> LayerType:
 
     Such an input gets a batch axis of one on entry and loses it on exit: forward returns
     y[0] (each output, when it returns several), backward and backward_params take dy of
-    the unbatched shape and return dx[0]. The layer's own code only sees batches.
+    the unbatched shape and return dx[0]. Forward arguments named in
+    ``cls.per_sample_arguments`` are per-sample arrays like x (MaxUnpool's ``indices``):
+    they gain the batch axis with it. The layer's own code only sees batches.
     """
     forward, backward, backward_params = cls.forward, cls.backward, cls.backward_params
+    per_sample = getattr(cls, "per_sample_arguments", ())
+    signature = inspect.signature(forward)
+
+    def batched_arguments(self: Layer, x: np.ndarray, args: tuple, kwargs: dict) -> Any:
+        bound = signature.bind(self, x[None], *args, **kwargs)
+        for name in per_sample:
+            bound.arguments[name] = np.asarray(bound.arguments[name])[None]
+        return bound.args, bound.kwargs
 
     @functools.wraps(forward)
     def forward_any(self: Layer, x: Any, *args: Any, **kwargs: Any) -> Any:
         self._unbatched = isinstance(x, np.ndarray) and x.ndim == self.nd + 1
         if not self._unbatched:
             return forward(self, x, *args, **kwargs)
-        y = forward(self, x[None], *args, **kwargs)
+        if per_sample:
+            args, kwargs = batched_arguments(self, x, args, kwargs)
+            y = forward(*args, **kwargs)
+        else:
+            y = forward(self, x[None], *args, **kwargs)
         return tuple(part[0] for part in y) if isinstance(y, tuple) else y[0]
 
     def _batched(self: Layer, dy: Any) -> Any:

@@ -17,7 +17,8 @@ class Dropout(Layer):
 
     Forward (training):  y = x ∘ r / (1 − p),   r_i ~ Bernoulli(1 − p) drawn per value
     Forward (eval):      y = x
-    Backward:            ∂E/∂x = dy ∘ r / (1 − p)   (the same mask r as the forward)
+    Backward (training): ∂E/∂x = dy ∘ r / (1 − p)   (the same mask r as the forward)
+    Backward (eval):     ∂E/∂x = dy
     Scaling at training time keeps E[y] = x, so eval needs no correction. p = 1 zeroes
     everything (as PyTorch).
 
@@ -51,6 +52,7 @@ class Dropout(Layer):
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check(x)
         if not self.training:
+            self._remember(None, x.shape)  # the identity: no mask
             return x
         # draws are float32 whatever x's dtype, so a seed gives the same masks in both
         keep = self.rng.random(self._mask_shape(x), dtype=np.float32) >= self.p
@@ -61,7 +63,8 @@ class Dropout(Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         mask, x_shape = self._recall()
-        return self._check_grad_output(dy, x_shape) * mask  # dy ∘ r / (1 − p)
+        dy = self._check_grad_output(dy, x_shape)
+        return dy if mask is None else dy * mask  # dy, or dy ∘ r / (1 − p)
 
 
 class Dropout2d(Dropout):

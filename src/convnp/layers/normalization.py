@@ -31,11 +31,13 @@ class _BatchNorm(Layer):
     An empty batch (N = 0) gives an empty output and leaves the statistics as they are
     (PyTorch's result; PyTorch still counts it in num_batches_tracked, and so does this).
 
-    Backward (training mode; δ = dy, sums over the m values of channel c):
+    Backward (sums over the m values of channel c):
         ∂E/∂γ_c = Σ dy·x̂,   ∂E/∂β_c = Σ dy
-        ∂E/∂x = (1/m)·(γ_c/σ_c)·(m·dy − Σ dy − x̂·Σ(dy·x̂))
-    The compact form follows from x̂ depending on x directly and through μ_c and σ_c:
-    ∂x̂_i/∂x_j = (1/σ)(δ_ij − 1/m − x̂_i x̂_j/m).
+        ∂E/∂x = (1/m)·(γ_c/σ_c)·(m·dy − Σ dy − x̂·Σ(dy·x̂))   (batch statistics)
+        ∂E/∂x = (γ_c/σ_c)·dy                               (running statistics, eval mode)
+    With batch statistics, the compact form follows from x̂ depending on x directly and
+    through μ_c and σ_c: ∂x̂_i/∂x_j = (1/σ)(δ_ij − 1/m − x̂_i x̂_j/m). In eval mode μ_c and
+    σ_c are the running statistics, constants, so x̂ is affine in x.
 
     Args:
         num_features: number of channels C.
@@ -111,12 +113,13 @@ class _BatchNorm(Layer):
         # (N, C, L) view, L = all spatial positions: per-channel sums become one einsum
         x3 = x.reshape(x.shape[0], self.num_features, math.prod(x.shape[2:]))  # N may be 0
         m = x3.shape[0] * x3.shape[2]
+        batch_statistics = self.training or not self.track_running_stats
         if m == 0:  # an empty batch: nothing to normalise or to learn from
             if self.training and self.track_running_stats:
                 self._count_batch()
-            self._remember(x3, np.ones(self.num_features, x.dtype), x.shape)
+            self._remember(x3, np.ones(self.num_features, x.dtype), x.shape, batch_statistics)
             return x.copy()
-        if self.training or not self.track_running_stats:
+        if batch_statistics:
             if m < 2:
                 raise ValueError(
                     f"{self!r}: batch statistics need more than one value per channel, "
@@ -133,7 +136,7 @@ class _BatchNorm(Layer):
             x_hat = x3 - _column(mean)
         inv_std = 1 / np.sqrt(var + x.dtype.type(self.eps))  # 1/σ_c
         x_hat *= _column(inv_std)  # x̂ = (x − μ)/σ
-        self._remember(x_hat, inv_std, x.shape)
+        self._remember(x_hat, inv_std, x.shape, batch_statistics)
         if not self.affine:
             return x_hat.reshape(x.shape)
         y = x_hat * _column(self.params["weight"])  # γ x̂
@@ -157,21 +160,23 @@ class _BatchNorm(Layer):
         running_var[...] = (1 - alpha) * running_var + alpha * var * (m / (m - 1))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        x_hat, inv_std, x_shape = self._recall()
+        x_hat, inv_std, x_shape, batch_statistics = self._recall()
         dy = self._check_grad_output(dy, x_shape).reshape(x_hat.shape)
         m = x_hat.shape[0] * x_hat.shape[2]
         sum_dy = np.einsum("ncl->c", dy)  # Σ dy
         sum_dy_x_hat = np.einsum("ncl,ncl->c", dy, x_hat)  # Σ dy·x̂
-        scale = inv_std / max(m, 1)  # an empty batch has nothing to scale
+        scale = inv_std  # γ/σ (1/σ without γ)
         if self.affine:
             self.grads["weight"][...] = sum_dy_x_hat  # ∂E/∂γ
             if "bias" in self.params:
                 self.grads["bias"][...] = sum_dy  # ∂E/∂β
-            scale = scale * self.params["weight"]  # (1/m)·γ/σ
+            scale = scale * self.params["weight"]
+        if not batch_statistics:  # running statistics: constants
+            return (dy * _column(scale)).reshape(x_shape)  # (γ/σ)·dy
         dx = x_hat * _column(-sum_dy_x_hat)  # −x̂·Σ(dy·x̂)
         dx += m * dy  # + m·dy
         dx -= _column(sum_dy)  # − Σ dy
-        dx *= _column(scale)
+        dx *= _column(scale / max(m, 1))  # (1/m)·γ/σ; an empty batch has nothing to scale
         return dx.reshape(x_shape)
 
 

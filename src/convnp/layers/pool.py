@@ -170,7 +170,7 @@ class _MaxPoolNd(_PoolNd):
         x, out_shape = self._validated(x)
         x_padded = self._pad(x, -np.inf)  # −∞: a pad cell must never win the max
         patches = self._patches(x_padded, out_shape)  # W(x)
-        with_argmax = self.training or self.return_indices
+        with_argmax = self.grad_enabled or self.return_indices  # backward needs it
         y, argmax = _windows.max_over_windows(patches, self.nd, with_argmax=with_argmax)
         self._remember(argmax, x_padded.shape, x.shape[2:])
         if self.return_indices:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from convnp.layers.base import LAYOUTS, Layer, as_tuple
+from convnp.layers.base import LAYOUTS, Layer, as_tuple, optional_batch_axis
 
 
 class _MaxUnpoolNd(Layer):
@@ -28,10 +28,12 @@ class _MaxUnpoolNd(Layer):
         kernel_size, stride (default kernel_size), padding: those of the max pool.
 
     Shape:
-        x (N, C, *in) and indices (N, C, *in) -> output (N, C, *out).
+        x (N, C, *in) and indices (N, C, *in) -> output (N, C, *out); or one sample
+        without the batch axis, x and indices (C, *in) -> (C, *out), as PyTorch.
     """
 
-    _nd = 0
+    nd = 0
+    per_sample_arguments = ("indices",)  # gains the batch axis with x (optional_batch_axis)
 
     def __init__(
         self,
@@ -40,7 +42,7 @@ class _MaxUnpoolNd(Layer):
         padding: int | Sequence[int] = 0,
     ) -> None:
         super().__init__()
-        nd = self._nd
+        nd = self.nd
         self.kernel_size = as_tuple(kernel_size, nd, "kernel_size")
         self.stride = self.kernel_size if stride is None else as_tuple(stride, nd, "stride")
         self.padding = as_tuple(padding, nd, "padding")
@@ -65,7 +67,7 @@ class _MaxUnpoolNd(Layer):
     def forward(
         self, x: np.ndarray, indices: np.ndarray, output_size: Sequence[int] | None = None
     ) -> np.ndarray:
-        nd = self._nd
+        nd = self.nd
         x = self._check_input(x, ndim=nd + 2, layout=LAYOUTS[nd])
         indices = np.asarray(indices)
         if indices.shape != x.shape or indices.dtype.kind not in "iu":
@@ -92,9 +94,9 @@ class _MaxUnpoolNd(Layer):
     ) -> tuple[int, ...]:
         if output_size is None:
             return self.output_shape(spatial)
-        out_shape = tuple(int(size) for size in output_size)[-self._nd :]
-        if len(out_shape) != self._nd or min(out_shape) < 1:
-            raise ValueError(f"{self!r}: output_size must name {self._nd} sizes, got {output_size}")
+        out_shape = tuple(int(size) for size in output_size)[-self.nd :]
+        if len(out_shape) != self.nd or min(out_shape) < 1:
+            raise ValueError(f"{self!r}: output_size must name {self.nd} sizes, got {output_size}")
         return out_shape
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
@@ -103,19 +105,22 @@ class _MaxUnpoolNd(Layer):
         return np.take_along_axis(flat_dy, flat_indices, axis=2).reshape(x_shape)  # dy(i(o))
 
 
+@optional_batch_axis
 class MaxUnpool1d(_MaxUnpoolNd):
     """Max unpooling over (N, C, L). See _MaxUnpoolNd."""
 
-    _nd = 1
+    nd = 1
 
 
+@optional_batch_axis
 class MaxUnpool2d(_MaxUnpoolNd):
     """Max unpooling over (N, C, H, W). See _MaxUnpoolNd."""
 
-    _nd = 2
+    nd = 2
 
 
+@optional_batch_axis
 class MaxUnpool3d(_MaxUnpoolNd):
     """Max unpooling over (N, C, D, H, W). See _MaxUnpoolNd."""
 
-    _nd = 3
+    nd = 3

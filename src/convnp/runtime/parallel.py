@@ -78,7 +78,8 @@ def predict_in_blocks(
     so a layer's output is still in the CPU cache when the next layer reads it (depth-first,
     as fused inference engines do), and the blocks run on ``threads`` cores at once
     (default: all available). Eval-mode layers treat samples independently, so the result
-    equals ``model.predict(x)``; the model's training/eval mode is restored afterwards.
+    equals ``model.predict(x)``. It runs within ``model.no_grad()``, so no layer keeps
+    arrays for a backward; the model's training/eval mode is restored afterwards.
     """
     if block < 1:
         raise ValueError(f"predict_in_blocks: block must be >= 1, got {block}")
@@ -86,9 +87,10 @@ def predict_in_blocks(
     was_training = model.training
     model.eval()
     try:
-        if np.ndim(x) == 0 or len(x) <= block:
-            return model.forward(x)
-        blocks = [x[start : start + block] for start in range(0, len(x), block)]
-        return np.concatenate(map_blocks(model.forward, blocks, threads))
+        with model.no_grad():
+            if np.ndim(x) == 0 or len(x) <= block:
+                return model.forward(x)
+            blocks = [x[start : start + block] for start in range(0, len(x), block)]
+            return np.concatenate(map_blocks(model.forward, blocks, threads))
     finally:
         model.train(was_training)
