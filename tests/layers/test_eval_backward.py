@@ -137,12 +137,11 @@ FAMILIES: dict[str, Builder] = {
     "BatchNorm2d-no-bias": _batch_norm(2, bias=False),
     "BatchNorm3d-no-affine": _batch_norm(3, affine=False, eps=1e-3),
     "BatchNorm2d-batch-statistics": _batch_norm(2, track_running_stats=False),
-}
-if hasattr(L, "ConvTranspose2d"):  # from the convt branch, merged beside this one
-    FAMILIES["ConvTranspose2d"] = lambda rng: (
+    "ConvTranspose2d": lambda rng: (
         L.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1, rng=rng),
         _maps(rng, 2, 2),
-    )
+    ),
+}
 SEEDS = (0, 1)
 CASES = [(name, seed) for name in FAMILIES for seed in SEEDS]
 
