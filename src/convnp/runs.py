@@ -62,6 +62,8 @@ class RunInfo:
         train_size, val_size, test_size: images in each split (validation is held out of
             the data set's training images; ``convnp.data.train_val_split``).
         test_accuracy, test_loss: the test set, evaluated once after training.
+        sync_batch_norm: on MPI ranks, batch norm's statistics span the global batch
+            (``convnp.runtime.distributed.sync_batch_norm``) instead of each rank's slice.
         command: the command line that started the run; versions: convnp, NumPy, Python.
         extra: keys this convnp does not know (kept, so a round trip loses nothing).
     """
@@ -86,6 +88,7 @@ class RunInfo:
     test_size: int | None = None
     test_accuracy: float | None = None
     test_loss: float | None = None
+    sync_batch_norm: bool = False
     command: list[str] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -169,6 +172,7 @@ _FIELD_CHECKS: dict[str, tuple[Any, str]] = {
     "test_size": _COUNT,
     "test_accuracy": _NUMBER,
     "test_loss": _NUMBER,
+    "sync_batch_norm": (lambda value: isinstance(value, bool), "true or false"),
     "command": (_list_of(lambda v: isinstance(v, str)), "a list of strings"),
     "versions": (lambda value: isinstance(value, dict), "an object"),
 }

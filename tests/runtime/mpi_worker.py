@@ -7,6 +7,8 @@ Modes:
   batchnorm OUT [--emulate P]  the ``fashion`` model (batch norm, dropout, augmentation);
                                --emulate runs, in one process, the documented semantics of
                                P ranks (per-slice statistics, per-rank dropout streams).
+  syncbn OUT [--single]        batch norm (2-D and 1-D) with synchronised statistics
+                               (sync_batch_norm), float64; rank 0 saves weights and buffers.
   diverge [--single]           a NaN image in rank 1's slice; prints the TrainingDiverged message.
   cli FAULT RANK STEP ARGS...  ``convnp train ARGS`` with a fault on rank RANK at its
                                STEP-th training step: kill (SIGKILL), raise, hang (SIGSTOP).
@@ -65,6 +67,29 @@ def mode_train(out: str, steps: int, single: bool) -> None:
                 weights[f"{name}/{np.dtype(dtype).name}/{key}"] = value
     if comm is None or comm.is_root:
         np.savez(out, **weights)
+
+
+def mode_syncbn(out: str, single: bool) -> None:
+    from convnp import losses, optim
+    from convnp.app import architectures
+
+    comm = communicator(single)
+    model = architectures.from_string(
+        "6c3p1-bn-relu-2m-8c3-bn-relu-2m-24f-bn-relu", (1, 28, 28), 10,
+        rng=np.random.default_rng(SEED),
+    ).astype(np.float64)  # fmt: skip
+    if comm is not None:
+        from convnp.runtime.distributed import sync_batch_norm
+
+        assert sync_batch_norm(model, comm) == 3
+    images, labels = data(50 * 3 + 7)  # a last batch of 7: slices of 2 and 3 samples
+    loader = DataLoader(images, labels, batch_size=50, seed=SEED, normalize="standardize",
+                        dtype=np.float64)  # fmt: skip
+    optimizer = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train.fit(model, losses.CrossEntropyLoss(), optimizer, loader, epochs=2,
+              progress=False, comm=comm)  # fmt: skip
+    if comm is None or comm.is_root:
+        np.savez(out, **model.state_dict())
 
 
 def mode_batchnorm(out: str, emulate: int | None) -> None:
@@ -153,6 +178,8 @@ def main() -> int:
         mode_train(rest[0], int(rest[1]), "--single" in rest)
     elif mode == "batchnorm":
         mode_batchnorm(rest[0], int(rest[2]) if "--emulate" in rest else None)
+    elif mode == "syncbn":
+        mode_syncbn(rest[0], "--single" in rest)
     elif mode == "diverge":
         mode_diverge("--single" in rest)
     elif mode == "cli":

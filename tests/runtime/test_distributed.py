@@ -115,6 +115,21 @@ def test_batch_norm_uses_per_rank_statistics(tmp_path):
 
 
 @needs_mpi
+@pytest.mark.parametrize("procs", [2, 3])
+def test_sync_batch_norm_trains_as_one_process(procs, tmp_path):
+    """With sync_batch_norm, batch norm's statistics and their gradient sums span the
+    global batch: weights and running statistics equal one process's (float64, 1e-10),
+    with uneven slices (a last batch of 7 on 3 ranks)."""
+    single, mpi = tmp_path / "single.npz", tmp_path / "mpi.npz"
+    checked(run([sys.executable, *worker("syncbn", str(single), "--single")]))
+    checked(mpiexec(procs, *worker("syncbn", str(mpi))))
+    expected, got = np.load(single), np.load(mpi)
+    assert any("running_var" in key for key in expected)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=0, atol=1e-10, err_msg=key)
+
+
+@needs_mpi
 def test_divergence_on_one_rank_stops_all_with_the_one_process_message():
     single = checked(run([sys.executable, *worker("diverge", "--single")]))
     ranks = checked(mpiexec(2, *worker("diverge"), timeout=60))
@@ -137,6 +152,29 @@ def test_procs_launches_ranks_and_trains_the_one_process_model(tmp_path):
     one = io.load(tmp_path / "one" / "model.safetensors").state_dict()
     for key in one:
         np.testing.assert_allclose(two[key], one[key], rtol=0, atol=FLOAT32_ATOL, err_msg=key)
+
+
+@needs_mpi
+def test_sync_batchnorm_option_trains_the_one_process_model(tmp_path):
+    """`convnp train --sync-batchnorm` on 2 ranks: batch norm over the global batch, so the
+    model equals the one-process run (float32 rounding); the run records the option and a
+    resume keeps it (the flag itself is refused with --resume)."""
+    # SGD: Adam magnifies the rounding in the ~0 gradient of a bias just before batch norm
+    args = ["--epochs", "1", "--arch", "6c5-bn-relu-2m-10f", "--seed", "2", "--val-split", "0",
+            "--optimizer", "sgd", "--lr", "0.05"]  # fmt: skip
+    two = convnp_train(*args, "--sync-batchnorm", "--out", str(tmp_path / "two"))
+    checked(mpiexec(2, *two))
+    one = ["train", "--quiet", *args, "--procs", "1", "--out", str(tmp_path / "one")]
+    assert cli.main(one) == 0
+    assert io.read_info(tmp_path / "two" / "model.safetensors")["sync_batch_norm"] is True
+    two = io.load(tmp_path / "two" / "model.safetensors").state_dict()
+    one = io.load(tmp_path / "one" / "model.safetensors").state_dict()
+    assert any("running_var" in key for key in one)
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], rtol=0, atol=FLOAT32_ATOL, err_msg=key)
+    resumed = convnp_train("--resume", str(tmp_path / "two"), "--sync-batchnorm")
+    refused = run([sys.executable, *resumed])
+    assert refused.returncode == 2 and "--sync-batchnorm cannot be combined" in refused.stderr
 
 
 @needs_mpi

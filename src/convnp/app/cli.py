@@ -159,6 +159,7 @@ def _run_info(
         train_size=train_size - len(val_index),
         val_size=len(val_index),
         test_size=len(dataset.test_labels),
+        sync_batch_norm=args.sync_batchnorm,
         command=args.command_line,
         versions=runs.current_versions(),
     )
@@ -167,7 +168,7 @@ def _run_info(
 #: Options that set up a new run; a resumed run keeps what its checkpoint recorded.
 _NEW_RUN_OPTIONS = (
     *("model", "arch", "config", "data", "val_split", "seed", "batch_size", "schedule", "warmup"),
-    *("lr", "optimizer", "momentum", "weight_decay", "nesterov"),
+    *("lr", "optimizer", "momentum", "weight_decay", "nesterov", "sync_batchnorm"),
 )
 
 
@@ -257,6 +258,8 @@ def cmd_train(args: argparse.Namespace, comm: distributed.Communicator | None = 
     started = time.perf_counter()
     setup = _resume_run(args) if args.resume else _new_run(args, comm)
     model, optimizer, history, info, dataset, out, planned = setup
+    if comm is not None and info.sync_batch_norm:  # one process: the batch is global already
+        distributed.sync_batch_norm(model, comm)
     train_loader, val_loader, test_loader = _loaders(dataset, info)
     statistics = {"mean": train_loader.mean, "std": train_loader.std}
     info.normalize = {"kind": info.normalize.get("kind")} | {
@@ -686,6 +689,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel MPI ranks, launched with mpiexec (auto: one per core "
                    f"when mpi4py is installed, else 1; default $CONVNP_PROCS or {DEFAULT_PROCS}); "
                    "under mpiexec/srun: the ranks they started")  # fmt: skip
+    p.add_argument("--sync-batchnorm", action="store_true",
+                   help="on MPI ranks, batch norm's statistics span the global batch "
+                   "(PyTorch's SyncBatchNorm) instead of each rank's slice")  # fmt: skip
     p.add_argument("--mpi-timeout", type=_positive_float, default=distributed.DEFAULT_TIMEOUT,
                    metavar="S", help="abort if the ranks wait S s for each other")  # fmt: skip
     p.set_defaults(handler=cmd_train_ranks)

@@ -8,6 +8,7 @@ batch and, for maps, all spatial positions (m values per channel).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,12 @@ class _BatchNorm(Layer):
     α = momentum, or with momentum=None α = 1/t after the t-th training batch (counted in
     the ``num_batches_tracked`` buffer): the cumulative average of every batch's statistics.
     Eval mode normalises with the running statistics instead (an affine map per channel).
+
+    Synchronised batch statistics (PyTorch's SyncBatchNorm) for data-parallel training:
+    with ``sum_over_ranks`` set (``convnp.runtime.distributed.sync_batch_norm`` sets it to
+    the ranks' Allreduce), every Σ above, and m, run over all ranks' slices of the global
+    batch, so the layer computes exactly what it would on the whole batch in one process.
+    The parameter gradients stay per-rank sums (the training step's Allreduce adds them).
     An empty batch (N = 0) gives an empty output and leaves the statistics as they are
     (PyTorch's result; PyTorch still counts it in num_batches_tracked, and so does this).
 
@@ -72,6 +79,8 @@ class _BatchNorm(Layer):
         if not eps > 0 or not (momentum is None or 0 <= momentum <= 1):
             raise ValueError(f"{name}: need eps > 0 and 0 <= momentum <= 1 (or None)")
         self.num_features = int(num_features)
+        # SyncBatchNorm: sums an array over the data-parallel ranks (None: this batch only)
+        self.sum_over_ranks: Callable[[np.ndarray], np.ndarray] | None = None
         self.eps = float(eps)
         self.momentum = None if momentum is None else float(momentum)
         self.affine = bool(affine)
@@ -114,20 +123,28 @@ class _BatchNorm(Layer):
         x3 = x.reshape(x.shape[0], self.num_features, math.prod(x.shape[2:]))  # N may be 0
         m = x3.shape[0] * x3.shape[2]
         batch_statistics = self.training or not self.track_running_stats
-        if m == 0:  # an empty batch: nothing to normalise or to learn from
+        synchronised = batch_statistics and self.sum_over_ranks is not None
+        if m == 0 and not synchronised:  # an empty batch: nothing to normalise or learn from
             if self.training and self.track_running_stats:
                 self._count_batch()
-            self._remember(x3, np.ones(self.num_features, x.dtype), x.shape, batch_statistics)
+            self._remember(x3, np.ones(self.num_features, x.dtype), x.shape, batch_statistics, m)
             return x.copy()
         if batch_statistics:
+            sum_x = np.einsum("ncl->c", x3)  # Σ x
+            if synchronised:  # over every rank's slice (float64: m must stay exact)
+                sums = self.sum_over_ranks(np.append(sum_x.astype(np.float64), m))
+                sum_x, m = sums[:-1].astype(x.dtype), int(sums[-1])
             if m < 2:
                 raise ValueError(
                     f"{self!r}: batch statistics need more than one value per channel, "
                     f"got input shape {x.shape}"
                 )
-            mean = np.einsum("ncl->c", x3) / m  # μ_c
+            mean = sum_x / m  # μ_c
             x_hat = x3 - _column(mean)
-            var = np.einsum("ncl,ncl->c", x_hat, x_hat) / m  # σ²_c, biased
+            sum_squares = np.einsum("ncl,ncl->c", x_hat, x_hat)  # Σ (x − μ_c)²
+            if synchronised:
+                sum_squares = self.sum_over_ranks(sum_squares).astype(x.dtype)
+            var = sum_squares / m  # σ²_c, biased
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, var, m)
         else:
@@ -136,7 +153,7 @@ class _BatchNorm(Layer):
             x_hat = x3 - _column(mean)
         inv_std = 1 / np.sqrt(var + x.dtype.type(self.eps))  # 1/σ_c
         x_hat *= _column(inv_std)  # x̂ = (x − μ)/σ
-        self._remember(x_hat, inv_std, x.shape, batch_statistics)
+        self._remember(x_hat, inv_std, x.shape, batch_statistics, m)
         if not self.affine:
             return x_hat.reshape(x.shape)
         y = x_hat * _column(self.params["weight"])  # γ x̂
@@ -160,9 +177,8 @@ class _BatchNorm(Layer):
         running_var[...] = (1 - alpha) * running_var + alpha * var * (m / (m - 1))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        x_hat, inv_std, x_shape, batch_statistics = self._recall()
+        x_hat, inv_std, x_shape, batch_statistics, m = self._recall()
         dy = self._check_grad_output(dy, x_shape).reshape(x_hat.shape)
-        m = x_hat.shape[0] * x_hat.shape[2]
         sum_dy = np.einsum("ncl->c", dy)  # Σ dy
         sum_dy_x_hat = np.einsum("ncl,ncl->c", dy, x_hat)  # Σ dy·x̂
         scale = inv_std  # γ/σ (1/σ without γ)
@@ -173,6 +189,9 @@ class _BatchNorm(Layer):
             scale = scale * self.params["weight"]
         if not batch_statistics:  # running statistics: constants
             return (dy * _column(scale)).reshape(x_shape)  # (γ/σ)·dy
+        if self.sum_over_ranks is not None:  # synchronised: the sums over the global batch
+            sums = self.sum_over_ranks(np.concatenate([sum_dy, sum_dy_x_hat]))
+            sum_dy, sum_dy_x_hat = np.split(sums.astype(dy.dtype, copy=False), 2)
         dx = x_hat * _column(-sum_dy_x_hat)  # −x̂·Σ(dy·x̂)
         dx += m * dy  # + m·dy
         dx -= _column(sum_dy)  # − Σ dy

@@ -75,6 +75,18 @@ DEFAULT_TIMEOUT = 300.0
 _LAUNCHER_VARIABLES = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
 
+def sync_batch_norm(model: Any, comm: Communicator) -> int:
+    """PyTorch's ``SyncBatchNorm.convert_sync_batchnorm``: every batch-norm layer of
+    ``model`` takes its batch statistics, and their backward sums, over all ranks' slices
+    of the global batch (``sum_over_ranks``: two small Allreduces per layer in forward, one
+    in backward), so training equals one process's on the whole batch. Without it each rank
+    normalises its own slice, as DDP does by default. Returns how many layers it set."""
+    layers = [layer for layer in model if hasattr(layer, "sum_over_ranks")]
+    for layer in layers:
+        layer.sum_over_ranks = comm.sum
+    return len(layers)
+
+
 class MismatchError(ValueError):
     """Ranks started with different inputs (data, model, seed or settings).
 
@@ -284,7 +296,11 @@ class Communicator:
         """Before training: per-rank thread limits, and the start-up fingerprint check."""
         self.seed = int(getattr(train, "seed", 0))
         self._limit_threads(model)
-        per_slice = [repr(layer) for layer in model if not layer.samples_independent]
+        per_slice = [
+            repr(layer)
+            for layer in model
+            if not layer.samples_independent and getattr(layer, "sum_over_ranks", None) is None
+        ]
         if per_slice and self.is_root and self.size > 1:
             warnings.warn(
                 f"{', '.join(per_slice)} work on each rank's slice of the batch (its own "
