@@ -167,6 +167,9 @@ def _allreduce_worker() -> dict:
 
 
 def worker_main(argv: list[str]) -> int:
+    from convnp.runtime.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the convnp command does (run.py too); for both frameworks alike
     kind, *rest = argv
     if kind == "allreduce":
         result = _allreduce_worker()
