@@ -97,6 +97,26 @@ class ConvGeometry:
         return self.dilation[axis] * (self.kernel_size[axis] - 1) + 1
 
 
+def check_conv_arguments(
+    layer: str,
+    in_channels: int,
+    out_channels: int,
+    sizes: tuple[int, ...],
+    groups: int = 1,
+) -> None:
+    """The arguments every convolution layer shares (``sizes``: kernel_size + stride +
+    dilation); ValueError names ``layer``."""
+    if min(sizes) < 1:
+        raise ValueError(f"{layer}: kernel_size, stride, dilation must be >= 1")
+    if in_channels < 1 or out_channels < 1:
+        raise ValueError(f"{layer}: in_channels and out_channels must be >= 1")
+    if groups < 1 or in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"{layer}: groups={groups} must divide in_channels={in_channels} "
+            f"and out_channels={out_channels}"
+        )
+
+
 class Scratch:
     """One set of scratch arrays, one buffer per role, grown to the largest request and then
     reused; it also remembers which array a role's buffer was last computed from (``keep``)."""

@@ -21,6 +21,7 @@ from convnp.layers import _windows
 from convnp.layers._conv_ops import (
     ConvGeometry,
     Workspace,
+    check_conv_arguments,
     conv_forward,
     conv_transpose,
     conv_weight_grad,
@@ -222,10 +223,8 @@ class FeatureMapCombination(Layer):
         self.dilation = as_tuple(dilation, 2, "dilation")
         self.padding = padding if isinstance(padding, str) else as_tuple(padding, 2, "padding")
         self.flip_kernel = bool(flip_kernel)
-        if min(self.kernel_size + self.stride + self.dilation) < 1:
-            raise ValueError("FeatureMapCombination: kernel_size, stride, dilation must be >= 1")
-        if self.in_channels < 1 or self.out_channels < 1:
-            raise ValueError("FeatureMapCombination: in_channels and out_channels must be >= 1")
+        sizes = self.kernel_size + self.stride + self.dilation
+        check_conv_arguments("FeatureMapCombination", self.in_channels, self.out_channels, sizes)
         self.pads = _windows.resolve_padding(padding, self.kernel_size, self.dilation)
         """(before, after) zero padding per spatial axis, resolved from ``padding``."""
         self.geometry = ConvGeometry(self.kernel_size, self.stride, self.pads, self.dilation)

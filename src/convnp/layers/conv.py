@@ -11,6 +11,7 @@ from convnp.layers import _windows
 from convnp.layers._conv_ops import (
     ConvGeometry,
     Workspace,
+    check_conv_arguments,
     conv_forward,
     conv_transpose,
     conv_weight_grad,
@@ -112,10 +113,10 @@ class _ConvNd(Layer):
         self.geometry = ConvGeometry(self.kernel_size, self.stride, conv_pads, self.dilation)
         """The convolution run on x̃: zero padding inside it for "zeros", none otherwise."""
         self.workspace = Workspace()
-        if min(self.kernel_size + self.stride + self.dilation) < 1:
-            raise ValueError(f"{type(self).__name__}: kernel_size, stride, dilation must be >= 1")
-        if self.in_channels < 1 or self.out_channels < 1:
-            raise ValueError(f"{type(self).__name__}: in_channels and out_channels must be >= 1")
+        sizes = self.kernel_size + self.stride + self.dilation
+        check_conv_arguments(
+            type(self).__name__, self.in_channels, self.out_channels, sizes, self.groups
+        )
         self.connection_mask = self._build_mask(connection_table)
         """Boolean (out_channels, in_channels) table of M_j: True where x_i feeds map j."""
         self.has_connection_table = connection_table is not None
@@ -135,11 +136,6 @@ class _ConvNd(Layer):
     def _build_mask(self, connection_table: Any) -> np.ndarray:
         """Boolean (out_channels, in_channels) table of M_j, from the table or from groups."""
         out_c, in_c, groups = self.out_channels, self.in_channels, self.groups
-        if groups < 1 or in_c % groups or out_c % groups:
-            raise ValueError(
-                f"{type(self).__name__}: groups={groups} must divide in_channels={in_c} "
-                f"and out_channels={out_c}"
-            )
         if connection_table is not None:
             if groups != 1:
                 raise ValueError(

@@ -16,6 +16,7 @@ from convnp.layers import _windows
 from convnp.layers._conv_ops import (
     ConvGeometry,
     Workspace,
+    check_conv_arguments,
     conv_forward,
     conv_transpose,
     conv_weight_grad,
@@ -96,17 +97,10 @@ class _ConvTransposeNd(Layer):
         self.output_padding = as_tuple(output_padding, nd, "output_padding")
         self.dilation = as_tuple(dilation, nd, "dilation")
         self.groups = int(groups)
-        if min(self.kernel_size + self.stride + self.dilation) < 1:
-            raise ValueError(f"{name}: kernel_size, stride, dilation must be >= 1")
+        sizes = self.kernel_size + self.stride + self.dilation
+        check_conv_arguments(name, self.in_channels, self.out_channels, sizes, self.groups)
         if min(self.padding + self.output_padding) < 0:
             raise ValueError(f"{name}: padding and output_padding must be >= 0")
-        if self.in_channels < 1 or self.out_channels < 1:
-            raise ValueError(f"{name}: in_channels and out_channels must be >= 1")
-        if self.groups < 1 or self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(
-                f"{name}: groups={self.groups} must divide in_channels={self.in_channels} "
-                f"and out_channels={self.out_channels}"
-            )
         for extra, s, d in zip(self.output_padding, self.stride, self.dilation):
             if extra >= max(s, d):
                 raise ValueError(
