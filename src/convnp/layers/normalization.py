@@ -29,12 +29,6 @@ class _BatchNorm(Layer):
     α = momentum, or with momentum=None α = 1/t after the t-th training batch (counted in
     the ``num_batches_tracked`` buffer): the cumulative average of every batch's statistics.
     Eval mode normalises with the running statistics instead (an affine map per channel).
-
-    Synchronised batch statistics (PyTorch's SyncBatchNorm) for data-parallel training:
-    with ``sum_over_ranks`` set (``convnp.runtime.distributed.sync_batch_norm`` sets it to
-    the ranks' Allreduce), every Σ above, and m, run over all ranks' slices of the global
-    batch, so the layer computes exactly what it would on the whole batch in one process.
-    The parameter gradients stay per-rank sums (the training step's Allreduce adds them).
     An empty batch (N = 0) gives an empty output and leaves the statistics as they are
     (PyTorch's result; PyTorch still counts it in num_batches_tracked, and so does this).
 
@@ -45,6 +39,13 @@ class _BatchNorm(Layer):
     With batch statistics, the compact form follows from x̂ depending on x directly and
     through μ_c and σ_c: ∂x̂_i/∂x_j = (1/σ)(δ_ij − 1/m − x̂_i x̂_j/m). In eval mode μ_c and
     σ_c are the running statistics, constants, so x̂ is affine in x.
+
+    Synchronised batch statistics (PyTorch's SyncBatchNorm) for data-parallel training:
+    with ``sum_over_ranks`` set (``convnp.runtime.distributed.sync_batch_norm`` sets it to
+    the ranks' Allreduce), every Σ above, forward and backward, and m run over all ranks'
+    slices of the global batch, so the layer computes exactly what it would on the whole
+    batch in one process. ∂E/∂γ_c and ∂E/∂β_c stay this rank's sums (the training step's
+    Allreduce adds them).
 
     Args:
         num_features: number of channels C.
