@@ -11,16 +11,18 @@ Configurations, for bouvrie (batch 50), lenet5 (64) and modern (128), P = the co
 
 Each configuration is a fresh job that trains on the same Fashion-MNIST batches (global
 batch = the model's batch; ranks take slices), warms up, then times ``windows`` windows of
-``steps`` steps (the ranks start each window together). The configurations run in turns,
-and the whole round twice, so all see the same machine conditions; the report gives the
-median of the rounds and their spread. Also measured: convnp's time inside collectives per
-step (includes waiting for the slowest rank), peak RSS per rank, Allreduce time against
-message size, a time-to-accuracy run of ``convnp train``, and a projection to many machines.
+about ``--seconds`` (1 s; at least ``steps`` steps; the ranks start each window
+together). The configurations run in turns, and the whole round twice, so all see the
+same machine conditions; the report gives the median of the rounds and their spread.
+Also measured: convnp's time inside collectives per step (includes waiting for the
+slowest rank), peak RSS per rank, Allreduce time against message size, a time-to-accuracy
+run of ``convnp train``, and a projection to many machines.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import resource
@@ -57,7 +59,7 @@ def _rss_mb() -> float:
 
 
 # -- workers (one per configuration and model; under mpiexec for the multi-rank ones) ----
-def _convnp_worker(name: str, batch: int, steps: int, windows: int) -> dict:
+def _convnp_worker(name: str, batch: int, steps: int, windows: int, seconds: float) -> dict:
     from convnp import train
     from convnp.runtime import distributed
 
@@ -73,11 +75,22 @@ def _convnp_worker(name: str, batch: int, steps: int, windows: int) -> dict:
         x, t = next(runner.batches)
         train.train_step(runner.model, runner.loss, runner.optimizer, x, t, comm=comm)
 
-    return _timed(step, batch, steps, windows, comm)
+    return _timed(step, batch, steps, windows, comm, seconds)
 
 
-def _timed(step: Any, batch: int, steps: int, windows: int, comm: Any) -> dict:
-    for _ in range(max(steps // 2, 3)):  # warm-up
+def _timed(step: Any, batch: int, steps: int, windows: int, comm: Any, seconds: float) -> dict:
+    """Images/s over ``windows`` windows of at least ``steps`` steps and about ``seconds``
+    seconds each (the ranks agree on the count: every step is a collective), after an
+    untimed window of the same length. Windows of a few steps (10 steps of bouvrie last 30
+    ms) measured mostly start-up effects and scheduler jitter: ratios moved 2x between runs."""
+    started = time.perf_counter()
+    for _ in range(max(steps // 2, 3)):
+        step()
+    per_step = (time.perf_counter() - started) / max(steps // 2, 3)
+    if comm is not None:
+        per_step = max(comm.comm.allgather(per_step))
+    steps = max(steps, math.ceil(seconds / per_step))
+    for _ in range(steps):  # warm-up window
         step()
     rates, comm_seconds = [], 0.0
     for _ in range(windows):
@@ -95,12 +108,15 @@ def _timed(step: Any, batch: int, steps: int, windows: int, comm: Any) -> dict:
     return {
         "images_per_s": statistics.median(rates),
         "windows": rates,
+        "steps_per_window": steps,
         "comm_ms_per_step": 1e3 * comm_seconds / (steps * windows) if comm else 0.0,
         "peak_rss_mb_per_rank": rss,
     }
 
 
-def _torch_worker(name: str, batch: int, steps: int, windows: int, ddp: bool) -> dict:
+def _torch_worker(
+    name: str, batch: int, steps: int, windows: int, seconds: float, ddp: bool
+) -> dict:
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -139,7 +155,7 @@ def _torch_worker(name: str, batch: int, steps: int, windows: int, ddp: bool) ->
                 dist.all_gather_object(values, value)
                 return values
 
-    result = _timed(step, batch, steps, windows, _Barrier() if ddp else None)
+    result = _timed(step, batch, steps, windows, _Barrier() if ddp else None, seconds)
     result["comm_ms_per_step"] = None  # not separable inside DDP's backward hooks
     if ddp:  # gloo's teardown can wait forever for a peer that already left: skip it
         dist.barrier()
@@ -175,10 +191,11 @@ def worker_main(argv: list[str]) -> int:
         result = _allreduce_worker()
     else:
         name, batch, steps, windows = rest[0], int(rest[1]), int(rest[2]), int(rest[3])
+        seconds = float(rest[4])
         if kind in ("convnp", "convnp-threads"):
-            result = _convnp_worker(name, batch, steps, windows)
+            result = _convnp_worker(name, batch, steps, windows, seconds)
         else:
-            result = _torch_worker(name, batch, steps, windows, kind == "torch-ddp")
+            result = _torch_worker(name, batch, steps, windows, seconds, kind == "torch-ddp")
     if result:
         print("RESULT " + json.dumps(result), flush=True)
     return 0
@@ -199,12 +216,14 @@ def _run_job(command: list[str], env: dict[str, str], timeout: float = 600) -> d
     raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-2000:]}")
 
 
-def _command(config: str, name: str, batch: int, steps: int, windows: int) -> tuple[list, dict]:
+def _command(
+    config: str, name: str, batch: int, steps: int, windows: int, seconds: float
+) -> tuple[list, dict]:
     from convnp.runtime.distributed import find_mpiexec
 
     cores = _cores()
     script = [sys.executable, str(Path(__file__).resolve()), "--worker"]
-    args = [name, str(batch), str(steps), str(windows)]
+    args = [name, str(batch), str(steps), str(windows), str(seconds)]
     one_thread = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env = dict(os.environ, OPENBLAS_THREAD_TIMEOUT="4")
     if config == "convnp threads":
@@ -218,14 +237,16 @@ def _command(config: str, name: str, batch: int, steps: int, windows: int) -> tu
     return [find_mpiexec(), "-n", str(procs), *script, kind, *args], env
 
 
-def throughput(models: dict[str, int], steps: int, windows: int, rounds: int = 2) -> dict:
+def throughput(
+    models: dict[str, int], steps: int, windows: int, seconds: float = 1.0, rounds: int = 2
+) -> dict:
     """Every configuration for every model, in turns, ``rounds`` times."""
     results: dict[str, dict[str, list[dict]]] = {m: {c: [] for c in CONFIGS} for m in models}
     for round_ in range(rounds):
         for name, batch in models.items():
             for config in CONFIGS:
                 print(f"  round {round_ + 1}: {name} {config} ...", flush=True)
-                command, env = _command(config, name, batch, steps, windows)
+                command, env = _command(config, name, batch, steps, windows, seconds)
                 try:
                     results[name][config].append(_run_job(command, env))
                 except RuntimeError as error:  # reported, and the other figures still come
@@ -342,12 +363,14 @@ def projection(costs: dict[str, float], models: dict[str, int], measured: dict) 
             "models": rows}  # fmt: skip
 
 
-def run(models: dict[str, int], steps: int, windows: int, tta: dict | None) -> dict:
+def run(
+    models: dict[str, int], steps: int, windows: int, tta: dict | None, seconds: float = 1.0
+) -> dict:
     """The whole section: throughput, Allreduce costs, projection, time to accuracy (no
     models: time to accuracy alone)."""
     report: dict[str, Any] = {"cores": _cores()}
     if models:
-        report["throughput"] = throughput(models, steps, windows)
+        report["throughput"] = throughput(models, steps, windows, seconds)
         report["allreduce_s"] = allreduce_costs()
         report["projection"] = projection(report["allreduce_s"], models, report["throughput"])
     if tta:
@@ -417,12 +440,15 @@ def _print_allreduce(report: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """This section alone: ``python benchmarks/distributed.py [--steps S] [--windows W]``."""
+    """This section alone: ``python benchmarks/distributed.py [--seconds S] [--windows W]``."""
     import argparse
 
     parser = argparse.ArgumentParser(description="MPI section of benchmarks/run.py alone")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of a timed window")
+    parser.add_argument("--models", nargs="+", choices=["bouvrie", "lenet5", "modern"],
+                        default=["bouvrie", "lenet5", "modern"])  # fmt: skip
     parser.add_argument("--tta-target", type=float, default=0.0, help="0 skips")
     parser.add_argument("--tta-epochs", type=int)
     parser.add_argument("--tta-procs", type=int, nargs="+", help="default: all cores, then 1")
@@ -435,8 +461,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     tta = {"target": args.tta_target, "epochs": args.tta_epochs, "data": "fashion-mnist",
            "procs": args.tta_procs}  # fmt: skip
-    models = {} if args.tta_only else {"bouvrie": 50, "lenet5": 64, "modern": 128}
-    report = run(models, args.steps, args.windows, tta if args.tta_target else None)
+    batches = {"bouvrie": 50, "lenet5": 64, "modern": 128}
+    models = {} if args.tta_only else {name: batches[name] for name in args.models}
+    report = run(models, args.steps, args.windows, tta if args.tta_target else None, args.seconds)
     print_report(report)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))

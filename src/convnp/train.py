@@ -13,12 +13,11 @@ import csv
 import io as io_module
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from convnp import io
 from convnp.layers.base import NonFiniteInputError, first_non_finite
@@ -226,16 +225,7 @@ def fit(
         model.train()
         started = time.perf_counter()
         total_loss, correct, count = 0.0, 0, 0
-        bar = tqdm(
-            iter(train),  # once: tqdm.auto's class also calls iter() on what it is given
-            total=len(train) if hasattr(train, "__len__") else None,
-            desc=f"epoch {epoch + 1}/{epochs}",
-            unit="batch",
-            disable=not progress,
-            leave=True,
-            mininterval=0.5,
-            dynamic_ncols=True,
-        )
+        bar = _progress_bar(train, f"epoch {epoch + 1}/{epochs}", progress)
         for x, labels in bar:
             if schedule is not None:
                 optimizer.lr = schedule(optimizer.step_count)
@@ -276,12 +266,47 @@ def fit(
             record["val_accuracy"] = result["accuracy"]
         history.append(record)
         if progress:
-            tqdm.write(_format_record(record))
+            bar.write(_format_record(record))
         if out is not None:
             _refuse_non_finite_checkpoint(model, optimizer, epoch)
             io.save_checkpoint(out / io.CHECKPOINT_NAME, model, optimizer, history, info)
             write_history(out, history)
     return history
+
+
+class _NoProgress:
+    """What ``fit`` uses of a tqdm bar, doing nothing: a run without progress (MPI ranks
+    other than 0, ``progress=False``) does not import tqdm.auto, which with asyncio adds
+    ~11 MB to the process."""
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        self._batches = batches
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._batches)
+
+    def set_postfix(self, **values: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(train: Iterable[Any], description: str, progress: bool) -> Any:
+    """A tqdm bar over one epoch's batches (tqdm.auto: a widget in notebooks), or none."""
+    if not progress:
+        return _NoProgress(train)
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        iter(train),  # once: tqdm.auto's class also calls iter() on what it is given
+        total=len(train) if hasattr(train, "__len__") else None,
+        desc=description,
+        unit="batch",
+        leave=True,
+        mininterval=0.5,
+        dynamic_ncols=True,
+    )
 
 
 def _validate(

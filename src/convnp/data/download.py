@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import os
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-
-from tqdm import tqdm
 
 _CHUNK = 1 << 16
 _USER_AGENT = "convnp"
@@ -93,6 +88,14 @@ def _stream(
     url: str, out: BinaryIO, expected: RemoteFile, timeout: float, progress: bool
 ) -> tuple[str, int]:
     """Copy the body of ``url`` into ``out``; return (sha256 hex digest, bytes received)."""
+    # imported here, not with the package: urllib's HTTP, TLS and e-mail modules add ~8 MB
+    # to every process, and a training rank that never downloads should not carry them
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    from tqdm import tqdm
+
     sha = hashlib.sha256()
     received = 0
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
