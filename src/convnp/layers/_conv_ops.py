@@ -76,6 +76,12 @@ WORKSPACE_BYTES = 8 * 2**20
 # 1 and 2 MiB within noise of each other; 512 KiB slowed modern's 32 -> 64 conv (one sample
 # per part: the per-part Python costs show). 2 MiB: fewer products while training.
 PART_BYTES = 2 * 2**20
+# Columns per product of the weight gradient, whose product sums over the long b·L axis:
+# OpenBLAS (SkylakeX kernels, 1 thread) took 2-3x longer per column beyond about 4096
+# columns when the matrices have few rows, as first convolutions do (cols·δᵀ, 9x32: 77
+# against 238 µs per 10k columns in runs of 3072; 25x6: 46 against 107), and the same
+# within 2% for large ones (150x16, 288x64).
+WEIGHT_GRAD_COLUMNS = 3072
 
 
 @dataclass(frozen=True)
@@ -289,8 +295,15 @@ def conv_weight_grad(
             # a part at a time as in the forward, or the forward's patches still there
             for part, cols in block.patch_parts(x, scratch):
                 delta = _stack(block.from_output(dy, scratch, part), groups)  # δ_j (O, b·L)
-                # (cols δᵀ)ᵀ lets BLAS stream the long b·L axis (1.4-2x faster than δ colsᵀ)
-                dkernel += np.matmul(_stack(cols, groups), delta.swapaxes(1, 2)).swapaxes(1, 2)
+                cols = _stack(cols, groups)
+                # (cols δᵀ)ᵀ lets BLAS stream the long b·L axis (1.4-2x faster than δ colsᵀ),
+                # in even runs of at most WEIGHT_GRAD_COLUMNS columns
+                width = cols.shape[2]
+                step = -(-width // -(-width // WEIGHT_GRAD_COLUMNS))
+                for start in range(0, width, step):
+                    run = slice(start, start + step)
+                    product = np.matmul(cols[..., run], delta[..., run].swapaxes(1, 2))
+                    dkernel += product.swapaxes(1, 2)
     return dkernel.reshape(out_channels, channels // groups, *geometry.kernel_size)
 
 
