@@ -347,3 +347,32 @@ def test_the_plan_is_made_once_per_shape_and_replaced_by_the_next(rng):
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
     assert workspace._plan[1] is not plan and workspace._plan[0][0] == small.shape
     assert copy.deepcopy(workspace)._plan is None
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("columns", [1, 7])
+def test_weight_grad_in_runs_of_columns_equals_one_product(case, columns, rng, monkeypatch):
+    """The weight gradient's product taken in runs of WEIGHT_GRAD_COLUMNS columns (here 1,
+    and 7: runs as even as the width allows) equals the one-product result at 1e-12."""
+    geometry, groups, x, weight, bias, dy = _problem(case, rng)
+    expected = conv_weight_grad(x, dy, geometry, groups=groups, workspace=Workspace(2**30))
+    monkeypatch.setattr(_conv_ops, "WEIGHT_GRAD_COLUMNS", columns)
+    for limit in (2**30, 600):
+        got = conv_weight_grad(x, dy, geometry, groups=groups, workspace=Workspace(limit))
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12, err_msg=str(limit))
+
+
+@pytest.mark.parametrize("part_bytes", [_conv_ops.PART_BYTES, 1])  # one part; one per sample
+def test_weight_grad_follows_its_input_not_the_last_forward(part_bytes, rng, monkeypatch):
+    """A forward of another input (same shape) between a forward and the weight gradient
+    leaves that input's patches in the workspace: the weight gradient of the first input
+    gathers its own again, equal to a fresh workspace's."""
+    monkeypatch.setattr(_conv_ops, "PART_BYTES", part_bytes)
+    geometry, groups, x, weight, bias, dy = _problem(CASES[3], rng)
+    other = rng.standard_normal(x.shape)
+    expected = conv_weight_grad(x, dy, geometry, groups=groups, workspace=Workspace())
+    workspace = Workspace()
+    conv_forward(x, weight, bias, geometry, groups=groups, workspace=workspace)
+    conv_forward(other, weight, bias, geometry, groups=groups, workspace=workspace)
+    got = conv_weight_grad(x, dy, geometry, groups=groups, workspace=workspace)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
