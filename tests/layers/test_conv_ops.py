@@ -352,11 +352,11 @@ def test_the_plan_is_made_once_per_shape_and_replaced_by_the_next(rng):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("columns", [1, 7])
 def test_weight_grad_in_runs_of_columns_equals_one_product(case, columns, rng, monkeypatch):
-    """The weight gradient's product taken in runs of WEIGHT_GRAD_COLUMNS columns (here 1,
+    """The weight gradient's product taken in runs of PRODUCT_COLUMNS columns (here 1,
     and 7: runs as even as the width allows) equals the one-product result at 1e-12."""
     geometry, groups, x, weight, bias, dy = _problem(case, rng)
     expected = conv_weight_grad(x, dy, geometry, groups=groups, workspace=Workspace(2**30))
-    monkeypatch.setattr(_conv_ops, "WEIGHT_GRAD_COLUMNS", columns)
+    monkeypatch.setattr(_conv_ops, "PRODUCT_COLUMNS", columns)
     for limit in (2**30, 600):
         got = conv_weight_grad(x, dy, geometry, groups=groups, workspace=Workspace(limit))
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12, err_msg=str(limit))

@@ -76,12 +76,12 @@ WORKSPACE_BYTES = 8 * 2**20
 # 1 and 2 MiB within noise of each other; 512 KiB slowed modern's 32 -> 64 conv (one sample
 # per part: the per-part Python costs show). 2 MiB: fewer products while training.
 PART_BYTES = 2 * 2**20
-# Columns per product of the weight gradient, whose product sums over the long b·L axis:
-# OpenBLAS (SkylakeX kernels, 1 thread) took 2-3x longer per column beyond about 4096
-# columns when the matrices have few rows, as first convolutions do (cols·δᵀ, 9x32: 77
-# against 238 µs per 10k columns in runs of 3072; 25x6: 46 against 107), and the same
-# within 2% for large ones (150x16, 288x64).
-WEIGHT_GRAD_COLUMNS = 3072
+# Columns per matrix product of the forward and the weight gradient (even runs): OpenBLAS
+# (SkylakeX kernels, 1 thread) took 2-3x longer per column beyond about 4096 columns when
+# the matrices have few rows, as first convolutions do (weight gradient cols·δᵀ, 9x32:
+# 77 against 238 µs per 10k columns in runs of 3072; 25x6: 46 against 107; forward W·cols,
+# 25x6: 44 against 80), and the same within 2% for large ones (150x16, 288x64).
+PRODUCT_COLUMNS = 3072
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,8 @@ def conv_forward(
             for part, cols in block.gather_parts(x, scratch):
                 u = scratch.array("maps", (out_channels, cols.shape[1]), x.dtype)
                 # Σ_i Σ_k k_ij(k) · x_i(u + k), one product per group (a stack: no group loop)
-                np.matmul(kernel, _stack(cols, groups), out=_stack(u, groups))
+                for run in _runs(cols.shape[1]):
+                    np.matmul(kernel, _stack(cols[:, run], groups), out=_stack(u[:, run], groups))
                 if bias is not None:
                     u += bias[:, None]  # + b_j
                 block.to_output(u, y, part)
@@ -297,11 +298,8 @@ def conv_weight_grad(
                 delta = _stack(block.from_output(dy, scratch, part), groups)  # δ_j (O, b·L)
                 cols = _stack(cols, groups)
                 # (cols δᵀ)ᵀ lets BLAS stream the long b·L axis (1.4-2x faster than δ colsᵀ),
-                # in even runs of at most WEIGHT_GRAD_COLUMNS columns
-                width = cols.shape[2]
-                step = -(-width // -(-width // WEIGHT_GRAD_COLUMNS))
-                for start in range(0, width, step):
-                    run = slice(start, start + step)
+                # in even runs of at most PRODUCT_COLUMNS columns
+                for run in _runs(cols.shape[2]):
                     product = np.matmul(cols[..., run], delta[..., run].swapaxes(1, 2))
                     dkernel += product.swapaxes(1, 2)
     return dkernel.reshape(out_channels, channels // groups, *geometry.kernel_size)
@@ -343,6 +341,12 @@ def conv_transpose(
                 _stacked_product(kernel.swapaxes(1, 2), delta, out=_stack(dcols, groups))
                 block.scatter(dcols, dx, scratch, part)  # each patch cell back to its pixel
     return dx
+
+
+def _runs(width: int) -> Iterator[slice]:
+    """``width`` columns in even runs of at most ``PRODUCT_COLUMNS``."""
+    step = -(-width // -(-width // PRODUCT_COLUMNS))
+    return (slice(start, start + step) for start in range(0, width, step))
 
 
 def _kernel_stack(weight: np.ndarray, groups: int) -> np.ndarray:
