@@ -30,15 +30,19 @@ cache. Whole 8 MiB blocks made small networks' inference slower than 06cb8bd's f
 allocated patch matrices (bouvrie's first conv, batch 64: 1.2 against 0.6 ms): every
 layer's workspace is memory of its own that the other layers' work has pushed out of the
 cache, so each block was written to and read back from main memory. With parts the forward
-takes 0.65-0.8x 06cb8bd's CPU time. The gradients, once whole blocks, now go by parts too:
+takes 0.65-0.8x 06cb8bd's CPU time. The gradients, once whole blocks, go by parts too:
 training with one BLAS thread (MPI ranks), the weight gradient regathering its patches a
 part at a time beats gathering the whole block again, and beats keeping the forward's whole
 patch matrix (written out of the cache in the forward: no faster than the regather); the
 input gradient by parts beats whole blocks (modern, batch 64, a training step 45.4 ->
-43.8 ms with the weight gradient by parts, -> 42.5 with both). With several BLAS threads
-each part's product wakes them: modern at batch 128, 2 threads, is 4% slower than with
+43.8 ms with the weight gradient by parts, -> 42.5 with both), and a training step's
+workspaces shrink to parts (modern: 16.7 -> 4.6 MiB). With several BLAS threads each
+part's product wakes them: modern at batch 128, 2 threads, is 4% slower than with
 whole-block gradients, bouvrie and lenet5 within noise. A block of one part keeps its patch
 matrix for the weight gradient of the same x (bouvrie's two convolutions at batch 25).
+The forward's and the weight gradient's products go in runs of at most ``PRODUCT_COLUMNS``
+columns (few-row matrices are 2-3x faster per column so). Scratch cells that a call
+overwrites are not zero-filled first (tested by filling the buffers with NaN).
 
 Two gather layouts (same results, tested equal), each a strided *view* of the block's
 padded input copied into the patch matrix in one call (no loop over offsets): for stride 1,
@@ -71,7 +75,7 @@ from convnp.layers._windows import Pads, kernel_offsets, output_size, windows
 # machine) for 2, 4, 8, 16, 32 and 64 MiB: blocks of a few thousand columns keep BLAS busy.
 # 8 MiB leaves that margin while a layer's workspace stays small next to its activations.
 WORKSPACE_BYTES = 8 * 2**20
-# Bytes of patch plus output matrix per part of a forward block (module docstring), about
+# Bytes of patch plus output matrix per part of a block (module docstring), about
 # a core's L2 cache. Measured (CPU time, 1 BLAS thread, bouvrie, lenet5, modern inference):
 # 1 and 2 MiB within noise of each other; 512 KiB slowed modern's 32 -> 64 conv (one sample
 # per part: the per-part Python costs show). 2 MiB: fewer products while training.
