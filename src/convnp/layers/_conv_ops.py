@@ -500,10 +500,11 @@ class _Block:
     @functools.cached_property
     def parts(self) -> list[slice]:
         """The block's samples in parts of about ``PART_BYTES`` of patch and output matrix
-        (C·K + out_channels rows): a part's matrices are still in the CPU cache when the
-        product reads them."""
+        (C·K + out_channels rows), as even as their count allows: a part's matrices are
+        still in the CPU cache when the product reads them."""
         row_bytes = (self.matrix_rows + self.out_channels) * self.columns * self.itemsize
-        step = max(1, PART_BYTES // row_bytes)
+        most = max(1, PART_BYTES // row_bytes)
+        step = -(-self.batch // -(-self.batch // most))  # parts as even as their count allows
         return [slice(start, min(self.batch, start + step)) for start in range(0, self.batch, step)]
 
     def gather_parts(self, x: np.ndarray, scratch: Scratch) -> Iterator[tuple[slice, np.ndarray]]:
