@@ -16,6 +16,7 @@ Both run in this process: run it on a quiet machine with one BLAS thread, as MPI
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
 from collections.abc import Callable
@@ -83,6 +84,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--no-torch", action="store_true")
     args = parser.parse_args()
+    if not args.no_torch and importlib.util.find_spec("torch") is None:
+        print("note: PyTorch is not installed; convnp alone")
+        args.no_torch = True
     rng = np.random.default_rng(0)
     print(
         f"{'layer':34s} {'fwd ms':>8s} {'bwd ms':>8s}"
