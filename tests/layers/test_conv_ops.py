@@ -157,7 +157,7 @@ def test_parts_of_a_block_equal_one_part(case, rng, monkeypatch):
     expected = _all_three(geometry, groups, x, weight, bias, dy, Workspace(2**30))
     monkeypatch.setattr(_conv_ops, "PART_BYTES", 1)
     (block,) = _conv_ops._blocks(x.shape, out_channels, geometry, 2**30, x.dtype)
-    assert block.parts(out_channels, x.itemsize) == [slice(n, n + 1) for n in range(len(x))]
+    assert block.parts == [slice(n, n + 1) for n in range(len(x))]
     spatial, taps = x.shape[2:], math.prod(geometry.kernel_size)
     padded_row = math.prod(s + b + a for s, (b, a) in zip(spatial[1:], geometry.pads[1:]))
     row_bytes = (x.shape[1] * taps + out_channels) * padded_row * x.itemsize
@@ -174,7 +174,9 @@ def test_shifted_layout_matches_strided(spatial, kernel, padding, dilation, limi
     rng = np.random.default_rng(len(spatial) * 100 + sum(spatial))
     case = (spatial, kernel, (1,) * len(spatial), padding, dilation, 1)
     geometry, groups, x, weight, bias, dy = _problem(case, rng, batch=3, channels=2)
-    shifted_block = _conv_ops._ShiftedLayout(x.shape, geometry, range(3), None)
+    shifted_block = _conv_ops._ShiftedLayout(
+        x.shape, geometry, range(3), None, weight.shape[0], x.itemsize
+    )
     assert shifted_block.positions >= math.prod(shifted_block.out_shape)  # unused columns
     shifted = _all_three(geometry, groups, x, weight, bias, dy, Workspace(limit))
     monkeypatch.setattr(_conv_ops, "_layout_for", lambda geometry: _conv_ops._StridedLayout)
@@ -302,3 +304,75 @@ def test_weight_grad_reuses_the_forward_patches_of_the_same_input_only(rng, monk
     conv_transpose(dy, weight, geometry, x.shape[2:], workspace=workspace)  # reuses the buffer
     conv_weight_grad(other, dy, geometry, workspace=workspace)
     assert len(gathers) == 3
+
+
+def _poison(workspace):
+    """Fill every scratch buffer with NaN bytes: a result that reads a cell it did not
+    write (an unused column, a padding cell, a skipped input cell) turns NaN."""
+    for scratch in workspace._sets:
+        for buffer in scratch._buffers.values():
+            buffer.fill(0xFF)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [*CASES, ((9, 10), (2, 2), (3, 3), 0, (1, 1), 1), ((9, 10), (3, 2), (1, 1), (2, 0), (1, 1), 1)],
+)
+def test_reused_buffers_are_never_read_before_written(case, rng):
+    """Buffers are not zero-filled where they are overwritten (δ's unused columns, the
+    slab's padding, dx when every input cell is reached): results from buffers full of NaN
+    left by other calls equal fresh ones; stride 3 over a kernel of 2 skips input cells,
+    whose gradient is zero."""
+    geometry, groups, x, weight, bias, dy = _problem(case, rng)
+    expected = _all_three(geometry, groups, x, weight, bias, dy, Workspace(2**30))
+    for limit in (2**30, 600):
+        workspace = Workspace(limit)
+        _all_three(geometry, groups, x, weight, bias, dy, workspace)
+        _poison(workspace)
+        got = _all_three(geometry, groups, x, weight, bias, dy, workspace)
+        for name, g, e in zip(("output", "weight grad", "input grad"), got, expected):
+            np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12, err_msg=f"{name} {limit}")
+
+
+def test_the_plan_is_made_once_per_shape_and_replaced_by_the_next(rng):
+    geometry, groups, x, weight, bias, dy = _problem(CASES[3], rng)
+    workspace = Workspace(5000)
+    plan = workspace.plan(x.shape, weight.shape[0], geometry, x.dtype)
+    _all_three(geometry, groups, x, weight, bias, dy, workspace)
+    assert workspace.plan(x.shape, weight.shape[0], geometry, x.dtype) is plan
+    # another batch size: a new plan replaces the old one (one entry, not a growing cache)
+    small = x[:2]
+    expected = conv_forward(small, weight, bias, geometry, groups=groups, workspace=Workspace())
+    got = conv_forward(small, weight, bias, geometry, groups=groups, workspace=workspace)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert workspace._plan[1] is not plan and workspace._plan[0][0] == small.shape
+    assert copy.deepcopy(workspace)._plan is None
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("columns", [1, 7])
+def test_weight_grad_in_runs_of_columns_equals_one_product(case, columns, rng, monkeypatch):
+    """The weight gradient's product taken in runs of PRODUCT_COLUMNS columns (here 1,
+    and 7: runs as even as the width allows) equals the one-product result at 1e-12."""
+    geometry, groups, x, weight, bias, dy = _problem(case, rng)
+    expected = conv_weight_grad(x, dy, geometry, groups=groups, workspace=Workspace(2**30))
+    monkeypatch.setattr(_conv_ops, "PRODUCT_COLUMNS", columns)
+    for limit in (2**30, 600):
+        got = conv_weight_grad(x, dy, geometry, groups=groups, workspace=Workspace(limit))
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12, err_msg=str(limit))
+
+
+@pytest.mark.parametrize("part_bytes", [_conv_ops.PART_BYTES, 1])  # one part; one per sample
+def test_weight_grad_follows_its_input_not_the_last_forward(part_bytes, rng, monkeypatch):
+    """A forward of another input (same shape) between a forward and the weight gradient
+    leaves that input's patches in the workspace: the weight gradient of the first input
+    gathers its own again, equal to a fresh workspace's."""
+    monkeypatch.setattr(_conv_ops, "PART_BYTES", part_bytes)
+    geometry, groups, x, weight, bias, dy = _problem(CASES[3], rng)
+    other = rng.standard_normal(x.shape)
+    expected = conv_weight_grad(x, dy, geometry, groups=groups, workspace=Workspace())
+    workspace = Workspace()
+    conv_forward(x, weight, bias, geometry, groups=groups, workspace=workspace)
+    conv_forward(other, weight, bias, geometry, groups=groups, workspace=workspace)
+    got = conv_weight_grad(x, dy, geometry, groups=groups, workspace=workspace)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)

@@ -20,19 +20,29 @@ weight gradient δ @ colsᵀ summed over blocks, and the input gradient scatters
 to the pixels (col2im) looping only over the K kernel offsets. The block is chosen so that
 these matrices stay under ``Workspace.limit_bytes``, and they live in a ``Workspace`` that
 the caller owns and that is reused from call to call: peak memory is the activations plus a
-constant, and a training step allocates no large temporaries.
+constant, and a training step allocates no large temporaries. The blocks of an input shape
+are worked out once and kept by the workspace (``Workspace.plan``, one shape at a time).
 
-Within a block, the forward goes **a part at a time**: parts of about ``PART_BYTES`` of
-patch and output matrix (a core's L2 cache, about), each gathered into the same scratch
-buffer and read by its product while still in the cache. Whole 8 MiB blocks made small
-networks' inference slower than 06cb8bd's freshly allocated patch matrices (bouvrie's first
-conv, batch 64: 1.2 against 0.6 ms): every layer's workspace is memory of its own that the
-other layers' work has pushed out of the cache, so each block was written to and read back
-from main memory. With parts it takes 0.65-0.8x 06cb8bd's CPU time. The gradients keep
-whole blocks: each part is one more matrix product, and in training OpenBLAS wakes its
-threads for every product, and the input gradient's scatter loops over the K offsets in
-Python once per part (parts measured slower in both). The weight gradient reuses the
-forward's patch matrix when the block was one part; else it gathers the block again.
+Within a block, all three primitives go **a part at a time**: parts of about
+``PART_BYTES`` of patch and output matrix (a core's L2 cache, about), each gathered (or,
+for the input gradient, scattered) through the same scratch buffers while still in the
+cache. Whole 8 MiB blocks made small networks' inference slower than 06cb8bd's freshly
+allocated patch matrices (bouvrie's first conv, batch 64: 1.2 against 0.6 ms): every
+layer's workspace is memory of its own that the other layers' work has pushed out of the
+cache, so each block was written to and read back from main memory. With parts the forward
+takes 0.65-0.8x 06cb8bd's CPU time. The gradients, once whole blocks, go by parts too:
+training with one BLAS thread (MPI ranks), the weight gradient regathering its patches a
+part at a time beats gathering the whole block again, and beats keeping the forward's whole
+patch matrix (written out of the cache in the forward: no faster than the regather); the
+input gradient by parts beats whole blocks (modern, batch 64, a training step 45.4 ->
+43.8 ms with the weight gradient by parts, -> 42.5 with both), and a training step's
+workspaces shrink to parts (modern: 16.7 -> 4.6 MiB). With several BLAS threads each
+part's product wakes them: modern at batch 128, 2 threads, is 4% slower than with
+whole-block gradients, bouvrie and lenet5 within noise. A block of one part keeps its patch
+matrix for the weight gradient of the same x (bouvrie's two convolutions at batch 25).
+The forward's and the weight gradient's products go in runs of at most ``PRODUCT_COLUMNS``
+columns (few-row matrices are 2-3x faster per column so). Scratch cells that a call
+overwrites are not zero-filled first (tested by filling the buffers with NaN).
 
 Two gather layouts (same results, tested equal), each a strided *view* of the block's
 padded input copied into the patch matrix in one call (no loop over offsets): for stride 1,
@@ -48,7 +58,6 @@ columns, computed and dropped; their δ is zero, so they add nothing to any grad
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import math
 import threading
@@ -66,11 +75,17 @@ from convnp.layers._windows import Pads, kernel_offsets, output_size, windows
 # machine) for 2, 4, 8, 16, 32 and 64 MiB: blocks of a few thousand columns keep BLAS busy.
 # 8 MiB leaves that margin while a layer's workspace stays small next to its activations.
 WORKSPACE_BYTES = 8 * 2**20
-# Bytes of patch plus output matrix per part of a forward block (module docstring), about
+# Bytes of patch plus output matrix per part of a block (module docstring), about
 # a core's L2 cache. Measured (CPU time, 1 BLAS thread, bouvrie, lenet5, modern inference):
 # 1 and 2 MiB within noise of each other; 512 KiB slowed modern's 32 -> 64 conv (one sample
 # per part: the per-part Python costs show). 2 MiB: fewer products while training.
 PART_BYTES = 2 * 2**20
+# Columns per matrix product of the forward and the weight gradient (even runs): OpenBLAS
+# (SkylakeX kernels, 1 thread) took 2-3x longer per column beyond about 4096 columns when
+# the matrices have few rows, as first convolutions do (weight gradient cols·δᵀ, 9x32:
+# 77 against 238 µs per 10k columns in runs of 3072; 25x6: 46 against 107; forward W·cols,
+# 25x6: 44 against 80), and the same within 2% for large ones (150x16, 288x64).
+PRODUCT_COLUMNS = 3072
 
 
 @dataclass(frozen=True)
@@ -175,6 +190,7 @@ class Workspace:
         self._lock = threading.Lock()
         self._sets: list[Scratch] = []
         self._free: list[Scratch] = []
+        self._plan: tuple[tuple, _Plan] | None = None
 
     def __deepcopy__(self, memo: dict) -> Workspace:
         return Workspace(self.limit_bytes)
@@ -195,6 +211,21 @@ class Workspace:
         """Drop every buffer (they are allocated again on the next call)."""
         with self._lock:
             self._sets, self._free = [], []
+
+    def plan(
+        self, x_shape: tuple[int, ...], out_channels: int, geometry: ConvGeometry, dtype: np.dtype
+    ) -> _Plan:
+        """The blocks of a convolution of an input of ``x_shape``, worked out once: the last
+        shape's plan is kept (one entry, replaced by the next shape), as a layer sees the same
+        shape call after call (a small Conv2d, (2, 6, 12, 12), 5x5: forward 59 -> 42 µs)."""
+        key = (x_shape, out_channels, geometry, np.dtype(dtype))
+        entry = self._plan
+        if entry is None or entry[0] != key:
+            entry = self._plan = (
+                key,
+                _Plan(x_shape, out_channels, geometry, self.limit_bytes, dtype),
+            )
+        return entry[1]
 
     @contextlib.contextmanager
     def claim(self) -> Iterator[Scratch]:
@@ -228,19 +259,18 @@ def conv_forward(
     Returns a new C-contiguous (N, O, *out) array.
     """
     workspace = Workspace() if workspace is None else workspace
-    n, channels = x.shape[:2]
     out_channels = weight.shape[0]
-    out_shape = geometry.output_shape(x.shape[2:])
-    y = np.empty((n, out_channels, *out_shape), dtype=x.dtype)
+    plan = workspace.plan(x.shape, out_channels, geometry, x.dtype)
+    y = np.empty((len(x), out_channels, *plan.out_shape), dtype=x.dtype)
     kernel = _kernel_stack(weight, groups)  # (G, O/G, C/G·K)
     with workspace.claim() as scratch:
-        for block in _blocks(x.shape, out_channels, geometry, workspace.limit_bytes, x.dtype):
+        for block in plan.blocks:
             # rows (map i, offset k), columns (n, u); a part at a time, still in the cache
-            parts = block.parts(out_channels, x.itemsize)
-            for part, cols in block.gather_parts(x, scratch, parts):
+            for part, cols in block.gather_parts(x, scratch):
                 u = scratch.array("maps", (out_channels, cols.shape[1]), x.dtype)
                 # Σ_i Σ_k k_ij(k) · x_i(u + k), one product per group (a stack: no group loop)
-                np.matmul(kernel, _stack(cols, groups), out=_stack(u, groups))
+                for run in _runs(cols.shape[1]):
+                    np.matmul(kernel, _stack(cols[:, run], groups), out=_stack(u[:, run], groups))
                 if bias is not None:
                     u += bias[:, None]  # + b_j
                 block.to_output(u, y, part)
@@ -261,14 +291,21 @@ def conv_weight_grad(
     """
     workspace = Workspace() if workspace is None else workspace
     channels, out_channels = x.shape[1], dy.shape[1]
+    plan = workspace.plan(x.shape, out_channels, geometry, x.dtype)
     taps = math.prod(geometry.kernel_size)
     dkernel = np.zeros((groups, out_channels // groups, channels // groups * taps), dy.dtype)
     with workspace.claim() as scratch:
-        for block in _blocks(x.shape, out_channels, geometry, workspace.limit_bytes, x.dtype):
-            cols = _stack(block.patches(x, scratch), groups)
-            delta = _stack(block.from_output(dy, scratch), groups)  # δ_j as (O, B·L)
-            # (cols δᵀ)ᵀ lets BLAS stream the long B·L axis (1.4-2x faster than δ colsᵀ)
-            dkernel += np.matmul(cols, delta.swapaxes(1, 2)).swapaxes(1, 2)
+        # the last block first: the forward may have left its patch matrix in the workspace
+        for block in plan.blocks:
+            # a part at a time as in the forward, or the forward's patches still there
+            for part, cols in block.patch_parts(x, scratch):
+                delta = _stack(block.from_output(dy, scratch, part), groups)  # δ_j (O, b·L)
+                cols = _stack(cols, groups)
+                # (cols δᵀ)ᵀ lets BLAS stream the long b·L axis (1.4-2x faster than δ colsᵀ),
+                # in even runs of at most PRODUCT_COLUMNS columns
+                for run in _runs(cols.shape[2]):
+                    product = np.matmul(cols[..., run], delta[..., run].swapaxes(1, 2))
+                    dkernel += product.swapaxes(1, 2)
     return dkernel.reshape(out_channels, channels // groups, *geometry.kernel_size)
 
 
@@ -290,21 +327,30 @@ def conv_transpose(
     n, out_channels = dy.shape[:2]
     channels = weight.shape[1] * groups
     x_shape = (n, channels, *input_spatial)
-    if geometry.output_shape(input_spatial) != dy.shape[2:]:
+    plan = workspace.plan(x_shape, out_channels, geometry, dy.dtype)
+    if plan.out_shape != dy.shape[2:]:
         raise ValueError(
             f"conv_transpose: dy of shape {dy.shape} is not the output of a convolution of "
             f"an input of spatial shape {tuple(input_spatial)}"
         )
-    dx = np.zeros(x_shape, dtype=dy.dtype)
+    # every cell of dx is written by its block, unless the stride skips some (then: zeros)
+    dx = np.empty(x_shape, dy.dtype) if plan.writes_all_of_x else np.zeros(x_shape, dy.dtype)
     kernel = _kernel_stack(weight, groups)
     with workspace.claim() as scratch:
-        for block in _blocks(x_shape, out_channels, geometry, workspace.limit_bytes, dy.dtype):
-            delta = _stack(block.from_output(dy, scratch), groups)
-            dcols = scratch.array("patches", (channels * block.taps, delta.shape[2]), dy.dtype)
-            # Σ_j k_ij δ_j for every patch cell
-            _stacked_product(kernel.swapaxes(1, 2), delta, out=_stack(dcols, groups))
-            block.scatter(dcols, dx, scratch)  # each patch cell back to its pixel
+        for block in plan.blocks:
+            for part in block.parts:
+                delta = _stack(block.from_output(dy, scratch, part), groups)
+                dcols = scratch.array("patches", (block.matrix_rows, delta.shape[2]), dy.dtype)
+                # Σ_j k_ij δ_j for every patch cell
+                _stacked_product(kernel.swapaxes(1, 2), delta, out=_stack(dcols, groups))
+                block.scatter(dcols, dx, scratch, part)  # each patch cell back to its pixel
     return dx
+
+
+def _runs(width: int) -> Iterator[slice]:
+    """``width`` columns in even runs of at most ``PRODUCT_COLUMNS``."""
+    step = -(-width // -(-width // PRODUCT_COLUMNS))
+    return (slice(start, start + step) for start in range(0, width, step))
 
 
 def _kernel_stack(weight: np.ndarray, groups: int) -> np.ndarray:
@@ -332,6 +378,26 @@ def _stack(matrix: np.ndarray, groups: int) -> np.ndarray:
 
 
 # -- blocks and layouts (the layout tricks live here) ---------------------------------------
+class _Plan:
+    """The blocks of one convolution problem (x's shape, output maps, geometry, dtype), made
+    once per shape and kept by the layer's ``Workspace``."""
+
+    def __init__(
+        self,
+        x_shape: tuple[int, ...],
+        out_channels: int,
+        geometry: ConvGeometry,
+        limit_bytes: int,
+        dtype: np.dtype,
+    ) -> None:
+        self.out_shape = geometry.output_shape(tuple(x_shape[2:]))
+        self.blocks = tuple(_blocks(x_shape, out_channels, geometry, limit_bytes, dtype))
+        # blocks of whole samples whose slabs reach every input row write all of dx
+        self.writes_all_of_x = all(
+            block.whole_rows and block.x_index[0] == slice(0, x_shape[2]) for block in self.blocks
+        )
+
+
 def _blocks(
     x_shape: tuple[int, ...],
     out_channels: int,
@@ -339,8 +405,9 @@ def _blocks(
     limit_bytes: int,
     dtype: np.dtype,
 ) -> Iterator[_ShiftedLayout | _StridedLayout]:
-    """Blocks of samples, or of output rows of one sample, whose patch matrix (C·K rows)
-    and output matrix (O rows) fit in ``limit_bytes`` (at least one output row)."""
+    """Blocks of samples (as even as their count allows), or of output rows of one sample,
+    whose patch matrix (C·K rows) and output matrix (O rows) fit in ``limit_bytes`` (at
+    least one output row)."""
     n, channels, *spatial = x_shape
     out_shape = geometry.output_shape(tuple(spatial))
     if min(out_shape, default=1) < 1:
@@ -350,26 +417,25 @@ def _blocks(
             f"padded input of spatial shape {tuple(spatial)}"
         )
     taps = math.prod(geometry.kernel_size)
+    itemsize = np.dtype(dtype).itemsize
     # widest row: the shifted layout computes the padded width
     row = math.prod(s + b + a for s, (b, a) in zip(spatial[1:], geometry.pads[1:]))
-    row_bytes = (channels * taps + out_channels) * row * np.dtype(dtype).itemsize
+    row_bytes = (channels * taps + out_channels) * row * itemsize
     budget = max(1, limit_bytes // row_bytes)  # output rows per block
     layout = _layout_for(geometry)
     if budget >= out_shape[0]:
-        samples = max(1, budget // out_shape[0])
-        block = None
+        count = -(-n // max(1, budget // out_shape[0]))  # blocks needed
+        samples = max(1, -(-n // max(1, count)))
         for start in range(0, n, samples):
-            stop = min(n, start + samples)
-            if block is None or block.batch != stop - start:
-                block = layout(x_shape, geometry, range(start, stop), None)
-            else:  # same shape: the geometry is worked out once per call, not per block
-                block = block.moved_to(range(start, stop))
-            yield block
+            batch = range(start, min(n, start + samples))
+            yield layout(x_shape, geometry, batch, None, out_channels, itemsize)
     else:
         for sample in range(n):
             for first in range(0, out_shape[0], budget):
                 rows = range(first, min(out_shape[0], first + budget))
-                yield layout(x_shape, geometry, range(sample, sample + 1), rows)
+                yield layout(
+                    x_shape, geometry, range(sample, sample + 1), rows, out_channels, itemsize
+                )
 
 
 def _layout_for(geometry: ConvGeometry) -> type[_ShiftedLayout | _StridedLayout]:
@@ -391,6 +457,8 @@ class _Block:
         geometry: ConvGeometry,
         samples: range,
         rows: range | None,
+        out_channels: int,
+        itemsize: int,
     ) -> None:
         n, self.channels, *spatial = x_shape
         self.geometry = geometry
@@ -398,6 +466,7 @@ class _Block:
         self.samples = slice(samples.start, samples.stop)
         self.batch = len(samples)
         self.taps = math.prod(geometry.kernel_size)
+        self.matrix_rows = self.channels * self.taps  # of the patch matrix
         out_shape = geometry.output_shape(self.spatial)
         rows = range(out_shape[0]) if rows is None else rows
         self.rows = slice(rows.start, rows.stop)
@@ -417,50 +486,52 @@ class _Block:
             slice(x_first + before - first, max(x_first, x_last) + before - first),
             *(slice(b, b + s) for s, (b, _) in zip(spatial[1:], geometry.pads[1:])),
         )
+        # the slab's zero padding: below and above the interior along each axis
+        everything = (slice(None), slice(None))
+        self.padding = [
+            everything + (slice(None),) * a + (edge,)
+            for a, inside in enumerate(self.interior)
+            for edge in (slice(0, inside.start), slice(inside.stop, self.slab[a]))
+            if edge.stop > edge.start
+        ]
         self.whole_rows = rows.start == 0 and rows.stop == out_shape[0]
+        self.out_channels, self.itemsize = out_channels, itemsize
 
-    def moved_to(self, samples: range) -> _Block:
-        """This block for other samples, as many as here."""
-        block = copy.copy(self)
-        block.samples = slice(samples.start, samples.stop)
-        return block
-
-    def parts(self, out_channels: int, itemsize: int) -> list[slice]:
+    @functools.cached_property
+    def parts(self) -> list[slice]:
         """The block's samples in parts of about ``PART_BYTES`` of patch and output matrix
-        (C·K + out_channels rows): a part's matrices are still in the CPU cache when the
-        product reads them, and the block's large matrices are never written whole."""
-        row_bytes = (self.channels * self.taps + out_channels) * self.columns * itemsize
-        step = max(1, PART_BYTES // row_bytes)
+        (C·K + out_channels rows), as even as their count allows: a part's matrices are
+        still in the CPU cache when the product reads them."""
+        row_bytes = (self.matrix_rows + self.out_channels) * self.columns * self.itemsize
+        most = max(1, PART_BYTES // row_bytes)
+        step = -(-self.batch // -(-self.batch // most))  # parts as even as their count allows
         return [slice(start, min(self.batch, start + step)) for start in range(0, self.batch, step)]
 
-    def gather_parts(
-        self, x: np.ndarray, scratch: Scratch, parts: list[slice]
-    ) -> Iterator[tuple[slice, np.ndarray]]:
+    def gather_parts(self, x: np.ndarray, scratch: Scratch) -> Iterator[tuple[slice, np.ndarray]]:
         """Yield (part, the part's patch matrix (C·K, b·L) of x), each part gathered into the
-        same scratch buffer; a block in one part keeps its matrix for ``patches``."""
+        same scratch buffer just before its product reads it; a block in one part keeps its
+        matrix for ``patch_parts``."""
         view = self._gather(x, scratch)  # (C, *k, B, *columns)
-        sample_axis = 1 + len(self.geometry.kernel_size)
-        for part in parts:
-            source = view[(slice(None),) * sample_axis + (part,)]
+        before_samples = (slice(None),) * (1 + len(self.geometry.kernel_size))
+        for part in self.parts:
+            source = view[before_samples + (part,)]
             patches = scratch.array("patches", source.shape, x.dtype)
             np.copyto(patches, source)
-            matrix = patches.reshape(self.channels * self.taps, -1)
-            if len(parts) == 1:
+            matrix = patches.reshape(self.matrix_rows, -1)
+            if len(self.parts) == 1:
                 scratch.keep("patches", x, self._key(x), matrix)
             yield part, matrix
 
-    def gather(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
-        """The block's patch matrix (C·K, B·L) of x, gathered into the scratch and kept."""
-        ((_, matrix),) = self.gather_parts(x, scratch, [slice(0, self.batch)])
-        return matrix
-
-    def patches(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
-        """The patch matrix as ``gather``, but not gathered again when the workspace still
-        holds it from the last gather of this same array x (a forward whose block was one
-        part, then the weight gradient): x must not change in between, which holds for a
-        layer's cached input."""
-        cols = scratch.kept("patches", x, self._key(x))
-        return self.gather(x, scratch) if cols is None else cols
+    def patch_parts(self, x: np.ndarray, scratch: Scratch) -> Iterator[tuple[slice, np.ndarray]]:
+        """As ``gather_parts``, but the whole block at once, not gathered again, when the
+        workspace still holds its matrix from a forward of this same array x: x must not
+        change in between, which holds for a layer's cached input (PyTorch raises on such
+        a change; a NumPy array carries no version to check)."""
+        matrix = scratch.kept("patches", x, self._key(x))
+        if matrix is None:
+            yield from self.gather_parts(x, scratch)
+        else:
+            yield slice(0, self.batch), matrix
 
     def _in_batch(self, part: slice) -> slice:
         """Samples ``part`` of this block as samples of the whole batch."""
@@ -471,15 +542,16 @@ class _Block:
 
     def _fill_slab(self, slab: np.ndarray, x: np.ndarray) -> None:
         """slab (C, B, *slab) = the block's padded input, maps first."""
-        slab.fill(0)
+        for padding in self.padding:
+            slab[padding] = 0
         source = x[(self.samples, slice(None), *self.x_index)]
         slab[(slice(None), slice(None), *self.interior)] = source.swapaxes(0, 1)
 
-    def _add_slab(self, slab: np.ndarray, dx: np.ndarray) -> None:
-        """dx[block] += the slab's gradient inside the input (the padding's is dropped);
+    def _add_slab(self, slab: np.ndarray, dx: np.ndarray, part: slice) -> None:
+        """dx[part] += the slab's gradient inside the input (the padding's is dropped);
         blocks of whole samples do not overlap, so they are written, not added."""
         inside = slab[(slice(None), slice(None), *self.interior)].swapaxes(0, 1)
-        target = (self.samples, slice(None), *self.x_index)
+        target = (self._in_batch(part), slice(None), *self.x_index)
         if self.whole_rows:
             dx[target] = inside
         else:  # row blocks of one sample share the input rows their kernels both reach
@@ -505,20 +577,23 @@ class _StridedLayout(_Block):
         block = u.reshape(len(u), -1, *self.out_shape).swapaxes(0, 1)
         y[(self._in_batch(part), slice(None), self.rows)] = block
 
-    def from_output(self, dy: np.ndarray, scratch: Scratch) -> np.ndarray:
+    def from_output(
+        self, dy: np.ndarray, scratch: Scratch, part: slice | None = None
+    ) -> np.ndarray:
         out_channels = dy.shape[1]
-        delta = scratch.array("maps", (out_channels, self.batch, *self.out_shape), dy.dtype)
-        delta[...] = dy[(self.samples, slice(None), self.rows)].swapaxes(0, 1)
+        samples = self.samples if part is None else self._in_batch(part)
+        batch = samples.stop - samples.start
+        delta = scratch.array("maps", (out_channels, batch, *self.out_shape), dy.dtype)
+        delta[...] = dy[(samples, slice(None), self.rows)].swapaxes(0, 1)
         return delta.reshape(out_channels, -1)
 
-    def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch) -> None:
-        slab = scratch.zeros("slab", (self.channels, self.batch, *self.slab), dcols.dtype)
-        dcols = dcols.reshape(
-            self.channels, *self.geometry.kernel_size, self.batch, *self.out_shape
-        )
+    def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch, part: slice) -> None:
+        batch = part.stop - part.start
+        slab = scratch.zeros("slab", (self.channels, batch, *self.slab), dcols.dtype)
+        dcols = dcols.reshape(self.channels, *self.geometry.kernel_size, batch, *self.out_shape)
         for offset, slices in self._offsets():
             slab[(slice(None), slice(None), *slices)] += dcols[(slice(None), *offset)]
-        self._add_slab(slab, dx)
+        self._add_slab(slab, dx, part)
 
 
 class _ShiftedLayout(_Block):
@@ -537,20 +612,27 @@ class _ShiftedLayout(_Block):
         self.flat_size = sum((k - 1) * step for k, step in zip(kernel, self.shift_steps))
         self.flat_size += self.positions
         self.valid = (slice(None), slice(None), *(slice(0, o) for o in self.out_shape))
+        # the padded grid's columns past the output, axis by axis (their δ is 0)
+        self.unused = [
+            self.valid[: 2 + a] + (slice(self.out_shape[a], None),)
+            for a in range(1, len(self.out_shape))
+            if self.out_shape[a] < self.wide_shape[a]
+        ]
+        self.shifts = self._shifts()
 
-    def shifts(self) -> list[int]:
+    def _shifts(self) -> list[int]:
         """shift(k) for every kernel offset k in row-major order."""
         kernel = self.geometry.kernel_size
         steps = [np.arange(k) * step for k, step in zip(kernel, self.shift_steps)]
         return functools.reduce(np.add.outer, steps).ravel().tolist()
 
-    def _flat(self, scratch: Scratch, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-        flat = scratch.array("slab", (self.channels, self.batch, self.flat_size), dtype)
-        image = flat[:, :, : self.image_size].reshape(self.channels, self.batch, *self.slab)
+    def _flat(self, scratch: Scratch, dtype: np.dtype, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        flat = scratch.array("slab", (self.channels, batch, self.flat_size), dtype)
+        image = flat[:, :, : self.image_size].reshape(self.channels, batch, *self.slab)
         return flat, image
 
     def _gather(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
-        flat, image = self._flat(scratch, x.dtype)
+        flat, image = self._flat(scratch, x.dtype, self.batch)
         flat[:, :, self.image_size :] = 0
         self._fill_slab(image, x)
         # row block k = the flat images shifted by shift(k): one strided view for all k
@@ -570,16 +652,25 @@ class _ShiftedLayout(_Block):
         wide = u.reshape(len(u), -1, *self.wide_shape)
         y[(self._in_batch(part), slice(None), self.rows)] = wide[self.valid].swapaxes(0, 1)
 
-    def from_output(self, dy: np.ndarray, scratch: Scratch) -> np.ndarray:
+    def from_output(
+        self, dy: np.ndarray, scratch: Scratch, part: slice | None = None
+    ) -> np.ndarray:
         out_channels = dy.shape[1]
-        wide = scratch.zeros("maps", (out_channels, self.batch, *self.wide_shape), dy.dtype)
-        wide[self.valid] = dy[(self.samples, slice(None), self.rows)].swapaxes(0, 1)
-        return wide.reshape(out_channels, -1)  # unused columns keep δ = 0
+        samples = self.samples if part is None else self._in_batch(part)
+        batch = samples.stop - samples.start
+        wide = scratch.array("maps", (out_channels, batch, *self.wide_shape), dy.dtype)
+        for unused in self.unused:
+            wide[unused] = 0  # unused columns: δ = 0
+        wide[self.valid] = dy[(samples, slice(None), self.rows)].swapaxes(0, 1)
+        return wide.reshape(out_channels, -1)
 
-    def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch) -> None:
-        flat, image = self._flat(scratch, dcols.dtype)
-        flat.fill(0)
-        dcols = dcols.reshape(self.channels, self.taps, self.batch, self.positions)
-        for k, shift in enumerate(self.shifts()):
+    def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch, part: slice) -> None:
+        batch = part.stop - part.start
+        flat, image = self._flat(scratch, dcols.dtype, batch)
+        dcols = dcols.reshape(self.channels, self.taps, batch, self.positions)
+        # offset 0 (shift 0) is written, the others added; beyond its reach flat starts at 0
+        flat[:, :, : self.positions] = dcols[:, 0]
+        flat[:, :, self.positions :] = 0
+        for k, shift in enumerate(self.shifts[1:], start=1):
             flat[:, :, shift : shift + self.positions] += dcols[:, k]
-        self._add_slab(image, dx)
+        self._add_slab(image, dx, part)
