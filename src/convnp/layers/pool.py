@@ -289,7 +289,8 @@ class _AvgPoolNd(_PoolNd):
         divisor = self._divisor(x.shape[2:], x.dtype)
         patches = self._patches(x_padded, out_shape)  # W(x)
         window_sum = _windows.sum_windows(patches, self.nd, self.window_weights(x.dtype))
-        return window_sum / divisor, (x_padded.shape, x.shape[2:], out_shape, divisor)
+        window_sum /= divisor  # in place: the sum is a new array
+        return window_sum, (x_padded.shape, x.shape[2:], out_shape, divisor)
 
     def _average_backward(self, dy: np.ndarray, geometry: tuple) -> np.ndarray:
         """∂E/∂x = Wᵀ( dy(o) / D(o) · w_k )."""
@@ -297,12 +298,15 @@ class _AvgPoolNd(_PoolNd):
         dy = self._check_grad_output(dy, (*padded_shape[:2], *out_shape))
         dwindow_sum = dy / divisor
         weights = self.window_weights(dy.dtype)
-        expanded = dwindow_sum.reshape(dwindow_sum.shape + (1,) * self.nd)
         if weights is None:  # every cell of a window gets the same share
-            dpatches = np.broadcast_to(expanded, dwindow_sum.shape + self.kernel_size)
+            dx_padded = _windows.spread_windows(
+                dwindow_sum, padded_shape, self.kernel_size, self.stride, self.dilation
+            )
         else:
-            dpatches = expanded * weights
-        dx_padded = _windows.scatter_windows(dpatches, padded_shape, self.stride, self.dilation)
+            expanded = dwindow_sum.reshape(dwindow_sum.shape + (1,) * self.nd)
+            dx_padded = _windows.scatter_windows(
+                expanded * weights, padded_shape, self.stride, self.dilation
+            )
         return self._crop(dx_padded, spatial)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
