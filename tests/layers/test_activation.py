@@ -76,6 +76,27 @@ def test_scaled_tanh_maps_one_to_about_one():
     np.testing.assert_allclose(y, [[-1.0, 1.0]], atol=2e-4)
 
 
+@pytest.mark.parametrize("cls", ALL)
+def test_input_and_upstream_gradient_are_left_unchanged(cls, rng):
+    """Forward and backward compute in place only in arrays they create."""
+    make, _ = _twins(pytest.importorskip("torch"))[cls]
+    layer = make()
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    x_before, dy_before = x.copy(), dy.copy()
+    y = layer.forward(x)
+    layer.backward(dy)
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(dy, dy_before)
+    assert not np.shares_memory(y, x)
+
+
+@pytest.mark.parametrize("x", [np.array([-1.5, 0.0, 2.0]), np.array([[np.nan, -1.0, 3.0]])])
+def test_relu_on_any_shape_and_nan_as_torch(x):
+    torch = pytest.importorskip("torch")
+    np.testing.assert_array_equal(ReLU().forward(x), torch.relu(torch.from_numpy(x)).numpy())
+
+
 def test_extreme_inputs_do_not_overflow():
     x = np.array([[-1e4, 0.0, 1e4]], np.float32)
     with np.errstate(over="raise", invalid="raise"):

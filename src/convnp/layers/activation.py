@@ -70,13 +70,17 @@ class Sigmoid(_Elementwise):
     """
 
     def _f(self, x: np.ndarray) -> np.ndarray:
-        y = np.tanh(x * x.dtype.type(0.5))
+        y = np.multiply(x, x.dtype.type(0.5))  # the one new array; the rest in place
+        np.tanh(y, out=y)
         y += 1
         y *= 0.5
         return y
 
     def _dy_times_derivative(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return dy * y * (1 - y)  # f' = y(1 − y)
+        dx = np.subtract(1, y)  # f' = y(1 − y), in one new array
+        dx *= y
+        dx *= dy
+        return dx
 
 
 class Tanh(_Elementwise):
@@ -86,7 +90,10 @@ class Tanh(_Elementwise):
         return np.tanh(x)
 
     def _dy_times_derivative(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return dy * (1 - y * y)  # f' = 1 − y²
+        dx = np.multiply(y, y)  # f' = 1 − y², in one new array
+        np.subtract(1, dx, out=dx)
+        dx *= dy
+        return dx
 
 
 class ScaledTanh(_Elementwise):
@@ -100,20 +107,27 @@ class ScaledTanh(_Elementwise):
     B = 2.0 / 3.0
 
     def _f(self, x: np.ndarray) -> np.ndarray:
-        scale, slope = x.dtype.type(self.A), x.dtype.type(self.B)
-        return scale * np.tanh(slope * x)
+        y = np.multiply(x, x.dtype.type(self.B))  # A·tanh(B·u), in one new array
+        np.tanh(y, out=y)
+        y *= x.dtype.type(self.A)
+        return y
 
     def _dy_times_derivative(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        scale_sq = y.dtype.type(self.A * self.A)
-        factor = y.dtype.type(self.B / self.A)
-        return dy * (factor * (scale_sq - y * y))  # f' = (B/A)(A² − y²)
+        dx = np.multiply(y, y)  # f' = (B/A)(A² − y²), in one new array
+        np.subtract(y.dtype.type(self.A * self.A), dx, out=dx)
+        dx *= y.dtype.type(self.B / self.A)
+        dx *= dy
+        return dx
 
 
 class ReLU(_Elementwise):
     """Rectified linear unit: y = max(u, 0),  f'(u) = [y > 0] (SPEC §1)."""
 
     def _f(self, x: np.ndarray) -> np.ndarray:
-        return np.maximum(x, 0)
+        # max(u, 0) against a block of zeros the size of one sample, broadcast over the
+        # batch: NumPy's SIMD maximum needs two arrays (array-scalar runs a plain loop,
+        # measured 2x slower: 64x32x28x28 float32, 0.63 -> 0.29 ms, 1 thread)
+        return np.maximum(x, np.zeros(x.shape[1:], dtype=x.dtype))
 
     def _dy_times_derivative(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
         # f' = 1 where u > 0, i.e. where y > 0: written as 1.0/0.0 straight into dx, then
