@@ -91,10 +91,19 @@ def test_input_and_upstream_gradient_are_left_unchanged(cls, rng):
     assert not np.shares_memory(y, x)
 
 
-@pytest.mark.parametrize("x", [np.array([-1.5, 0.0, 2.0]), np.array([[np.nan, -1.0, 3.0]])])
-def test_relu_on_any_shape_and_nan_as_torch(x):
+@pytest.mark.parametrize("slope", [None, 0.2, -0.5, 0.0])
+@pytest.mark.parametrize(
+    "x", [np.array([-1.5, 0.0, 2.0]), np.array([[np.nan, -np.inf, -1.0, np.inf, 3.0]])]
+)
+def test_relu_and_leaky_relu_on_any_shape_and_non_finite_values_as_torch(slope, x):
     torch = pytest.importorskip("torch")
-    np.testing.assert_array_equal(ReLU().forward(x), torch.relu(torch.from_numpy(x)).numpy())
+    if slope is None:
+        layer, twin = ReLU(), torch.nn.ReLU()
+    else:
+        layer, twin = LeakyReLU(slope), torch.nn.LeakyReLU(slope)
+    with np.errstate(invalid="ignore"):  # −∞·0 is NaN, as in PyTorch
+        y = layer.forward(x)
+    np.testing.assert_array_equal(y, twin(torch.from_numpy(x)).numpy())
 
 
 def test_extreme_inputs_do_not_overflow():

@@ -120,14 +120,18 @@ class ScaledTanh(_Elementwise):
         return dx
 
 
+def _zero_block(x: np.ndarray) -> np.ndarray:
+    """Zeros the size of one sample of x, for max(u, 0) / min(u, 0) broadcast over the batch:
+    NumPy's SIMD maximum and minimum need two arrays (array-scalar runs a plain loop,
+    measured 2x slower: ReLU of 64x32x28x28 float32, 0.63 -> 0.29 ms, 1 thread)."""
+    return np.zeros(x.shape[1:], dtype=x.dtype)
+
+
 class ReLU(_Elementwise):
     """Rectified linear unit: y = max(u, 0),  f'(u) = [y > 0] (SPEC §1)."""
 
     def _f(self, x: np.ndarray) -> np.ndarray:
-        # max(u, 0) against a block of zeros the size of one sample, broadcast over the
-        # batch: NumPy's SIMD maximum needs two arrays (array-scalar runs a plain loop,
-        # measured 2x slower: 64x32x28x28 float32, 0.63 -> 0.29 ms, 1 thread)
-        return np.maximum(x, np.zeros(x.shape[1:], dtype=x.dtype))
+        return np.maximum(x, _zero_block(x))
 
     def _dy_times_derivative(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
         # f' = 1 where u > 0, i.e. where y > 0: written as 1.0/0.0 straight into dx, then
@@ -140,7 +144,13 @@ class ReLU(_Elementwise):
 class LeakyReLU(_Elementwise):
     """y = u for u > 0, else a·u  (a = negative_slope);  f'(u) = 1 or a.
 
-    Keeps the mask u > 0 (1 byte per element): y's sign gives it only when a ≥ 0."""
+    Keeps the mask u > 0 (1 byte per element): y's sign gives it only when a ≥ 0.
+    Computed without np.where, whose per-element branch on random signs is 3-6x slower
+    (measured, layer alone, 64x32x28x28 float32, 1 thread: forward 10.4 -> 1.7-2.4 ms,
+    backward 8.3 -> 2.9-3.2 ms):
+    y = max(u, 0) + a·min(u, 0), exact (one term is zero), and f' as a two-entry table
+    [a, 1] indexed by the mask.
+    """
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
@@ -150,7 +160,11 @@ class LeakyReLU(_Elementwise):
         return {"negative_slope": self.negative_slope}
 
     def _f(self, x: np.ndarray) -> np.ndarray:
-        return np.where(x > 0, x, x * x.dtype.type(self.negative_slope))
+        zeros = _zero_block(x)
+        y = np.minimum(x, zeros)  # y = a·min(u, 0) + max(u, 0)
+        y *= x.dtype.type(self.negative_slope)
+        y += np.maximum(x, zeros)
+        return y
 
     def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
         return MemoryEstimate(other_bytes=int(np.prod(input_shape)))  # the bool mask
@@ -159,7 +173,10 @@ class LeakyReLU(_Elementwise):
         return x > 0
 
     def _dy_times_derivative(self, dy: np.ndarray, positive: np.ndarray) -> np.ndarray:
-        return np.where(positive, dy, dy * dy.dtype.type(self.negative_slope))
+        slopes = np.array([self.negative_slope, 1], dtype=dy.dtype)  # f' for u ≤ 0, u > 0
+        dx = slopes.take(positive.view(np.uint8))
+        dx *= dy
+        return dx
 
 
 class ELU(_KeepsInput):
