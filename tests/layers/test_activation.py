@@ -106,6 +106,35 @@ def test_relu_and_leaky_relu_on_any_shape_and_non_finite_values_as_torch(slope, 
     np.testing.assert_array_equal(y, twin(torch.from_numpy(x)).numpy())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("parameter", [1.0, 0.7, 0.01, -0.5])
+def test_leaky_relu_and_elu_equal_their_branch_definitions_bit_for_bit(parameter, dtype, rng):
+    """They are computed without branches; the result must be what the branches give."""
+    x = rng.standard_normal((3, 4, 5)).astype(dtype)
+    x[0, 0, :3] = 0.0  # the kink itself: u > 0 is false there
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    a = dtype(parameter)
+    branches = {
+        LeakyReLU(parameter): (np.where(x > 0, x, x * a), np.where(x > 0, dy, dy * a)),
+        ELU(parameter): (
+            np.where(x > 0, x, a * np.expm1(np.minimum(x, 0))),
+            np.where(x > 0, dy, dy * (a * np.exp(np.minimum(x, 0)))),
+        ),
+    }
+    for layer, (y, dx) in branches.items():
+        np.testing.assert_array_equal(layer.forward(x), y)
+        np.testing.assert_array_equal(layer.backward(dy), dx)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.7])
+def test_elu_on_non_finite_values_as_torch(alpha):
+    torch = pytest.importorskip("torch")
+    x = np.array([[np.nan, -np.inf, -1.0, 0.0, np.inf, 3.0]], np.float32)
+    np.testing.assert_array_equal(
+        ELU(alpha).forward(x), torch.nn.ELU(alpha)(torch.from_numpy(x)).numpy()
+    )
+
+
 def test_extreme_inputs_do_not_overflow():
     x = np.array([[-1e4, 0.0, 1e4]], np.float32)
     with np.errstate(over="raise", invalid="raise"):
