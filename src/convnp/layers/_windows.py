@@ -6,7 +6,8 @@ implementation, for any number of spatial dimensions (1-D, 2-D, 3-D):
 * ``windows(x_padded, kernel, stride, dilation, out)`` -> W(x), a *view* of shape
   (N, C, *out, *kernel): element [n, c, o..., k...] is x_pad(o·s + k·d). No data is copied.
 * ``scatter_windows(dwindows, ...)`` -> Wᵀ, the adjoint: every window gradient is added back
-  to the input cell it came from (⟨Wᵀ(dw), x⟩ = ⟨dw, W(x)⟩).
+  to the input cell it came from (⟨Wᵀ(dw), x⟩ = ⟨dw, W(x)⟩); ``spread_windows(dv, ...)`` is
+  Wᵀ of one value per window on all its cells, SPEC §5's up(dv) when the windows tile x.
 * ``sum_windows`` (Σ_k w_k W(x)[..., k]: SPEC §5's block sum) and ``max_over_windows``
   (max_k W(x)[..., k] and the winning k).
 * ``window_cells`` describes windows as tables, cells[a][o, k] = the coordinate along axis a
