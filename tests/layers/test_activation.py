@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import assert_gradients_match_numeric, assert_matches_torch
 
-from convnp.layers import ELU, GELU, LeakyReLU, ReLU, ScaledTanh, Sigmoid, Softmax, Tanh
+from convnp.layers import ELU, GELU, LeakyReLU, ReLU, ScaledTanh, Sigmoid, Softmax, Tanh, activation
 
 SHAPES = [(1, 1), (3, 7), (2, 3, 4, 5)]
 
@@ -124,6 +124,22 @@ def test_leaky_relu_and_elu_equal_their_branch_definitions_bit_for_bit(parameter
     for layer, (y, dx) in branches.items():
         np.testing.assert_array_equal(layer.forward(x), y)
         np.testing.assert_array_equal(layer.backward(dy), dx)
+
+
+@pytest.mark.parametrize(
+    "shape,block",
+    [
+        ((64, 32, 28, 28), (32, 28, 28)),
+        ((5,), (5,)),
+        ((2, 3, 200, 200), (200, 200)),
+        ((1, 2**17), ()),
+    ],
+)
+def test_the_zero_block_is_one_sample_at_most_and_never_large(shape, block):
+    x = np.ones(shape, np.float32)
+    zeros = activation._zero_block(x)
+    assert zeros.shape == block and zeros.dtype == np.float32 and not zeros.any()
+    assert zeros.size <= activation._ZERO_BLOCK_SIZE
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.7])
