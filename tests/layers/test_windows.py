@@ -158,6 +158,23 @@ def test_scatter_max_sends_each_dy_to_its_windows_winner(name, rng):
     np.testing.assert_allclose(np.vdot(dx, v), np.vdot(dy, winners), rtol=1e-12)
 
 
+@pytest.mark.parametrize("spatial,kernel,stride,dilation", GEOMETRIES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scatter_max_windows_is_scatter_max_on_the_window_tables(
+    spatial, kernel, stride, dilation, dtype, rng
+):
+    x = rng.integers(0, 3, (2, 3, *spatial)).astype(dtype)  # ties
+    out = _out_shape(spatial, kernel, stride, dilation)
+    y, argmax = _windows.max_over_windows(
+        _windows.windows(x, kernel, stride, dilation, out), len(kernel)
+    )
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    cells = _windows.window_cells(out, kernel, stride, dilation)
+    dx = _windows.scatter_max_windows(dy, argmax, x.shape, kernel, stride, dilation)
+    assert dx.dtype == dtype
+    np.testing.assert_array_equal(dx, _windows.scatter_max(dy, argmax, cells, x.shape))
+
+
 def test_upsample_is_the_kronecker_product_with_ones(rng):
     z = rng.standard_normal((2, 3, 4, 5))
     expected = np.kron(z, np.ones((1, 1, 2, 3)))

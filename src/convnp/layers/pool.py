@@ -4,7 +4,7 @@
 
 In the equations W(x) is the windows of the padded input, W(x)(o, k) = x_pad(o·s + k·d)
 (``_windows.windows``, a view), and Wᵀ its adjoint (``_windows.scatter_windows``); max
-pooling's gradient goes to each window's winning cell (``_windows.scatter_max``).
+pooling's gradient goes to each window's winning cell (``_windows.scatter_max_windows``).
 Padding and ``ceil_mode`` follow PyTorch exactly: padding is at most half the kernel, and
 with ``ceil_mode`` the last window may hang past the padded border (the smaller last window
 of overlapping pooling, SPEC §3); the input is padded extra on the right so it exists.
@@ -191,9 +191,9 @@ class _MaxPoolNd(_PoolNd):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         argmax, padded_shape, spatial = self._recall()
         dy = self._check_grad_output(dy, argmax.shape)
-        out_shape = argmax.shape[2:]
-        cells = _windows.window_cells(out_shape, self.kernel_size, self.stride, self.dilation)
-        dx_padded = _windows.scatter_max(dy, argmax, cells, padded_shape)  # dy(o) -> winner
+        dx_padded = _windows.scatter_max_windows(  # dy(o) -> the winner of window o
+            dy, argmax, padded_shape, self.kernel_size, self.stride, self.dilation
+        )
         return self._crop(dx_padded, spatial)
 
 
