@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import assert_gradients_match_numeric, assert_matches_torch
 
-from convnp.layers import ELU, GELU, LeakyReLU, ReLU, ScaledTanh, Sigmoid, Softmax, Tanh
+from convnp.layers import ELU, GELU, LeakyReLU, ReLU, ScaledTanh, Sigmoid, Softmax, Tanh, activation
 
 SHAPES = [(1, 1), (3, 7), (2, 3, 4, 5)]
 
@@ -74,6 +74,81 @@ def test_derivatives_come_from_the_stored_output(rng):
 def test_scaled_tanh_maps_one_to_about_one():
     y = ScaledTanh().forward(np.array([[-1.0, 1.0]]))
     np.testing.assert_allclose(y, [[-1.0, 1.0]], atol=2e-4)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_input_and_upstream_gradient_are_left_unchanged(cls, rng):
+    """Forward and backward compute in place only in arrays they create."""
+    make, _ = _twins(pytest.importorskip("torch"))[cls]
+    layer = make()
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    x_before, dy_before = x.copy(), dy.copy()
+    y = layer.forward(x)
+    layer.backward(dy)
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(dy, dy_before)
+    assert not np.shares_memory(y, x)
+
+
+@pytest.mark.parametrize("slope", [None, 0.2, -0.5, 0.0])
+@pytest.mark.parametrize(
+    "x", [np.array([-1.5, 0.0, 2.0]), np.array([[np.nan, -np.inf, -1.0, np.inf, 3.0]])]
+)
+def test_relu_and_leaky_relu_on_any_shape_and_non_finite_values_as_torch(slope, x):
+    torch = pytest.importorskip("torch")
+    if slope is None:
+        layer, twin = ReLU(), torch.nn.ReLU()
+    else:
+        layer, twin = LeakyReLU(slope), torch.nn.LeakyReLU(slope)
+    with np.errstate(invalid="ignore"):  # −∞·0 is NaN, as in PyTorch
+        y = layer.forward(x)
+    np.testing.assert_array_equal(y, twin(torch.from_numpy(x)).numpy())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("parameter", [1.0, 0.7, 0.01, -0.5])
+def test_leaky_relu_and_elu_equal_their_branch_definitions_bit_for_bit(parameter, dtype, rng):
+    """They are computed without branches; the result must be what the branches give."""
+    x = rng.standard_normal((3, 4, 5)).astype(dtype)
+    x[0, 0, :3] = 0.0  # the kink itself: u > 0 is false there
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    a = dtype(parameter)
+    branches = {
+        LeakyReLU(parameter): (np.where(x > 0, x, x * a), np.where(x > 0, dy, dy * a)),
+        ELU(parameter): (
+            np.where(x > 0, x, a * np.expm1(np.minimum(x, 0))),
+            np.where(x > 0, dy, dy * (a * np.exp(np.minimum(x, 0)))),
+        ),
+    }
+    for layer, (y, dx) in branches.items():
+        np.testing.assert_array_equal(layer.forward(x), y)
+        np.testing.assert_array_equal(layer.backward(dy), dx)
+
+
+@pytest.mark.parametrize(
+    "shape,block",
+    [
+        ((64, 32, 28, 28), (32, 28, 28)),
+        ((5,), (5,)),
+        ((2, 3, 200, 200), (200, 200)),
+        ((1, 2**17), ()),
+    ],
+)
+def test_the_zero_block_is_one_sample_at_most_and_never_large(shape, block):
+    x = np.ones(shape, np.float32)
+    zeros = activation._zero_block(x)
+    assert zeros.shape == block and zeros.dtype == np.float32 and not zeros.any()
+    assert zeros.size <= activation._ZERO_BLOCK_SIZE
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.7])
+def test_elu_on_non_finite_values_as_torch(alpha):
+    torch = pytest.importorskip("torch")
+    x = np.array([[np.nan, -np.inf, -1.0, 0.0, np.inf, 3.0]], np.float32)
+    np.testing.assert_array_equal(
+        ELU(alpha).forward(x), torch.nn.ELU(alpha)(torch.from_numpy(x)).numpy()
+    )
 
 
 def test_extreme_inputs_do_not_overflow():

@@ -28,6 +28,7 @@ MAX_CASES = [
     (MaxPool1d, (2, 3, 11), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
     (MaxPool1d, (1, 1, 8), dict(kernel_size=2, padding=1, dilation=3)),
     (MaxPool2d, (1, 1, 5, 5), dict(kernel_size=2)),
+    (MaxPool2d, (2, 3, 6, 8), dict(kernel_size=2)),  # windows tile the input
     (MaxPool2d, (2, 3, 7, 6), dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0))),
     (MaxPool2d, (1, 2, 9, 9), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
     (MaxPool2d, (2, 1, 8, 7), dict(kernel_size=2, stride=1, padding=1, dilation=2)),
@@ -46,6 +47,8 @@ AVG_CASES = [
         dict(kernel_size=4, stride=3, padding=2, ceil_mode=True, count_include_pad=False),
     ),
     (AvgPool2d, (1, 1, 5, 5), dict(kernel_size=2)),
+    (AvgPool2d, (2, 3, 6, 8), dict(kernel_size=2)),  # windows tile the input
+    (AvgPool3d, (1, 2, 4, 6, 2), dict(kernel_size=2, ceil_mode=True)),
     (AvgPool2d, (2, 3, 7, 6), dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0))),
     (
         AvgPool2d,
@@ -62,6 +65,7 @@ AVG_CASES = [
 LP_CASES = [
     (LPPool1d, (2, 3, 11), dict(norm_type=2, kernel_size=3, stride=2, ceil_mode=True)),
     (LPPool2d, (1, 1, 5, 5), dict(norm_type=2, kernel_size=2)),
+    (LPPool2d, (2, 1, 4, 6), dict(norm_type=2, kernel_size=(2, 3))),  # tiling
     (LPPool2d, (2, 3, 7, 6), dict(norm_type=3, kernel_size=(3, 2), stride=(2, 1))),
     (LPPool2d, (1, 2, 6, 7), dict(norm_type=1.5, kernel_size=3, stride=2, ceil_mode=True)),
     (
@@ -335,12 +339,40 @@ def test_weighted_avg_pool_weights_are_a_normalised_centred_gaussian(rng):
 
 
 @pytest.mark.parametrize("cls", [MaxPool1d, MaxPool2d, MaxPool3d])
-def test_max_pool_ties_go_to_the_first_cell_like_torch(cls, rng):
+@pytest.mark.parametrize(
+    "shape,kwargs",
+    [
+        ((2, 2, 7, 6, 5), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+        ((2, 2, 6, 4, 8), dict(kernel_size=2)),  # windows tile the input
+    ],
+)
+def test_max_pool_ties_go_to_the_first_cell_like_torch(cls, shape, kwargs, rng):
     torch = pytest.importorskip("torch")
-    shape = (2, 2, 7, 6, 5)[: cls.nd + 2]
-    x = rng.integers(0, 3, shape).astype(np.float64)  # many tied maxima
-    kwargs = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+    x = rng.integers(0, 3, shape[: cls.nd + 2]).astype(np.float64)  # many tied maxima
     assert_matches_torch(cls(**kwargs), getattr(torch.nn, cls.__name__)(**kwargs), x, rng)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("eval_mode", [False, True])
+@pytest.mark.parametrize(
+    "make", [lambda: MaxPool2d(2), lambda: AvgPool2d(2), lambda: LPPool2d(2, 2)]
+)
+def test_tiling_windows_give_what_the_general_path_gives(make, eval_mode, dtype, rng):
+    """Windows that tile the input take shortcuts (no zeros pass, up() for the average);
+    one more row and column that the windows skip sends the same input down the general
+    path: identical outputs, identical gradients, zero gradient on the skipped cells."""
+    wide = rng.integers(-2, 3, (2, 3, 7, 9)).astype(dtype)  # integers: ties in max pooling
+    tiled = np.ascontiguousarray(wide[..., :6, :8])
+    tiling, general = make(), make()
+    if eval_mode:
+        tiling.eval(), general.eval()
+    y = tiling.forward(tiled)
+    np.testing.assert_array_equal(y, general.forward(wide))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dx_wide = tiling.backward(dy), general.backward(dy)
+    assert dx.dtype == dx_wide.dtype == dtype
+    np.testing.assert_array_equal(dx, dx_wide[..., :6, :8])
+    assert not dx_wide[..., 6, :].any() and not dx_wide[..., :, 8].any()
 
 
 def test_exporter_surface_window_divisor_weights_and_overhang():

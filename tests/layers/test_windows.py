@@ -12,8 +12,11 @@ import pytest
 from convnp.layers import _windows
 from convnp.layers.adaptive_pool import _bin_cells
 
-# (input spatial shape, kernel, stride, dilation): disjoint, overlapping, gapped, dilated.
+# (input spatial shape, kernel, stride, dilation): disjoint, overlapping, gapped, dilated,
+# and windows that tile the input exactly (the scatters then skip clearing dx).
 GEOMETRIES = [
+    ((8,), (4,), (4,), (1,)),
+    ((6, 8), (2, 2), (2, 2), (1, 1)),
     ((9,), (3,), (2,), (1,)),
     ((8,), (2,), (3,), (2,)),
     ((6, 7), (2, 2), (2, 2), (1, 1)),
@@ -75,12 +78,31 @@ def test_sum_windows_is_the_weighted_sum_over_the_kernel_axes(
     )
 
 
-def test_max_over_windows_keeps_the_first_maximum_in_the_smallest_index_type(rng):
-    x = rng.integers(0, 3, (2, 2, 7, 6)).astype(np.float64)  # many ties
-    out = _out_shape((7, 6), (3, 3), (2, 2), (1, 1))
-    view = _windows.windows(x, (3, 3), (2, 2), (1, 1), out)
+@pytest.mark.parametrize("spatial,kernel,stride,dilation", GEOMETRIES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_spread_windows_is_scatter_windows_of_the_value_on_every_cell(
+    spatial, kernel, stride, dilation, dtype, rng
+):
+    out = _out_shape(spatial, kernel, stride, dilation)
+    dv = rng.standard_normal((2, 3, *out)).astype(dtype)
+    broadcast = np.broadcast_to(dv.reshape(dv.shape + (1,) * len(kernel)), dv.shape + kernel)
+    expected = _windows.scatter_windows(broadcast, (2, 3, *spatial), stride, dilation)
+    dx = _windows.spread_windows(dv, (2, 3, *spatial), kernel, stride, dilation)
+    assert dx.dtype == dtype
+    np.testing.assert_array_equal(dx, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spatial,kernel,stride", [((7, 6), 3, 2), ((6, 8), 2, 2), ((5, 5), 2, 1)])
+def test_max_over_windows_keeps_the_first_maximum_in_the_smallest_index_type(
+    spatial, kernel, stride, dtype, rng
+):
+    x = rng.integers(0, 3, (2, 2, *spatial)).astype(dtype)  # many ties
+    out = _out_shape(spatial, (kernel,) * 2, (stride,) * 2, (1, 1))
+    view = _windows.windows(x, (kernel,) * 2, (stride,) * 2, (1, 1), out)
     y, argmax = _windows.max_over_windows(view, 2)
-    flat = view.reshape(*view.shape[:4], 9)
+    flat = view.reshape(*view.shape[:4], kernel * kernel)
+    assert y.dtype == dtype
     np.testing.assert_array_equal(y, flat.max(axis=-1))
     np.testing.assert_array_equal(argmax, flat.argmax(axis=-1))  # NumPy: first maximum
     assert argmax.dtype == np.uint8
@@ -134,6 +156,23 @@ def test_scatter_max_sends_each_dy_to_its_windows_winner(name, rng):
         _windows.gather_windows(v, cells).reshape(*y.shape, -1), argmax[..., None].astype(int), -1
     )[..., 0]
     np.testing.assert_allclose(np.vdot(dx, v), np.vdot(dy, winners), rtol=1e-12)
+
+
+@pytest.mark.parametrize("spatial,kernel,stride,dilation", GEOMETRIES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scatter_max_windows_is_scatter_max_on_the_window_tables(
+    spatial, kernel, stride, dilation, dtype, rng
+):
+    x = rng.integers(0, 3, (2, 3, *spatial)).astype(dtype)  # ties
+    out = _out_shape(spatial, kernel, stride, dilation)
+    y, argmax = _windows.max_over_windows(
+        _windows.windows(x, kernel, stride, dilation, out), len(kernel)
+    )
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    cells = _windows.window_cells(out, kernel, stride, dilation)
+    dx = _windows.scatter_max_windows(dy, argmax, x.shape, kernel, stride, dilation)
+    assert dx.dtype == dtype
+    np.testing.assert_array_equal(dx, _windows.scatter_max(dy, argmax, cells, x.shape))
 
 
 def test_upsample_is_the_kronecker_product_with_ones(rng):

@@ -16,6 +16,7 @@ Softmax                            the output y
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -70,13 +71,17 @@ class Sigmoid(_Elementwise):
     """
 
     def _f(self, x: np.ndarray) -> np.ndarray:
-        y = np.tanh(x * x.dtype.type(0.5))
+        y = np.multiply(x, x.dtype.type(0.5))  # the one new array; the rest in place
+        np.tanh(y, out=y)
         y += 1
         y *= 0.5
         return y
 
     def _dy_times_derivative(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return dy * y * (1 - y)  # f' = y(1 − y)
+        dx = np.subtract(1, y)  # f' = y(1 − y), in one new array
+        dx *= y
+        dx *= dy
+        return dx
 
 
 class Tanh(_Elementwise):
@@ -86,7 +91,10 @@ class Tanh(_Elementwise):
         return np.tanh(x)
 
     def _dy_times_derivative(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return dy * (1 - y * y)  # f' = 1 − y²
+        dx = np.multiply(y, y)  # f' = 1 − y², in one new array
+        np.subtract(1, dx, out=dx)
+        dx *= dy
+        return dx
 
 
 class ScaledTanh(_Elementwise):
@@ -100,20 +108,53 @@ class ScaledTanh(_Elementwise):
     B = 2.0 / 3.0
 
     def _f(self, x: np.ndarray) -> np.ndarray:
-        scale, slope = x.dtype.type(self.A), x.dtype.type(self.B)
-        return scale * np.tanh(slope * x)
+        y = np.multiply(x, x.dtype.type(self.B))  # A·tanh(B·u), in one new array
+        np.tanh(y, out=y)
+        y *= x.dtype.type(self.A)
+        return y
 
     def _dy_times_derivative(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        scale_sq = y.dtype.type(self.A * self.A)
-        factor = y.dtype.type(self.B / self.A)
-        return dy * (factor * (scale_sq - y * y))  # f' = (B/A)(A² − y²)
+        dx = np.multiply(y, y)  # f' = (B/A)(A² − y²), in one new array
+        np.subtract(y.dtype.type(self.A * self.A), dx, out=dx)
+        dx *= y.dtype.type(self.B / self.A)
+        dx *= dy
+        return dx
+
+
+# Largest block of zeros _zero_block makes (elements): 256 KiB of float32.
+_ZERO_BLOCK_SIZE = 2**16
+
+
+def _zero_block(x: np.ndarray) -> np.ndarray:
+    """Zeros over x's trailing axes, for max(u, 0) / min(u, 0) broadcast over the rest:
+    NumPy's SIMD maximum and minimum need two arrays (array-scalar runs a plain loop,
+    measured 2x slower: ReLU of 64x32x28x28 float32, 0.63 -> 0.29 ms, 1 thread). One sample
+    (the batch axis dropped) or, for a sample above _ZERO_BLOCK_SIZE elements, fewer
+    trailing axes: the block never takes more memory than that."""
+    start = 1 if x.ndim > 1 else 0  # no batch axis to drop from a vector
+    while math.prod(x.shape[start:]) > _ZERO_BLOCK_SIZE:
+        start += 1  # ends at () at the latest: a scalar zero
+    return np.zeros(x.shape[start:], dtype=x.dtype)
+
+
+def _two_valued(mask: np.ndarray, if_true: float, if_false: float, dtype: Any) -> np.ndarray:
+    """``if_true`` where mask, ``if_false`` elsewhere: [m]·t + (1 − [m])·f, exact for finite
+    t and f since one term is zero. np.where branches per element and a lookup table (take)
+    indexes per element: measured 12x and 2.5x slower (1.6M float32 values, 1 thread)."""
+    on = mask.astype(dtype)  # [m] as 1.0 / 0.0
+    values = np.subtract(1, on)
+    values *= dtype.type(if_false)
+    if if_true != 1:
+        on *= dtype.type(if_true)
+    values += on
+    return values
 
 
 class ReLU(_Elementwise):
     """Rectified linear unit: y = max(u, 0),  f'(u) = [y > 0] (SPEC §1)."""
 
     def _f(self, x: np.ndarray) -> np.ndarray:
-        return np.maximum(x, 0)
+        return np.maximum(x, _zero_block(x))
 
     def _dy_times_derivative(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
         # f' = 1 where u > 0, i.e. where y > 0: written as 1.0/0.0 straight into dx, then
@@ -126,7 +167,13 @@ class ReLU(_Elementwise):
 class LeakyReLU(_Elementwise):
     """y = u for u > 0, else a·u  (a = negative_slope);  f'(u) = 1 or a.
 
-    Keeps the mask u > 0 (1 byte per element): y's sign gives it only when a ≥ 0."""
+    Keeps the mask u > 0 (1 byte per element): y's sign gives it only when a ≥ 0.
+    Computed without np.where, whose per-element branch on random signs is 4-6x slower
+    (measured, layer alone, 64x32x28x28 float32, 1 thread: forward 6.7 -> 1.5-1.8 ms,
+    backward 6.3 -> 1.0-1.2 ms):
+    y = max(u, 0) + a·min(u, 0), exact (one term is zero), and f' = 1 or a from the mask
+    (``_two_valued``).
+    """
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
@@ -136,7 +183,11 @@ class LeakyReLU(_Elementwise):
         return {"negative_slope": self.negative_slope}
 
     def _f(self, x: np.ndarray) -> np.ndarray:
-        return np.where(x > 0, x, x * x.dtype.type(self.negative_slope))
+        zeros = _zero_block(x)
+        y = np.minimum(x, zeros)  # y = a·min(u, 0) + max(u, 0)
+        y *= x.dtype.type(self.negative_slope)
+        y += np.maximum(x, zeros)
+        return y
 
     def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
         return MemoryEstimate(other_bytes=int(np.prod(input_shape)))  # the bool mask
@@ -145,12 +196,19 @@ class LeakyReLU(_Elementwise):
         return x > 0
 
     def _dy_times_derivative(self, dy: np.ndarray, positive: np.ndarray) -> np.ndarray:
-        return np.where(positive, dy, dy * dy.dtype.type(self.negative_slope))
+        dx = _two_valued(positive, 1, self.negative_slope, dy.dtype)  # f' = 1 or a
+        dx *= dy
+        return dx
 
 
 class ELU(_KeepsInput):
     """y = u for u > 0, else α(e^u − 1);  f'(u) = 1, or α·e^u for u ≤ 0 (from the input,
-    kept instead of y: y's sign gives u > 0 only for α > 0)."""
+    kept instead of y: y's sign gives u > 0 only for α > 0).
+
+    Without np.where (a per-element branch, slow on random signs; see LeakyReLU), exactly:
+    y = max(u, 0) + α·expm1(min(u, 0)) (one term is zero) and f'(u) = e^min(u, 0) · s(u)
+    with s = 1 for u > 0 (where e^0 = 1), α otherwise.
+    """
 
     def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()
@@ -160,12 +218,17 @@ class ELU(_KeepsInput):
         return {"alpha": self.alpha}
 
     def _f(self, x: np.ndarray) -> np.ndarray:
-        alpha = x.dtype.type(self.alpha)
-        return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+        zeros = _zero_block(x)
+        y = np.expm1(np.minimum(x, zeros))  # y = α·expm1(min(u, 0)) + max(u, 0)
+        y *= x.dtype.type(self.alpha)
+        y += np.maximum(x, zeros)
+        return y
 
     def _dy_times_derivative(self, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-        alpha = dy.dtype.type(self.alpha)
-        return np.where(x > 0, dy, dy * (alpha * np.exp(np.minimum(x, 0))))
+        dx = np.exp(np.minimum(x, _zero_block(x)))  # f' = e^min(u, 0) · s(u)
+        dx *= _two_valued(np.greater(x, 0), 1, self.alpha, dy.dtype)
+        dx *= dy
+        return dx
 
 
 class GELU(_KeepsInput):

@@ -4,7 +4,7 @@
 
 In the equations W(x) is the windows of the padded input, W(x)(o, k) = x_pad(o·s + k·d)
 (``_windows.windows``, a view), and Wᵀ its adjoint (``_windows.scatter_windows``); max
-pooling's gradient goes to each window's winning cell (``_windows.scatter_max``).
+pooling's gradient goes to each window's winning cell (``_windows.scatter_max_windows``).
 Padding and ``ceil_mode`` follow PyTorch exactly: padding is at most half the kernel, and
 with ``ceil_mode`` the last window may hang past the padded border (the smaller last window
 of overlapping pooling, SPEC §3); the input is padded extra on the right so it exists.
@@ -191,9 +191,9 @@ class _MaxPoolNd(_PoolNd):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         argmax, padded_shape, spatial = self._recall()
         dy = self._check_grad_output(dy, argmax.shape)
-        out_shape = argmax.shape[2:]
-        cells = _windows.window_cells(out_shape, self.kernel_size, self.stride, self.dilation)
-        dx_padded = _windows.scatter_max(dy, argmax, cells, padded_shape)  # dy(o) -> winner
+        dx_padded = _windows.scatter_max_windows(  # dy(o) -> the winner of window o
+            dy, argmax, padded_shape, self.kernel_size, self.stride, self.dilation
+        )
         return self._crop(dx_padded, spatial)
 
 
@@ -289,7 +289,8 @@ class _AvgPoolNd(_PoolNd):
         divisor = self._divisor(x.shape[2:], x.dtype)
         patches = self._patches(x_padded, out_shape)  # W(x)
         window_sum = _windows.sum_windows(patches, self.nd, self.window_weights(x.dtype))
-        return window_sum / divisor, (x_padded.shape, x.shape[2:], out_shape, divisor)
+        window_sum /= divisor  # in place: the sum is a new array
+        return window_sum, (x_padded.shape, x.shape[2:], out_shape, divisor)
 
     def _average_backward(self, dy: np.ndarray, geometry: tuple) -> np.ndarray:
         """∂E/∂x = Wᵀ( dy(o) / D(o) · w_k )."""
@@ -297,12 +298,15 @@ class _AvgPoolNd(_PoolNd):
         dy = self._check_grad_output(dy, (*padded_shape[:2], *out_shape))
         dwindow_sum = dy / divisor
         weights = self.window_weights(dy.dtype)
-        expanded = dwindow_sum.reshape(dwindow_sum.shape + (1,) * self.nd)
         if weights is None:  # every cell of a window gets the same share
-            dpatches = np.broadcast_to(expanded, dwindow_sum.shape + self.kernel_size)
+            dx_padded = _windows.spread_windows(
+                dwindow_sum, padded_shape, self.kernel_size, self.stride, self.dilation
+            )
         else:
-            dpatches = expanded * weights
-        dx_padded = _windows.scatter_windows(dpatches, padded_shape, self.stride, self.dilation)
+            expanded = dwindow_sum.reshape(dwindow_sum.shape + (1,) * self.nd)
+            dx_padded = _windows.scatter_windows(
+                expanded * weights, padded_shape, self.stride, self.dilation
+            )
         return self._crop(dx_padded, spatial)
 
     def forward(self, x: np.ndarray) -> np.ndarray:

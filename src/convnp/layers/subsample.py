@@ -71,7 +71,8 @@ class Subsample2d(Layer):
         blocks = _windows.windows(x, self.kernel_size, self.kernel_size, (1, 1), out_shape)
         d = _windows.sum_windows(blocks, 2)  # d_j = down(x_j): the sum of each n×n block
         beta, bias = self.params["beta"][:, None, None], self.params["bias"][:, None, None]
-        y = beta * d + bias  # x_j = β_j · down(x_j) + b_j
+        y = beta * d  # x_j = β_j · down(x_j) + b_j (d is kept: a new array, then in place)
+        y += bias
         self._remember(d)
         return y
 
@@ -81,4 +82,5 @@ class Subsample2d(Layer):
         self.grads["bias"][...] = dy.sum(axis=(0, 2, 3))  # ∂E/∂b_j = Σ_uv δ_j
         self.grads["beta"][...] = (dy * d).sum(axis=(0, 2, 3))  # ∂E/∂β_j = Σ_uv δ_j∘d_j
         up = _windows.upsample(dy, self.kernel_size)  # up(δ_j) = δ_j ⊗ 1_{n×n}, SPEC §5
-        return self.params["beta"][:, None, None] * up  # ∂E/∂x_j = β_j · up(δ_j)
+        up *= self.params["beta"][:, None, None]  # ∂E/∂x_j = β_j · up(δ_j), in place
+        return up
