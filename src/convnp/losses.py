@@ -74,8 +74,15 @@ def one_hot(
     if int(num_classes) < 1:
         raise ValueError(f"one_hot: num_classes must be >= 1, got {num_classes}")
     labels = _check_labels("one_hot", labels, int(num_classes))
-    codes = np.full(labels.shape + (int(num_classes),), off_value, dtype=dtype)
-    rows = codes.reshape(-1, int(num_classes))  # a view: one row per label
+    return _codes(labels, int(num_classes), off_value, on_value, dtype)
+
+
+def _codes(
+    labels: np.ndarray, num_classes: int, off_value: float, on_value: float, dtype: Any
+) -> np.ndarray:
+    """``one_hot`` of labels already checked by ``_check_labels``."""
+    codes = np.full(labels.shape + (num_classes,), off_value, dtype=dtype)
+    rows = codes.reshape(-1, num_classes)  # a view: one row per label
     rows[np.arange(labels.size), labels.reshape(-1)] = on_value
     return codes
 
@@ -180,7 +187,7 @@ class _Loss:
                     f"{self!r}: batch size mismatch: output {y.shape}, labels {target.shape}"
                 )
             labels = _check_labels(self, target, y.shape[1])
-            return one_hot(labels, y.shape[1], off_value, on_value, dtype=y.dtype)
+            return _codes(labels, y.shape[1], off_value, on_value, y.dtype)
         labels_hint = f" or integer labels of shape ({n},)" if y.ndim == 2 else ""
         raise ValueError(
             f"{self!r}: expected a target of the output's shape {y.shape}{labels_hint}, "
@@ -373,7 +380,7 @@ class CrossEntropyLoss(_Loss):
             )
         kept = target != self.ignore_index
         labels = _check_labels(self, np.where(kept, target, 0), num_classes)
-        q = one_hot(labels, num_classes, dtype=logits.dtype)  # (N, d..., C)
+        q = _codes(labels, num_classes, 0.0, 1.0, logits.dtype)  # one-hot, (N, d..., C)
         if smoothing:
             q = (1.0 - smoothing) * q + smoothing / num_classes
         q = np.moveaxis(q * kept[..., None], -1, 1)  # class axis back to 1; ignored: q = 0
