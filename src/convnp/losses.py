@@ -20,12 +20,11 @@ y of shape (N, C), integer class labels of shape (N,), turned into one-of-c code
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from convnp.layers.base import NonFiniteInputError
+from convnp.layers.base import NonFiniteInputError, all_finite
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -163,7 +162,7 @@ class _Loss:
             raise ValueError(f"{self!r}: expected an output of shape {layout}, got {y.shape}")
         if y.dtype.kind != "f":
             raise ValueError(f"{self!r}: expected a floating-point output, got dtype {y.dtype}")
-        if not (math.isfinite(y.max()) and math.isfinite(y.min())):
+        if not all_finite(y):
             # the network diverged: the training loop catches this subclass to stop cleanly
             raise NonFiniteInputError(f"{self!r}: output of shape {y.shape} contains NaN or inf")
         return y
