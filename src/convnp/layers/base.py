@@ -60,7 +60,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -89,7 +88,7 @@ def all_finite(x: np.ndarray) -> bool:
     """
     if x.size <= _SMALL_FINITE_SCAN or x.dtype.kind == "c":  # complex: no order
         return bool(np.isfinite(x).all())
-    return math.isfinite(x.max()) and math.isfinite(x.min())
+    return bool(np.isfinite(x.max()) and np.isfinite(x.min()))  # np: exact for longdouble
 
 
 def first_non_finite(arrays: dict[str, np.ndarray]) -> str | None:
