@@ -445,6 +445,27 @@ def test_cross_entropy_ignore_index_drops_positions(rng):
     np.testing.assert_array_equal(loss.backward()[[1, 3]], 0.0)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_labels_equal_one_hot_probabilities(reduction, rng):
+    """Plain labels take the path L_n = −ln a_{t_n}, ∂L/∂v = a − one-hot(t); one-hot
+    probabilities take the general one (−Σ_c q_c ln a_c): the two must agree."""
+    y = rng.standard_normal((6, 4))
+    labels = rng.integers(0, 4, size=6)
+    by_labels, by_codes = (
+        CrossEntropyLoss(reduction=reduction),
+        CrossEntropyLoss(reduction=reduction),
+    )
+    dloss = rng.standard_normal(6) if reduction == "none" else None
+    np.testing.assert_allclose(
+        by_labels.forward(y, labels),
+        by_codes.forward(y, one_hot(labels, 4, dtype=np.float64)),
+        rtol=1e-14,
+    )
+    np.testing.assert_allclose(
+        by_labels.backward(dloss), by_codes.backward(dloss), rtol=1e-14, atol=1e-16
+    )
+
+
 def test_cross_entropy_all_ignored_is_nan_with_zero_gradient():
     loss = CrossEntropyLoss(ignore_index=1)
     assert np.isnan(loss.forward(np.zeros((2, 3)), np.array([1, 1])))

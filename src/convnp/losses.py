@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from convnp.layers.base import NonFiniteInputError
+from convnp.layers.base import NonFiniteInputError, all_finite
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -33,8 +33,10 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def _check_labels(owner: str, labels: Any, num_classes: int) -> np.ndarray:
-    """Return labels as an integer array; ValueError unless each lies in [0, num_classes)."""
+def _check_labels(owner: object, labels: Any, num_classes: int) -> np.ndarray:
+    """Return labels as an integer array; ValueError unless each lies in [0, num_classes).
+
+    ``owner`` names the caller in the messages (formatted only when one is raised)."""
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise ValueError(
@@ -71,8 +73,16 @@ def one_hot(
     if int(num_classes) < 1:
         raise ValueError(f"one_hot: num_classes must be >= 1, got {num_classes}")
     labels = _check_labels("one_hot", labels, int(num_classes))
-    codes = np.full(labels.shape + (int(num_classes),), off_value, dtype=dtype)
-    np.put_along_axis(codes, labels[..., None], on_value, axis=-1)
+    return _codes(labels, int(num_classes), off_value, on_value, dtype)
+
+
+def _codes(
+    labels: np.ndarray, num_classes: int, off_value: float, on_value: float, dtype: Any
+) -> np.ndarray:
+    """``one_hot`` of labels already checked by ``_check_labels``."""
+    codes = np.full(labels.shape + (num_classes,), off_value, dtype=dtype)
+    rows = codes.reshape(-1, num_classes)  # a view: one row per label
+    rows[np.arange(labels.size), labels.reshape(-1)] = on_value
     return codes
 
 
@@ -152,7 +162,7 @@ class _Loss:
             raise ValueError(f"{self!r}: expected an output of shape {layout}, got {y.shape}")
         if y.dtype.kind != "f":
             raise ValueError(f"{self!r}: expected a floating-point output, got dtype {y.dtype}")
-        if not (np.isfinite(y.max()) and np.isfinite(y.min())):
+        if not all_finite(y):
             # the network diverged: the training loop catches this subclass to stop cleanly
             raise NonFiniteInputError(f"{self!r}: output of shape {y.shape} contains NaN or inf")
         return y
@@ -175,8 +185,8 @@ class _Loss:
                 raise ValueError(
                     f"{self!r}: batch size mismatch: output {y.shape}, labels {target.shape}"
                 )
-            labels = _check_labels(repr(self), target, y.shape[1])
-            return one_hot(labels, y.shape[1], off_value, on_value, dtype=y.dtype)
+            labels = _check_labels(self, target, y.shape[1])
+            return _codes(labels, y.shape[1], off_value, on_value, y.dtype)
         labels_hint = f" or integer labels of shape ({n},)" if y.ndim == 2 else ""
         raise ValueError(
             f"{self!r}: expected a target of the output's shape {y.shape}{labels_hint}, "
@@ -253,6 +263,8 @@ class CrossEntropyLoss(_Loss):
         L   = −Σ_c w_c q_c ln a_c,    ln a_c = (v_c − max v) − ln Σ_k exp(v_k − max v)
     Backward:
         ∂L/∂v_c = a_c · Σ_k w_k q_k − w_c q_c      (= a − q for w = 1 and Σ q = 1)
+    The common case, logits (N, C) against class indices t with no weights, no smoothing and
+    nothing ignored, is computed as such: L_n = −ln a_{t_n} and ∂L/∂v = a − one-hot(t).
     The target is either (told apart by dtype, as in PyTorch)
       * integer class indices t: q = one-hot(t), smoothed to (1 − ε)·one-hot(t) + ε/C;
         positions with t = ignore_index have q = 0 (they add nothing and are not counted), or
@@ -366,42 +378,72 @@ class CrossEntropyLoss(_Loss):
                 f"got shape {target.shape[shown:]}"
             )
         kept = target != self.ignore_index
-        labels = _check_labels(repr(self), np.where(kept, target, 0), num_classes)
-        q = one_hot(labels, num_classes, dtype=logits.dtype)  # (N, d..., C)
+        labels = _check_labels(self, np.where(kept, target, 0), num_classes)
+        q = _codes(labels, num_classes, 0.0, 1.0, logits.dtype)  # one-hot, (N, d..., C)
         if smoothing:
             q = (1.0 - smoothing) * q + smoothing / num_classes
         q = np.moveaxis(q * kept[..., None], -1, 1)  # class axis back to 1; ignored: q = 0
         return q, float(np.sum(class_weights.reshape(-1)[labels] * kept))  # Σ_{n kept} w_{t_n}
+
+    def _plain_labels(self, logits: np.ndarray, target: Any) -> np.ndarray | None:
+        """The target as labels t (N,) when the loss is plain cross-entropy against them:
+        logits (N, C), integer labels all in [0, C), no class weights, no smoothing and
+        ignore_index outside [0, C) (nothing ignored). None otherwise (the general path)."""
+        if self.weight is not None or self.label_smoothing or logits.ndim != 2:
+            return None
+        labels = np.asarray(target)
+        num_classes = logits.shape[1]
+        if (
+            labels.dtype.kind not in "iu"
+            or labels.shape != logits.shape[:1]
+            or 0 <= self.ignore_index < num_classes
+            or labels.min() < 0
+            or labels.max() >= num_classes
+        ):
+            return None  # the general path handles it, or names what is wrong
+        return labels
 
     def forward(self, y: np.ndarray, target: Any) -> float | np.ndarray:
         logits = self._check_output(y, batched=False)
         batched = logits.ndim > 1
         if not batched:  # (C,) logits: one sample, a 0-d target
             logits, target = logits[None], np.asarray(target)[None]
-        class_weights = self._class_weights(logits)
-        q, divisor = self._target_distribution(logits, target, batched, class_weights)
         shifted = logits - logits.max(axis=1, keepdims=True)  # v − max v ≤ 0: exp cannot overflow
-        exp_shifted = np.exp(shifted)
-        normaliser = exp_shifted.sum(axis=1, keepdims=True)  # ≥ 1, so its log is finite
-        a = exp_shifted / normaliser
+        a = np.exp(shifted)
+        normaliser = a.sum(axis=1, keepdims=True)  # ≥ 1, so its log is finite
+        a /= normaliser  # a_c = exp(v_c − max v) / Σ_k exp(v_k − max v)
         a.flags.writeable = False  # exposed as .probabilities; backward relies on it
-        log_a = shifted - np.log(normaliser)  # ln a_c by log-sum-exp: never ln 0
-        weighted = class_weights * q  # w_c q_c
-        losses = -np.sum(weighted * log_a, axis=1)  # L_n = −Σ_c w_c q_c ln a_c
-        if self.reduction == "mean" and divisor == 0:  # every position ignored: 0/0
-            self._cache = (a if batched else a[0], weighted, 0.0, batched, losses.shape)
-            return float("nan")  # as PyTorch; the gradient is zero (nothing contributes)
-        scale = self._mean_scale(divisor)
-        self._cache = (a if batched else a[0], weighted, scale, batched, losses.shape)
+        log_normaliser = np.log(normaliser)
+        labels = self._plain_labels(logits, target)
+        if labels is not None:  # w = 1, q = one-hot(t): L_n = −ln a_{t_n}, D = N
+            weighted, divisor = None, float(labels.shape[0])
+            losses = log_normaliser[:, 0] - shifted[np.arange(labels.shape[0]), labels]
+        else:
+            class_weights = self._class_weights(logits)
+            q, divisor = self._target_distribution(logits, target, batched, class_weights)
+            log_a = shifted - log_normaliser  # ln a_c by log-sum-exp: never ln 0
+            weighted = class_weights * q  # w_c q_c
+            losses = -np.sum(weighted * log_a, axis=1)  # L_n = −Σ_c w_c q_c ln a_c
+        all_ignored = self.reduction == "mean" and divisor == 0  # E = 0/0
+        scale = 0.0 if all_ignored else self._mean_scale(divisor)  # nothing contributes: ∂ = 0
+        self._cache = (a if batched else a[0], weighted, labels, scale, batched, losses.shape)
         if self.reduction == "none":
             return losses if batched else losses[0]
+        if all_ignored:
+            return float("nan")  # as PyTorch
         return scale * float(np.sum(losses))  # s · Σ_n L_n
 
     def backward(self, dloss: Any = None) -> np.ndarray:
-        _, weighted, scale, batched, loss_shape = self._recall()
+        _, weighted, labels, scale, batched, loss_shape = self._recall()
         a = self._cache[0] if batched else self._cache[0][None]
         upstream = self._upstream(dloss, loss_shape, batched, a.dtype)
-        dlogits = a * weighted.sum(axis=1, keepdims=True) - weighted  # a_c Σ_k w_k q_k − w_c q_c
+        if labels is not None:  # ∂L/∂v = a − one-hot(t)
+            dlogits = a.copy()
+            dlogits[np.arange(labels.shape[0]), labels] -= 1
+        else:
+            dlogits = (
+                a * weighted.sum(axis=1, keepdims=True) - weighted
+            )  # a_c Σ_k w_k q_k − w_c q_c
         if self.reduction == "none":
             dlogits *= np.expand_dims(upstream, 1)
         else:

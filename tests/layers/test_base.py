@@ -6,7 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convnp.layers.base import Layer, NonFiniteInputError, as_tuple, check_finite, uniform_init
+from convnp.layers.base import (
+    Layer,
+    NonFiniteInputError,
+    all_finite,
+    as_tuple,
+    check_finite,
+    first_non_finite,
+    uniform_init,
+)
 
 
 class Scale(Layer):
@@ -57,6 +65,19 @@ def test_layers_do_not_scan_values_the_model_entry_does():
     finite = np.ones((2, 3))
     assert check_finite(finite, "where") is finite
     assert check_finite(np.empty((0, 3)), "where").size == 0
+
+
+@pytest.mark.parametrize("size", [5, 70_000])  # both of all_finite's scans: small, large
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_and_first_non_finite_find_any_bad_value(size, dtype, bad):
+    for position in (0, size // 2, size - 1):
+        x = np.ones(size, dtype)
+        assert all_finite(x)
+        x[position] = bad
+        assert not all_finite(x)
+        assert first_non_finite({"a": np.ones(3, dtype), "b": x, "c": x}) == "b"
+    assert first_non_finite({"a": np.ones(3, dtype), "i": np.ones(2, np.int64)}) is None
 
 
 def test_one_slot_cache_backward_before_forward_eval_mode_and_no_grad(rng):

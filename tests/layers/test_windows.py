@@ -78,6 +78,16 @@ def test_sum_windows_is_the_weighted_sum_over_the_kernel_axes(
     )
 
 
+@pytest.mark.parametrize("kernel", [(1, 1), (1, 3), (3, 1)])
+def test_sum_windows_with_unit_kernel_axes_returns_a_new_array(kernel, rng):
+    x = rng.standard_normal((2, 3, 6, 6))
+    out = _out_shape((6, 6), kernel, (1, 1), (1, 1))
+    view = _windows.windows(x, kernel, (1, 1), (1, 1), out)
+    total = _windows.sum_windows(view, 2)
+    np.testing.assert_allclose(total, view.sum(axis=(-2, -1)))
+    assert not np.shares_memory(total, x)  # callers divide it in place
+
+
 @pytest.mark.parametrize("spatial,kernel,stride,dilation", GEOMETRIES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_spread_windows_is_scatter_windows_of_the_value_on_every_cell(

@@ -338,14 +338,24 @@ def sum_windows(patches: np.ndarray, nd: int, weights: np.ndarray | None = None)
     so with stride == kernel this is SPEC §5's block sum (convolve with ones, keep every n-th
     value). NumPy adds K strided images 5-15x faster than it reduces the window view or a
     (..., H/n, n, W/n, n) reshape (measured: 0.45 ms vs 6.5 ms for 64x16x28x28, n = 2).
+    Without weights the sum runs one kernel axis at a time, Σ_k1 (Σ_k2 ...): k1 + k2 − 2
+    additions instead of k1·k2 − 1, and the first pass reads whole input rows (measured, 1
+    thread, 2x2 tiling of 32x6x28x28 float32: 83 -> 54 us).
     """
+    if weights is None:  # a box sum is separable: one kernel axis at a time, first axis first
+        total = patches
+        for remaining in range(nd, 0, -1):  # kernel axes left; sum over the first of them
+            inner = (slice(None),) * (remaining - 1)
+            cells = [total[(Ellipsis, j, *inner)] for j in range(total.shape[-remaining])]
+            if len(cells) > 1:  # the first two cells in one pass (no copy, no zeros pass)
+                total = np.add(cells[0], cells[1])
+                for cell in cells[2:]:
+                    total += cell
+            else:
+                total = cells[0]
+        return total if total.base is None else total.copy()  # a new array, never a view
     offsets = list(itertools.product(*(range(k) for k in patches.shape[-nd:])))
     cells = [patches[(Ellipsis, *offset)] for offset in offsets]  # views, no copies
-    if weights is None:  # the first two cells in one pass (no copy, no zeros pass)
-        total = np.add(cells[0], cells[1]) if len(cells) > 1 else cells[0].copy()
-        for cell in cells[2:]:
-            total += cell
-        return total
     total = weights[offsets[0]] * cells[0]
     for offset, cell in zip(offsets[1:], cells[1:]):
         total += weights[offset] * cell

@@ -52,6 +52,9 @@ class _PoolNd(Layer):
                 f"{name}: padding must be between 0 and half the kernel size (PyTorch's rule), "
                 f"got padding={self.padding} for kernel_size={self.kernel_size}"
             )
+        # (input spatial size, output_shape, window_pads) of the last input: one slot, so
+        # variable-size inputs cannot grow it (the two cost ~3.5 us of Python per forward)
+        self._last_geometry: tuple[tuple[int, ...], tuple[int, ...], tuple] | None = None
 
     def config(self) -> dict[str, Any]:
         values = {key: getattr(self, key) for key in self._arguments}
@@ -69,10 +72,18 @@ class _PoolNd(Layer):
             )
         )
 
+    def _geometry(self, spatial: tuple[int, ...]) -> tuple[tuple[int, ...], tuple]:
+        """``output_shape`` and ``window_pads`` for this input size, kept for the next call."""
+        slot = self._last_geometry  # read once: inference blocks may run on several threads
+        if slot is None or slot[0] != spatial:
+            slot = (spatial, self.output_shape(spatial), self.window_pads(spatial))
+            self._last_geometry = slot
+        return slot[1], slot[2]
+
     def _validated(self, x: Any) -> tuple[np.ndarray, tuple[int, ...]]:
         """Check x and return it with the output spatial shape (ValueError if it is empty)."""
         x = self._check_input(x, ndim=self.nd + 2, layout=LAYOUTS[self.nd])
-        out_shape = self.output_shape(x.shape[2:])
+        out_shape = self._geometry(x.shape[2:])[0]
         if min(out_shape) < 1:
             extent = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
             raise ValueError(
@@ -103,7 +114,7 @@ class _PoolNd(Layer):
         return any(after > p for (_, after), p in zip(pads, self.padding))
 
     def _pad(self, x: np.ndarray, fill: float) -> np.ndarray:
-        return _windows.pad_spatial(x, self.window_pads(x.shape[2:]), fill)
+        return _windows.pad_spatial(x, self._geometry(x.shape[2:])[1], fill)
 
     def _crop(self, dx_padded: np.ndarray, spatial: tuple[int, ...]) -> np.ndarray:
         return _windows.crop_spatial(dx_padded, tuple((p, p) for p in self.padding), spatial)
