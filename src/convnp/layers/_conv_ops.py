@@ -86,6 +86,8 @@ PART_BYTES = 2 * 2**20
 # 77 against 238 µs per 10k columns in runs of 3072; 25x6: 46 against 107; forward W·cols,
 # 25x6: 44 against 80), and the same within 2% for large ones (150x16, 288x64).
 PRODUCT_COLUMNS = 3072
+# Bytes of the input gradient's skewed rows (``_ShiftedLayout.scatter``) per step.
+SKEW_BYTES = 2**20
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,24 @@ class ConvGeometry:
     def extent(self, axis: int) -> int:
         """Input cells one dilated kernel spans along ``axis``."""
         return self.dilation[axis] * (self.kernel_size[axis] - 1) + 1
+
+
+def skewed_bytes(
+    batch: int, channels: int, padded: tuple[int, ...], geometry: ConvGeometry, itemsize: int
+) -> int:
+    """Bytes of the input gradient's skewed rows (``_ShiftedLayout.scatter``) for a batch of
+    (channels, *padded) inputs: at most ``SKEW_BYTES``, or one sample of one map (0 for
+    strides > 1, whose layout has none)."""
+    if any(s != 1 for s in geometry.stride):
+        return 0
+    out_0 = padded[0] - geometry.extent(0) + 1
+    flat = out_0 * math.prod(padded[1:])  # positions on the padded grid
+    flat += sum(
+        (k - 1) * d * math.prod(padded[a + 1 :])
+        for a, (k, d) in enumerate(zip(geometry.kernel_size, geometry.dilation))
+    )  # + the largest shift
+    one = math.prod(geometry.kernel_size) * flat * itemsize
+    return min(batch * channels * one, max(SKEW_BYTES, one))
 
 
 def check_conv_arguments(
@@ -618,13 +638,11 @@ class _ShiftedLayout(_Block):
             for a in range(1, len(self.out_shape))
             if self.out_shape[a] < self.wide_shape[a]
         ]
-        self.shifts = self._shifts()
-
-    def _shifts(self) -> list[int]:
-        """shift(k) for every kernel offset k in row-major order."""
-        kernel = self.geometry.kernel_size
-        steps = [np.arange(k) * step for k, step in zip(kernel, self.shift_steps)]
-        return functools.reduce(np.add.outer, steps).ravel().tolist()
+        # the scatter's skewed view: a step along kernel axis a moves R_a rows (R_a: offsets
+        # per step of axis a) and shift_steps[a] cells
+        self.skew_steps = [
+            (math.prod(kernel[a + 1 :]), step) for a, step in enumerate(self.shift_steps)
+        ]
 
     def _flat(self, scratch: Scratch, dtype: np.dtype, batch: int) -> tuple[np.ndarray, np.ndarray]:
         flat = scratch.array("slab", (self.channels, batch, self.flat_size), dtype)
@@ -667,10 +685,35 @@ class _ShiftedLayout(_Block):
     def scatter(self, dcols: np.ndarray, dx: np.ndarray, scratch: Scratch, part: slice) -> None:
         batch = part.stop - part.start
         flat, image = self._flat(scratch, dcols.dtype, batch)
-        dcols = dcols.reshape(self.channels, self.taps, batch, self.positions)
-        # offset 0 (shift 0) is written, the others added; beyond its reach flat starts at 0
-        flat[:, :, : self.positions] = dcols[:, 0]
-        flat[:, :, self.positions :] = 0
-        for k, shift in enumerate(self.shifts[1:], start=1):
-            flat[:, :, shift : shift + self.positions] += dcols[:, k]
+        dcols = dcols.reshape(self.channels, *self.geometry.kernel_size, batch, self.positions)
+        # flat = Σ_k (row block k of dcols shifted by shift(k)), in chunks of maps (or of
+        # samples of one map) of at most SKEW_BYTES of rows (one sample of one map at least)
+        offset_bytes = self.taps * self.flat_size * dcols.itemsize  # one sample of one map
+        samples = min(batch, max(1, SKEW_BYTES // offset_bytes))
+        maps = max(1, SKEW_BYTES // (offset_bytes * batch)) if samples == batch else 1
+        for first in range(0, self.channels, maps):
+            chunk = slice(first, min(self.channels, first + maps))
+            for start in range(0, batch, samples):
+                some = slice(start, min(batch, start + samples))
+                self._skewed_sum(dcols[chunk, ..., some, :], flat[chunk, some], scratch)
         self._add_slab(image, dx, part)
+
+    def _skewed_sum(self, dcols: np.ndarray, out: np.ndarray, scratch: Scratch) -> None:
+        """out (m, b, flat) = Σ_k dcols[:, k] (m, *k, b, positions) shifted by shift(k): each
+        offset's rows are copied to their shift in zeroed rows of their own, through one
+        strided "skewed" view for all k (no loop over offsets), and the rows are summed."""
+        maps, batch = out.shape[:2]
+        skewed = scratch.zeros("skewed", (maps, self.taps, batch, self.flat_size), out.dtype)
+        step, itemsize = skewed.strides[1], skewed.itemsize  # one kernel offset; one cell
+        view = np.ndarray(
+            dcols.shape,
+            skewed.dtype,
+            skewed,
+            strides=(
+                skewed.strides[0],
+                *(rows * step + shift * itemsize for rows, shift in self.skew_steps),
+                *skewed.strides[2:],
+            ),
+        )
+        np.copyto(view, dcols)
+        np.add.reduce(skewed, axis=1, out=out)
