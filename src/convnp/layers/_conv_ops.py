@@ -57,7 +57,6 @@ columns, computed and dropped; their δ is zero, so they add nothing to any grad
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import threading
@@ -159,6 +158,9 @@ class Scratch:
     def __init__(self) -> None:
         self._buffers: dict[str, np.ndarray] = {}
         self._kept: dict[str, tuple[weakref.ref, tuple, np.ndarray]] = {}
+        # the last array handed out per role, handed out again for the same request (one
+        # per role: a call asks for the same shapes call after call)
+        self._last: dict[str, tuple[tuple[int, ...], np.dtype, np.ndarray]] = {}
 
     @property
     def nbytes(self) -> int:
@@ -167,12 +169,17 @@ class Scratch:
     def array(self, role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """An uninitialised C-contiguous array of ``shape`` in the buffer of ``role``."""
         self._kept.pop(role, None)  # its content is about to change
+        last = self._last.get(role)
+        if last is not None and last[0] == shape and last[1] == dtype:
+            return last[2]
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
         buffer = self._buffers.get(role)
         if buffer is None or buffer.nbytes < nbytes:
             buffer = self._buffers[role] = np.empty(nbytes, dtype=np.uint8)
-        return buffer[:nbytes].view(dtype).reshape(shape)
+        array = buffer[:nbytes].view(dtype).reshape(shape)
+        self._last[role] = (shape, dtype, array)
+        return array
 
     def zeros(self, role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         out = self.array(role, shape, dtype)
@@ -247,21 +254,36 @@ class Workspace:
             )
         return entry[1]
 
-    @contextlib.contextmanager
-    def claim(self) -> Iterator[Scratch]:
-        """A scratch set that no other call uses until this one returns."""
-        with self._lock:
-            if self._free:
-                scratch = self._free.pop()
+    def claim(self) -> _Claim:
+        """A scratch set that no other call uses until this one returns (a context manager;
+        a class, not a generator: a call's fixed cost counts at small batches)."""
+        return _Claim(self)
+
+
+class _Claim:
+    """``with workspace.claim() as scratch``: a free scratch set (or a new one), given back
+    on exit unless the workspace was released meanwhile."""
+
+    __slots__ = ("workspace", "scratch")
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+
+    def __enter__(self) -> Scratch:
+        workspace = self.workspace
+        with workspace._lock:
+            if workspace._free:
+                self.scratch = workspace._free.pop()
             else:
-                scratch = Scratch()
-                self._sets.append(scratch)
-        try:
-            yield scratch
-        finally:
-            with self._lock:
-                if scratch in self._sets:  # unless released meanwhile
-                    self._free.append(scratch)
+                self.scratch = Scratch()
+                workspace._sets.append(self.scratch)
+        return self.scratch
+
+    def __exit__(self, *exc_info: object) -> None:
+        workspace = self.workspace
+        with workspace._lock:
+            if self.scratch in workspace._sets:  # unless released meanwhile
+                workspace._free.append(self.scratch)
 
 
 # -- the three primitives ----------------------------------------------------------------
@@ -655,15 +677,16 @@ class _ShiftedLayout(_Block):
         self._fill_slab(image, x)
         # row block k = the flat images shifted by shift(k): one strided view for all k
         # (a step along kernel axis a shifts by d_a·S_a cells), copied by the caller
-        return np.lib.stride_tricks.as_strided(
+        # (np.ndarray on the buffer, not as_strided's Python wrapper: a fixed cost per call)
+        return np.ndarray(
+            (self.channels, *self.geometry.kernel_size, self.batch, self.positions),
+            flat.dtype,
             flat,
-            shape=(self.channels, *self.geometry.kernel_size, self.batch, self.positions),
             strides=(
                 flat.strides[0],
                 *(step * flat.itemsize for step in self.shift_steps),
                 *flat.strides[1:],
             ),
-            writeable=False,
         )
 
     def to_output(self, u: np.ndarray, y: np.ndarray, part: slice) -> None:
