@@ -334,8 +334,9 @@ def conv_weight_grad(
     workspace = Workspace() if workspace is None else workspace
     channels, out_channels = x.shape[1], dy.shape[1]
     plan = workspace.plan(x.shape, out_channels, geometry, x.dtype)
-    taps = math.prod(geometry.kernel_size)
-    dkernel = np.zeros((groups, out_channels // groups, channels // groups * taps), dy.dtype)
+    # Σ cols·δᵀ over blocks, parts and runs, (groups, C/groups·K, O/groups): the first product
+    # starts the sum (no zero fill, contiguous adds, one transposing copy at the end)
+    summed: np.ndarray | None = None
     with workspace.claim() as scratch:
         # the last block first: the forward may have left its patch matrix in the workspace
         for block in plan.blocks:
@@ -347,8 +348,14 @@ def conv_weight_grad(
                 # in even runs of at most PRODUCT_COLUMNS columns
                 for run in _runs(cols.shape[2]):
                     product = np.matmul(cols[..., run], delta[..., run].swapaxes(1, 2))
-                    dkernel += product.swapaxes(1, 2)
-    return dkernel.reshape(out_channels, channels // groups, *geometry.kernel_size)
+                    if summed is None:
+                        summed = product
+                    else:
+                        summed += product
+    shape = (out_channels, channels // groups, *geometry.kernel_size)
+    if summed is None:  # no samples
+        return np.zeros(shape, dy.dtype)
+    return np.ascontiguousarray(summed.swapaxes(1, 2), dtype=dy.dtype).reshape(shape)
 
 
 def conv_transpose(
