@@ -3,6 +3,9 @@ forward and per backward at the per-rank batch of two MPI ranks, convnp beside P
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/conv_training.py
     OPENBLAS_NUM_THREADS=1 python benchmarks/conv_training.py --repeats 200 --no-torch
+    OPENBLAS_NUM_THREADS=1 python benchmarks/conv_training.py --batch 1 --repeats 500
+
+``--batch`` replaces the per-rank batches (batch 1 shows the fixed cost per call).
 
 Each layer runs as a training step runs it: a training-mode forward, then the backward
 (the first layer of a network computes only its parameter gradients, ``backward_params``,
@@ -82,6 +85,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--batch", type=int, help="instead of each model's per-rank batch")
     parser.add_argument("--no-torch", action="store_true")
     args = parser.parse_args()
     if not args.no_torch and importlib.util.find_spec("torch") is None:
@@ -94,6 +98,7 @@ def main() -> None:
     )
     for name in args.models:
         batch, convs = MODELS[name]
+        batch = args.batch or batch
         for index, conv in enumerate(convs):
             in_c, out_c, kernel, padding, size = conv
             layer = Conv2d(in_c, out_c, kernel, padding=padding, rng=rng)

@@ -376,3 +376,29 @@ def test_weight_grad_follows_its_input_not_the_last_forward(part_bytes, rng, mon
     conv_forward(other, weight, bias, geometry, groups=groups, workspace=workspace)
     got = conv_weight_grad(x, dy, geometry, groups=groups, workspace=workspace)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", [case for case in CASES if set(case[2]) == {1}])
+@pytest.mark.parametrize("skew", ["one_sample_of_one_map", "two_maps"])
+def test_input_grad_in_chunks_of_skewed_rows_equals_one_chunk(case, skew, rng, monkeypatch):
+    """The stride-1 input gradient sums its shifted row blocks in chunks of SKEW_BYTES
+    (here one sample of one map, or two maps of the whole part): equal to one chunk at 1e-12,
+    and the skewed rows never exceed the chunk (``skewed_bytes``)."""
+    geometry, groups, x, weight, _, dy = _problem(case, rng)
+    expected = conv_transpose(dy, weight, geometry, x.shape[2:], groups=groups)
+    (block,) = _conv_ops._blocks(x.shape, weight.shape[0], geometry, 2**30, x.dtype)
+    one = block.taps * block.flat_size * x.itemsize  # one sample of one map
+    monkeypatch.setattr(
+        _conv_ops, "SKEW_BYTES", 1 if skew == "one_sample_of_one_map" else 2 * len(x) * one
+    )
+    workspace = Workspace(2**30)
+    got = conv_transpose(dy, weight, geometry, x.shape[2:], groups=groups, workspace=workspace)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    (scratch,) = workspace._sets
+    padded = tuple(s + b + a for s, (b, a) in zip(x.shape[2:], geometry.pads))
+    bound = _conv_ops.skewed_bytes(len(x), x.shape[1], padded, geometry, x.itemsize)
+    assert (
+        scratch._buffers["skewed"].nbytes
+        == bound
+        == (one if skew == "one_sample_of_one_map" else 2 * len(x) * one)
+    )

@@ -15,6 +15,7 @@ from convnp.layers._conv_ops import (
     conv_forward,
     conv_transpose,
     conv_weight_grad,
+    skewed_bytes,
 )
 from convnp.layers.base import (
     DEFAULT_DTYPE,
@@ -214,7 +215,7 @@ class _ConvNd(Layer):
     def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
         """Keeps its input x for ∂E/∂k (with a non-zero ``padding_mode``, its own padded
         copy x̃ instead); the workspace holds the patch and output matrices of one block
-        (``_conv_ops``) plus the padded slab."""
+        (``_conv_ops``) plus the padded slab and the input gradient's skewed rows."""
         n, _, *spatial = input_shape
         itemsize = np.dtype(self.dtype).itemsize
         out_shape = self.output_shape(tuple(spatial))
@@ -226,6 +227,7 @@ class _ConvNd(Layer):
         )
         patches = min(n * per_sample, max(self.workspace.limit_bytes, per_sample))
         slab = patches // int(np.prod(self.kernel_size)) + 1
+        slab += skewed_bytes(n, self.in_channels, tuple(padded), self.geometry, itemsize)
         if self.padding_mode != "zeros":
             kept = n * self.in_channels * int(np.prod(padded)) * itemsize  # x̃
             return MemoryEstimate(other_bytes=kept, workspace_bytes=patches + slab)
