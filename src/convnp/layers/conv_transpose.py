@@ -20,6 +20,7 @@ from convnp.layers._conv_ops import (
     conv_forward,
     conv_transpose,
     conv_weight_grad,
+    skewed_bytes,
 )
 from convnp.layers.base import (
     DEFAULT_DTYPE,
@@ -196,7 +197,8 @@ class _ConvTransposeNd(Layer):
 
     def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
         """Keeps its input x for ∂E/∂k; the workspace holds one block of C's patch matrix
-        (out_channels·K rows) and output matrix (in_channels rows), plus the padded slab."""
+        (out_channels·K rows) and output matrix (in_channels rows), the padded slab, and
+        at stride 1 the forward's skewed rows (``_conv_ops.skewed_bytes``)."""
         n, _, *spatial = input_shape
         out_shape = self.output_shape(tuple(spatial))
         padded = [size + 2 * p for size, p in zip(out_shape, self.padding)]
@@ -206,7 +208,11 @@ class _ConvTransposeNd(Layer):
             (self.out_channels * taps + self.in_channels) * columns * np.dtype(self.dtype).itemsize
         )
         patches = min(n * per_sample, max(self.workspace.limit_bytes, per_sample))
-        return MemoryEstimate(keeps_input=True, workspace_bytes=patches + patches // taps + 1)
+        itemsize = np.dtype(self.dtype).itemsize
+        skewed = skewed_bytes(n, self.out_channels, tuple(padded), self.geometry, itemsize)
+        return MemoryEstimate(
+            keeps_input=True, workspace_bytes=patches + patches // taps + 1 + skewed
+        )
 
     def forward(self, x: np.ndarray, output_size: Sequence[int] | None = None) -> np.ndarray:
         nd = self.nd
