@@ -346,7 +346,7 @@ def conv_weight_grad(
     summed: np.ndarray | None = None
     with workspace.claim() as scratch:
         # the last block first: the forward may have left its patch matrix in the workspace
-        for block in plan.blocks:
+        for block in reversed(plan.blocks):
             # a part at a time as in the forward, or the forward's patches still there
             for part, cols in block.patch_parts(x, scratch):
                 delta = _stack(block.from_output(dy, scratch, part), groups)  # δ_j (O, b·L)
@@ -405,8 +405,17 @@ def conv_transpose(
 
 def _runs(width: int) -> Iterator[slice]:
     """``width`` columns in even runs of at most ``PRODUCT_COLUMNS``."""
-    step = -(-width // -(-width // PRODUCT_COLUMNS))
+    step = _even_step(width, PRODUCT_COLUMNS)
     return (slice(start, start + step) for start in range(0, width, step))
+
+
+def _even_step(total: int, most: int) -> int:
+    """The step that cuts ``total`` items into as few pieces of at most ``most`` as
+    possible, as even as their count allows (5 by at most 4: 3 + 2, not 4 + 1)."""
+    if total < 1:
+        return 1
+    pieces = -(-total // max(1, most))
+    return -(-total // pieces)
 
 
 def _kernel_stack(weight: np.ndarray, groups: int) -> np.ndarray:
@@ -480,8 +489,7 @@ def _blocks(
     budget = max(1, limit_bytes // row_bytes)  # output rows per block
     layout = _layout_for(geometry)
     if budget >= out_shape[0]:
-        count = -(-n // max(1, budget // out_shape[0]))  # blocks needed
-        samples = max(1, -(-n // max(1, count)))
+        samples = _even_step(n, budget // out_shape[0])
         for start in range(0, n, samples):
             batch = range(start, min(n, start + samples))
             yield layout(x_shape, geometry, batch, None, out_channels, itemsize)
@@ -559,8 +567,7 @@ class _Block:
         (C·K + out_channels rows), as even as their count allows: a part's matrices are
         still in the CPU cache when the product reads them."""
         row_bytes = (self.matrix_rows + self.out_channels) * self.columns * self.itemsize
-        most = max(1, PART_BYTES // row_bytes)
-        step = -(-self.batch // -(-self.batch // most))  # parts as even as their count allows
+        step = _even_step(self.batch, PART_BYTES // row_bytes)
         return [slice(start, min(self.batch, start + step)) for start in range(0, self.batch, step)]
 
     def gather_parts(self, x: np.ndarray, scratch: Scratch) -> Iterator[tuple[slice, np.ndarray]]:
@@ -692,7 +699,7 @@ class _ShiftedLayout(_Block):
         # row block k = the flat images shifted by shift(k): one strided view for all k
         # (a step along kernel axis a shifts by d_a·S_a cells), copied by the caller
         # (np.ndarray on the buffer, not as_strided's Python wrapper: a fixed cost per call)
-        return np.ndarray(
+        view = np.ndarray(
             (self.channels, *self.geometry.kernel_size, self.batch, self.positions),
             flat.dtype,
             flat,
@@ -702,6 +709,8 @@ class _ShiftedLayout(_Block):
                 *flat.strides[1:],
             ),
         )
+        view.flags.writeable = False  # its cells overlap: a write would change several
+        return view
 
     def to_output(self, u: np.ndarray, y: np.ndarray, part: slice) -> None:
         wide = u.reshape(len(u), -1, *self.wide_shape)
