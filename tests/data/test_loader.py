@@ -182,6 +182,45 @@ def test_an_epoch_copies_only_a_batch_at_a_time():
     assert peak < 2 << 20
 
 
+@pytest.mark.parametrize("normalize", ["unit", "standardize"])
+def test_indices_iterate_a_split_exactly_as_its_copy(rng, normalize):
+    """A loader over ``images[indices]`` read in place gives the batches, statistics and
+    length of one given the copies, every epoch, augmented or not."""
+    images = rng.integers(0, 256, (60, 2, 4, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 60)
+    split = np.sort(rng.choice(60, 37, replace=False))
+
+    def jitter(x: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+        return x + generator.standard_normal(x.shape).astype(x.dtype)
+
+    settings = dict(batch_size=8, seed=3, normalize=normalize, transform=jitter)
+    copied = DataLoader(images[split], labels[split], **settings)
+    in_place = DataLoader(images, labels, indices=split, **settings)
+    assert len(in_place) == len(copied) == 5
+    if normalize == "standardize":
+        np.testing.assert_array_equal(in_place.mean, copied.mean)
+        np.testing.assert_array_equal(in_place.std, copied.std)
+    for epoch in (0, 1):
+        for (x, t), (x_copy, t_copy) in zip(in_place.batches(epoch), copied.batches(epoch),
+                                            strict=True):  # fmt: skip
+            np.testing.assert_array_equal(x, x_copy)
+            np.testing.assert_array_equal(t, t_copy)
+
+
+def test_indices_do_not_copy_the_images():
+    images = np.zeros((20000, 1, 28, 28), np.uint8)  # 15.7 MB
+    tracemalloc.start()
+    try:
+        loader = DataLoader(images, np.zeros(20000, np.int64), batch_size=100, seed=0,
+                            indices=np.arange(0, 20000, 2))  # fmt: skip
+        for _ in loader:
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20  # a split copy would be 7.8 MB
+
+
 @pytest.mark.parametrize(
     ("images", "labels", "kwargs", "message"),
     [
@@ -220,6 +259,10 @@ def test_an_epoch_copies_only_a_batch_at_a_time():
             {"normalize": "standardize", "mean": [1, 2], "std": [1, 0]},
             "std must be positive",
         ),
+        (np.zeros((4, 1, 2, 2), np.uint8), np.zeros(4, int), {"indices": [0.5]}, "indices must"),
+        (np.zeros((4, 1, 2, 2), np.uint8), np.zeros(4, int), {"indices": [[0]]}, "indices must"),
+        (np.zeros((4, 1, 2, 2), np.uint8), np.zeros(4, int), {"indices": [4]}, r"in \[0, 4\)"),
+        (np.zeros((4, 1, 2, 2), np.uint8), np.zeros(4, int), {"indices": [-1]}, r"in \[0, 4\)"),
     ],
 )
 def test_bad_arguments_raise_value_error(images, labels, kwargs, message):

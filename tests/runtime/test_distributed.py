@@ -249,3 +249,19 @@ def test_launcher_detection(monkeypatch):
     assert not distributed.launched_by_mpi()
     monkeypatch.setenv("PMI_SIZE", "2")
     assert distributed.launched_by_mpi()
+
+
+def test_loader_fingerprint_tells_splits_apart():
+    """Ranks holding the same images but different training splits are refused at start."""
+    from convnp.data import DataLoader
+
+    images = np.arange(10 * 4, dtype=np.uint8).reshape(10, 1, 2, 2)
+    labels = np.arange(10) % 3
+
+    def fingerprint(indices: list[int] | None) -> str:
+        return distributed.loader_fingerprint(
+            DataLoader(images, labels, 2, seed=0, indices=indices)
+        )
+
+    assert fingerprint([0, 1, 2]) == fingerprint([0, 1, 2])
+    assert fingerprint([0, 1, 2]) != fingerprint([0, 1, 3])

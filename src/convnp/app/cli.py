@@ -99,8 +99,9 @@ def _loaders(
                                              seed=info.seed or 0)  # fmt: skip
     kind = info.normalize.get("kind")
     train_loader = DataLoader(
-        dataset.train_images[train_index],
-        dataset.train_labels[train_index],
+        dataset.train_images,
+        dataset.train_labels,
+        indices=train_index,  # the split is read where it lies: no copy of the images
         batch_size=info.batch_size,
         shuffle=True,
         seed=info.seed or 0,
@@ -108,13 +109,14 @@ def _loaders(
         transform=None if info.augment is None else augment.build(info.augment),
     )
 
-    def plain(images: np.ndarray, labels: np.ndarray) -> DataLoader:
+    def plain(images: np.ndarray, labels: np.ndarray, indices: Any = None) -> DataLoader:
         return DataLoader(images, labels, batch_size=1000, shuffle=False, normalize=kind,
-                          mean=train_loader.mean, std=train_loader.std)  # fmt: skip
+                          mean=train_loader.mean, std=train_loader.std,
+                          indices=indices)  # fmt: skip
 
     val_loader = None
     if len(val_index):
-        val_loader = plain(dataset.train_images[val_index], dataset.train_labels[val_index])
+        val_loader = plain(dataset.train_images, dataset.train_labels, val_index)
     return train_loader, val_loader, plain(dataset.test_images, dataset.test_labels)
 
 

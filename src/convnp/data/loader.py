@@ -2,7 +2,7 @@
 
 Images stay in their stored dtype (uint8 for every convnp data set); each batch is
 gathered with one fancy index and converted on its own, so an epoch never copies the
-whole data set.
+whole data set. A split of the images (``indices``) is iterated where it lies, not copied.
 
 Replay: epoch e uses ``np.random.default_rng([seed, e])`` for its permutation and then
 for its ``transform`` calls, so the batches of epoch e are a pure function of
@@ -23,8 +23,11 @@ Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 _NORMALIZE = ("unit", "standardize", None)
 
 
-def channel_stats(images: np.ndarray, *, chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and (population) standard deviation of (N, C, *spatial) samples.
+def channel_stats(
+    images: np.ndarray, *, chunk_size: int = 1024, indices: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) standard deviation of (N, C, *spatial) samples
+    (of ``images[indices]`` when ``indices`` is given, without copying them).
 
     Streams over chunks of ``chunk_size`` images in float64, merging each chunk's mean
     and sum of squared deviations M2 with Chan et al.'s pairwise update
@@ -35,7 +38,8 @@ def channel_stats(images: np.ndarray, *, chunk_size: int = 1024) -> tuple[np.nda
         (mean, std), float64 arrays of shape (C,), in the images' own units
         (0..255 for uint8).
     """
-    if images.ndim < 3 or len(images) == 0:
+    n_images = len(images) if indices is None else len(indices)
+    if images.ndim < 3 or n_images == 0:
         raise ValueError(f"channel_stats: expected non-empty (N, C, *spatial), got {images.shape}")
     reduce_axes = (0, *range(2, images.ndim))  # every axis but the channel
     per_channel = (-1,) + (1,) * (images.ndim - 2)
@@ -43,8 +47,9 @@ def channel_stats(images: np.ndarray, *, chunk_size: int = 1024) -> tuple[np.nda
     count = 0
     mean = np.zeros(channels)
     m2 = np.zeros(channels)
-    for start in range(0, len(images), chunk_size):
-        chunk = images[start : start + chunk_size].astype(np.float64)
+    for start in range(0, n_images, chunk_size):
+        rows = slice(start, start + chunk_size)
+        chunk = (images[rows] if indices is None else images[indices[rows]]).astype(np.float64)
         n_b = chunk.size // channels
         mean_b = chunk.mean(axis=reduce_axes)
         m2_b = np.square(chunk - mean_b.reshape(per_channel)).sum(axis=reduce_axes)
@@ -64,6 +69,9 @@ class DataLoader:
     Args:
         images: (N, C, *spatial) array, usually uint8; kept as is (not copied).
         labels: (N,) integer class indices.
+        indices: iterate over ``images[indices]`` only (a training or validation split),
+            without copying those images: batches are gathered from ``images`` itself.
+            The loader then behaves exactly as one given the copies.
         batch_size: images per batch; the last batch is smaller unless ``drop_last``.
         shuffle: visit the images in a fresh permutation each epoch.
         rng: draws ``seed`` when ``seed`` is None (once, at construction).
@@ -100,8 +108,12 @@ class DataLoader:
         std: Any = None,
         dtype: Any = np.float32,
         transform: Transform | None = None,
+        indices: np.ndarray | None = None,
     ) -> None:
         _check_data(images, labels)
+        if indices is not None:
+            indices = _checked_indices(indices, len(images))
+            labels = labels[indices]
         if not isinstance(batch_size, int | np.integer) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         if normalize not in _NORMALIZE:
@@ -115,7 +127,8 @@ class DataLoader:
         if not isinstance(seed, int | np.integer) or seed < 0:
             raise ValueError(f"DataLoader: seed must be a non-negative int, got {seed!r}")
         self.images = images
-        self.labels = labels.astype(np.int64, copy=False)
+        self.indices = indices  # None: all of images, in order
+        self.labels = labels.astype(np.int64, copy=False)  # of the iterated images
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.seed = int(seed)
@@ -139,7 +152,7 @@ class DataLoader:
         if (mean is None) != (std is None):
             raise ValueError("DataLoader: give both mean and std, or neither (computed)")
         if mean is None:
-            mean, std = channel_stats(self.images)
+            mean, std = channel_stats(self.images, indices=self.indices)
         channels = self.images.shape[1]
         mean = np.broadcast_to(np.asarray(mean, dtype=np.float64), (channels,)).copy()
         std = np.broadcast_to(np.asarray(std, dtype=np.float64), (channels,)).copy()
@@ -184,7 +197,8 @@ class DataLoader:
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
-            x = self.images[index].astype(self.dtype)  # the only copy: this batch
+            rows = index if self.indices is None else self.indices[index]
+            x = self.images[rows].astype(self.dtype)  # the only copy: this batch
             if self._shift is not None:
                 x -= self._shift
             if self._divisor is not None:
@@ -209,6 +223,20 @@ class DataLoader:
             f"shuffle={self.shuffle}, drop_last={self.drop_last}, "
             f"normalize={self.normalize!r}, dtype={self.dtype.name}, seed={self.seed})"
         )
+
+
+def _checked_indices(indices: Any, n: int) -> np.ndarray:
+    indices = np.asarray(indices)
+    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(
+            f"DataLoader: indices must be integer (M,), got {indices.dtype} {indices.shape}"
+        )
+    if len(indices) and (indices.min() < 0 or indices.max() >= n):
+        raise ValueError(
+            f"DataLoader: indices must lie in [0, {n}) (the images), got values from "
+            f"{indices.min()} to {indices.max()}"
+        )
+    return indices.astype(np.intp, copy=False)
 
 
 def _check_data(images: Any, labels: Any) -> None:

@@ -161,7 +161,9 @@ def loader_fingerprint(loader: Any) -> str:
     settings = (loader.batch_size, loader.shuffle, loader.drop_last, loader.normalize,
                 loader.dtype.name, loader.seed if random else None, repr(loader.transform),
                 _crc(*(s for s in (loader.mean, loader.std) if s is not None)))  # fmt: skip
-    return f"{settings} {images.shape} crc {_crc(images, labels):08x}"
+    indices = getattr(loader, "indices", None)
+    data = (images, labels) if indices is None else (images, labels, indices)
+    return f"{settings} {images.shape} crc {_crc(*data):08x}"
 
 
 class Communicator:
