@@ -9,21 +9,27 @@ Configurations, for bouvrie (batch 50), lenet5 (64) and modern (128), P = the co
     torch             PyTorch's default single process (threads = cores)
     torch DDP         DistributedDataParallel on CPU, gloo, one process per core, 1 thread
 
-Each configuration is a fresh job that trains on the same Fashion-MNIST batches (global
-batch = the model's batch; ranks take slices), warms up, then times ``windows`` windows of
-about ``--seconds`` (1 s; at least ``steps`` steps; the ranks start each window
-together). The configurations run in turns, and the whole round twice, so all see the
-same machine conditions; the report gives the median of the rounds and their spread.
-Also measured: convnp's time inside collectives per step (includes waiting for the
-slowest rank), peak RSS per rank, Allreduce time against message size, a time-to-accuracy
-run of ``convnp train``, and a projection to many machines.
+Each configuration is a job of its own that trains on the same Fashion-MNIST batches
+(global batch = the model's batch; ranks take slices). All five jobs of a model are
+started first and then driven in turns, one at a time: each job times one window of
+about ``--seconds`` (1 s; at least ``steps`` steps; its ranks start it together), then the
+next job times its window, and so on, for ``--windows`` rounds. A job waits between its
+windows blocked on a pipe, using no CPU, so the timed job has the machine to itself, and
+every ratio is taken within one round, from windows a few seconds apart: the machine's
+drift (30-40% here from one run to the next) cancels. The report gives the median over
+rounds and the spread. Also measured: convnp's time inside collectives per step (includes
+waiting for the slowest rank), peak RSS and PSS per rank (PSS shares a page among the
+processes that map it: the machine's memory per rank), Allreduce time against message
+size, a time-to-accuracy run of ``convnp train``, and a projection to many machines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import queue
 import re
 import resource
 import shutil
@@ -32,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -58,8 +65,8 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# -- workers (one per configuration and model; under mpiexec for the multi-rank ones) ----
-def _convnp_worker(name: str, batch: int, steps: int, windows: int, seconds: float) -> dict:
+# -- workers (one job per configuration and model; under mpiexec for the multi-rank ones) --
+def _convnp_worker(name: str, batch: int, steps: int, seconds: float) -> None:
     from convnp import train
     from convnp.runtime import distributed
 
@@ -75,48 +82,68 @@ def _convnp_worker(name: str, batch: int, steps: int, windows: int, seconds: flo
         x, t = next(runner.batches)
         train.train_step(runner.model, runner.loss, runner.optimizer, x, t, comm=comm)
 
-    return _timed(step, batch, steps, windows, comm, seconds)
+    _serve(step, batch, steps, seconds, comm)
 
 
-def _timed(step: Any, batch: int, steps: int, windows: int, comm: Any, seconds: float) -> dict:
-    """Images/s over ``windows`` windows of at least ``steps`` steps and about ``seconds``
-    seconds each (the ranks agree on the count: every step is a collective), after an
-    untimed window of the same length. Windows of a few steps (10 steps of bouvrie last 30
-    ms) measured mostly start-up effects and scheduler jitter: ratios moved 2x between runs."""
-    started = time.perf_counter()
-    for _ in range(max(steps // 2, 3)):
-        step()
-    per_step = (time.perf_counter() - started) / max(steps // 2, 3)
-    if comm is not None:
-        per_step = max(comm.comm.allgather(per_step))
-    steps = max(steps, math.ceil(seconds / per_step))
-    for _ in range(steps):  # warm-up window
-        step()
-    rates, comm_seconds = [], 0.0
-    for _ in range(windows):
-        if comm is not None:
-            comm.comm.Barrier()
-            before = comm.seconds_communicating
-        started = time.perf_counter()
-        for _ in range(steps):
-            step()
-        if comm is not None:
-            comm.comm.Barrier()
-            comm_seconds += comm.seconds_communicating - before
-        rates.append(batch * steps / (time.perf_counter() - started))
-    rss = _rss_mb() if comm is None else max(comm.comm.allgather(_rss_mb()))
-    return {
-        "images_per_s": statistics.median(rates),
-        "windows": rates,
-        "steps_per_window": steps,
-        "comm_ms_per_step": 1e3 * comm_seconds / (steps * windows) if comm else 0.0,
-        "peak_rss_mb_per_rank": rss,
-    }
+def _serve(step: Any, batch: int, steps: int, seconds: float, comm: Any) -> None:
+    """Run windows when the driver says so, on this rank's command pipe: ``warm`` (choose
+    the window's step count: at least ``steps`` and about ``seconds`` s; the ranks agree on
+    it, as every step is a collective; then an untimed window), ``window`` (a timed one),
+    ``stop``. Rank 0 prints a line per command. Windows of a few steps (10 steps of bouvrie
+    last 30 ms) measured mostly start-up effects and scheduler jitter."""
+    rank = int(os.environ.get("PMI_RANK", 0))
+    root = rank == 0
+    with open(Path(os.environ["BENCH_CHANNEL"]) / f"rank-{rank}") as commands:
+        for line in commands:
+            command = line.strip()
+            if command == "warm":
+                started = time.perf_counter()
+                for _ in range(max(steps // 2, 3)):
+                    step()
+                per_step = (time.perf_counter() - started) / max(steps // 2, 3)
+                if comm is not None:
+                    per_step = max(comm.comm.allgather(per_step))
+                steps = max(steps, math.ceil(seconds / per_step))
+                for _ in range(steps):
+                    step()
+                report = {"steps": steps}
+            elif command == "window":
+                if comm is not None:
+                    comm.comm.Barrier()
+                    before = comm.seconds_communicating
+                started = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                if comm is not None:
+                    comm.comm.Barrier()
+                elapsed = time.perf_counter() - started
+                report = {"images_per_s": batch * steps / elapsed}
+                if comm is not None and comm.seconds_communicating is not None:
+                    spent = comm.seconds_communicating - before
+                    report["comm_ms_per_step"] = 1e3 * max(comm.comm.allgather(spent)) / steps
+            elif command == "stop":
+                memory = (_rss_mb(), _pss_mb())
+                if comm is not None:
+                    memory = tuple(max(values) for values in zip(*comm.comm.allgather(memory)))
+                report = {"peak_rss_mb_per_rank": memory[0], "pss_mb_per_rank": memory[1]}
+            else:
+                raise ValueError(f"unknown command {command!r}")
+            if root:
+                print(f"{command.upper()} {json.dumps(report)}", flush=True)
+            if command == "stop":
+                return
 
 
-def _torch_worker(
-    name: str, batch: int, steps: int, windows: int, seconds: float, ddp: bool
-) -> dict:
+def _pss_mb() -> float:
+    """This process's proportional set size now: each page it maps counted divided by the
+    number of processes mapping it (shared libraries, MPI's shared memory)."""
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _torch_worker(name: str, batch: int, steps: int, seconds: float, ddp: bool) -> None:
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -141,8 +168,8 @@ def _torch_worker(
         runner.loss_fn(y, torch.from_numpy(t[part])).backward()
         runner.torch_optimizer.step()
 
-    class _Barrier:  # the few calls _timed makes on an MPI communicator, through gloo
-        seconds_communicating = 0.0
+    class _Gloo:  # the few calls _serve makes on an MPI communicator, through gloo
+        seconds_communicating = None  # not separable inside DDP's backward hooks
 
         class comm:  # noqa: N801
             @staticmethod
@@ -150,19 +177,16 @@ def _torch_worker(
                 dist.barrier()
 
             @staticmethod
-            def allgather(value: float) -> list[float]:
+            def allgather(value: Any) -> list[Any]:
                 values = [None] * size
                 dist.all_gather_object(values, value)
                 return values
 
-    result = _timed(step, batch, steps, windows, _Barrier() if ddp else None, seconds)
-    result["comm_ms_per_step"] = None  # not separable inside DDP's backward hooks
+    _serve(step, batch, steps, seconds, _Gloo() if ddp else None)
     if ddp:  # gloo's teardown can wait forever for a peer that already left: skip it
         dist.barrier()
-        if rank == 0:
-            print("RESULT " + json.dumps(result), flush=True)
+        sys.stdout.flush()
         os._exit(0)
-    return result
 
 
 def _allreduce_worker() -> dict:
@@ -189,19 +213,88 @@ def worker_main(argv: list[str]) -> int:
     kind, *rest = argv
     if kind == "allreduce":
         result = _allreduce_worker()
+        if result:
+            print("RESULT " + json.dumps(result), flush=True)
+        return 0
+    name, batch, steps, seconds = rest[0], int(rest[1]), int(rest[2]), float(rest[3])
+    if kind == "convnp":
+        _convnp_worker(name, batch, steps, seconds)
     else:
-        name, batch, steps, windows = rest[0], int(rest[1]), int(rest[2]), int(rest[3])
-        seconds = float(rest[4])
-        if kind in ("convnp", "convnp-threads"):
-            result = _convnp_worker(name, batch, steps, windows, seconds)
-        else:
-            result = _torch_worker(name, batch, steps, windows, seconds, kind == "torch-ddp")
-    if result:
-        print("RESULT " + json.dumps(result), flush=True)
+        _torch_worker(name, batch, steps, seconds, kind == "torch-ddp")
     return 0
 
 
 # -- driver ------------------------------------------------------------------------------
+class _Job:
+    """One configuration's worker processes, driven line by line through a named pipe per
+    rank (a rank blocked reading its pipe uses no CPU)."""
+
+    def __init__(self, config: str, name: str, batch: int, steps: int, seconds: float) -> None:
+        self.config = config
+        command, env, self.ranks = _command(config, name, batch, steps, seconds)
+        self.folder = Path(tempfile.mkdtemp(prefix="convnp-bench-"))
+        for rank in range(self.ranks):
+            os.mkfifo(self.folder / f"rank-{rank}")
+        env["BENCH_CHANNEL"] = str(self.folder)
+        env["DDP_INIT_FILE"] = str(self.folder / "ddp-init")
+        self.stderr = open(self.folder / "stderr", "w+")  # noqa: SIM115 (closed in close())
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.stderr,
+                                        text=True, env=env, start_new_session=True)  # fmt: skip
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.pipes: list[Any] = []
+        for rank in range(self.ranks):  # opening a pipe waits for its reader: the rank's set-up
+            self.pipes.append(self._open_when_read(self.folder / f"rank-{rank}"))
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _open_when_read(self, path: Path, timeout: float = 300) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:  # non-blocking open fails (ENXIO) until the rank opens its end
+            try:
+                return os.fdopen(os.open(path, os.O_WRONLY | os.O_NONBLOCK), "w")
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(self._failure("did not start")) from None
+                time.sleep(0.05)
+
+    def ask(self, command: str, timeout: float = 600) -> dict:
+        """Send ``command`` to every rank; rank 0's answer."""
+        for pipe in self.pipes:
+            pipe.write(command + "\n")
+            pipe.flush()
+        deadline = time.monotonic() + timeout
+        tag = command.upper() + " "
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                raise RuntimeError(self._failure(f"gave no answer to {command!r}"))
+            if line.startswith(tag):  # the first object: another rank may share the line
+                return json.JSONDecoder().raw_decode(line[len(tag) :])[0]
+
+    def _failure(self, what: str) -> str:
+        self.stderr.seek(0)
+        return f"{self.config}: {what}:\n{self.stderr.read()[-2000:]}"
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.stderr.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def _run_job(command: list[str], env: dict[str, str], timeout: float = 600) -> dict:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=env, start_new_session=True)  # fmt: skip
@@ -217,49 +310,59 @@ def _run_job(command: list[str], env: dict[str, str], timeout: float = 600) -> d
 
 
 def _command(
-    config: str, name: str, batch: int, steps: int, windows: int, seconds: float
-) -> tuple[list, dict]:
-    from convnp.runtime.distributed import find_mpiexec
+    config: str, name: str, batch: int, steps: int, seconds: float
+) -> tuple[list, dict, int]:
+    """The job's command line, environment and number of ranks."""
+    from convnp.runtime.distributed import mpiexec_command
 
     cores = _cores()
     script = [sys.executable, str(Path(__file__).resolve()), "--worker"]
-    args = [name, str(batch), str(steps), str(windows), str(seconds)]
-    one_thread = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    args = [name, str(batch), str(steps), str(seconds)]
     env = dict(os.environ, OPENBLAS_THREAD_TIMEOUT="4")
     if config == "convnp threads":
-        return [*script, "convnp-threads", *args], env
+        return [*script, "convnp", *args], env, 1
     if config == "torch":
-        return [*script, "torch", *args], env
+        return [*script, "torch", *args], env, 1
     procs = 1 if config == "convnp P=1" else cores
     kind = "torch-ddp" if config == "torch DDP" else "convnp"
-    env.update(one_thread)
-    env["DDP_INIT_FILE"] = tempfile.mktemp(prefix="convnp-ddp-")
-    return [find_mpiexec(), "-n", str(procs), *script, kind, *args], env
+    command, ranks_env = mpiexec_command([*script, kind, *args], procs, blas_threads=1)
+    return command, dict(env, **ranks_env), procs
 
 
-def throughput(
-    models: dict[str, int], steps: int, windows: int, seconds: float = 1.0, rounds: int = 2
-) -> dict:
-    """Every configuration for every model, in turns, ``rounds`` times."""
-    results: dict[str, dict[str, list[dict]]] = {m: {c: [] for c in CONFIGS} for m in models}
-    for round_ in range(rounds):
-        for name, batch in models.items():
-            for config in CONFIGS:
-                print(f"  round {round_ + 1}: {name} {config} ...", flush=True)
-                command, env = _command(config, name, batch, steps, windows, seconds)
-                try:
-                    results[name][config].append(_run_job(command, env))
-                except RuntimeError as error:  # reported, and the other figures still come
-                    print(f"    failed: {str(error)[-500:]}", flush=True)
+def throughput(models: dict[str, int], steps: int, windows: int, seconds: float = 1.0) -> dict:
+    """Every configuration of a model in turns, a window each, ``windows`` rounds."""
+    results: dict[str, dict[str, dict]] = {}
+    for name, batch in models.items():
+        print(f"  {name}: starting the jobs ...", flush=True)
+        jobs = {}
+        try:
+            for config in CONFIGS:  # one at a time: no set-up overlaps another's work
+                jobs[config] = _Job(config, name, batch, steps, seconds)
+            for job in jobs.values():
+                job.ask("warm")
+            rates: dict[str, list[dict]] = {config: [] for config in CONFIGS}
+            for round_ in range(windows):
+                order = CONFIGS[round_ % len(CONFIGS) :] + CONFIGS[: round_ % len(CONFIGS)]
+                for config in order:  # rotated each round: no configuration always first
+                    rates[config].append(jobs[config].ask("window"))
+                print(f"  {name}: round {round_ + 1} of {windows} done", flush=True)
+            results[name] = {
+                config: {"windows": rates[config], **jobs[config].ask("stop")} for config in CONFIGS
+            }
+        except RuntimeError as error:  # reported, and the other models still come
+            print(f"    failed: {str(error)[-800:]}", flush=True)
+        finally:
+            for job in jobs.values():
+                job.close()
     return results
 
 
 def allreduce_costs() -> dict[str, float]:
-    from convnp.runtime.distributed import find_mpiexec
+    from convnp.runtime.distributed import mpiexec_command
 
-    command = [find_mpiexec(), "-n", str(_cores()), sys.executable, str(Path(__file__).resolve()),
-               "--worker", "allreduce"]  # fmt: skip
-    return _run_job(command, dict(os.environ))
+    script = [sys.executable, str(Path(__file__).resolve()), "--worker", "allreduce"]
+    command, env = mpiexec_command(script, _cores())
+    return _run_job(command, dict(os.environ, **env))
 
 
 def time_to_accuracy(target: float, procs: int, epochs: int | None, data: str) -> dict:
@@ -334,7 +437,7 @@ def projection(costs: dict[str, float], models: dict[str, int], measured: dict) 
     rows = {}
     for name, batch in models.items():
         parameters = zoo.get_recipe(name).build().num_parameters()
-        one_rank = statistics.median(r["images_per_s"] for r in measured[name]["convnp P=1"])
+        one_rank = _median_rate(measured[name]["convnp P=1"])
         compute_per_sample = 1 / one_rank
         row = {"parameters": parameters}
         for ranks in (8, 64):
@@ -394,26 +497,38 @@ def print_report(report: dict) -> None:
               f"per epoch (epoch, s, test acc): {run['epochs']}")  # fmt: skip
 
 
+def _median_rate(result: dict) -> float:
+    return statistics.median(window["images_per_s"] for window in result["windows"])
+
+
+def round_ratios(configs: dict, numerator: str, denominator: str, scale: float = 1.0) -> list:
+    """numerator / (scale · denominator) in each round: windows seconds apart."""
+    pairs = zip(configs[numerator]["windows"], configs[denominator]["windows"])
+    return [a["images_per_s"] / (scale * b["images_per_s"]) for a, b in pairs]
+
+
 def _print_throughput(report: dict) -> None:
     cores = report["cores"]
-    print(f"\nMPI data parallelism ({cores} cores; median of rounds, spread min-max):")
-    print(f"{'model':8} {'configuration':16} {'img/s':>8} {'spread':>13} {'vs torch':>8} "
-          f"{'vs DDP':>7} {'comm ms/step':>12} {'RSS MB/rank':>11}")  # fmt: skip
+    print(f"\nMPI data parallelism ({cores} cores; a window per configuration in turns, each "
+          "ratio within a round; median over rounds [min-max]):")  # fmt: skip
+    print(f"{'model':8} {'configuration':16} {'img/s':>8} {'vs torch':>17} {'vs DDP':>17} "
+          f"{'comm ms/step':>12} {'RSS MB/rank':>11} {'PSS MB/rank':>11}")  # fmt: skip
+
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):5.2f} [{min(values):.2f}-{max(values):.2f}]"
+
     for name, configs in report.get("throughput", {}).items():
-        medians = {c: statistics.median(r["images_per_s"] for r in runs)
-                   for c, runs in configs.items()}  # fmt: skip
-        for config, runs in configs.items():
-            rates = [r["images_per_s"] for r in runs]
-            comm = [r["comm_ms_per_step"] for r in runs if r["comm_ms_per_step"] is not None]
+        for config, result in configs.items():
+            comm = [w["comm_ms_per_step"] for w in result["windows"] if "comm_ms_per_step" in w]
             label = config.replace("cores", str(cores))
-            print(f"{name:8} {label:16} {medians[config]:8.0f} "
-                  f"{min(rates):6.0f}-{max(rates):<6.0f} "
-                  f"{medians[config] / medians['torch']:8.2f} "
-                  f"{medians[config] / medians['torch DDP']:7.2f} "
+            print(f"{name:8} {label:16} {_median_rate(result):8.0f} "
+                  f"{spread(round_ratios(configs, config, 'torch')):>17} "
+                  f"{spread(round_ratios(configs, config, 'torch DDP')):>17} "
                   f"{statistics.median(comm) if comm else float('nan'):12.2f} "
-                  f"{max(r['peak_rss_mb_per_rank'] for r in runs):11.0f}")  # fmt: skip
-        efficiency = medians["convnp P=cores"] / (cores * medians["convnp P=1"])
-        print(f"{'':8} scaling efficiency at P={cores}: {efficiency:.2f}")
+                  f"{result['peak_rss_mb_per_rank']:11.0f} "
+                  f"{result['pss_mb_per_rank']:11.0f}")  # fmt: skip
+        efficiency = round_ratios(configs, "convnp P=cores", "convnp P=1", scale=cores)
+        print(f"{'':8} scaling efficiency at P={cores}: {spread(efficiency)}")
 
 
 def _print_allreduce(report: dict) -> None:
@@ -445,7 +560,8 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(description="MPI section of benchmarks/run.py alone")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--windows", type=int, default=8,
+                        help="rounds: each configuration times one window per round")  # fmt: skip
     parser.add_argument("--seconds", type=float, default=1.0, help="length of a timed window")
     parser.add_argument("--models", nargs="+", choices=["bouvrie", "lenet5", "modern"],
                         default=["bouvrie", "lenet5", "modern"])  # fmt: skip

@@ -118,21 +118,29 @@ def mpi_available() -> bool:
     return find_mpiexec() is not None
 
 
-def launch(command: list[str], procs: int, *, blas_threads: int = 1) -> int:
-    """Run ``command`` (a Python program) on ``procs`` ranks with ``mpiexec``; its exit code.
-
-    Each rank gets ``blas_threads`` BLAS threads through the usual environment variables,
-    set for the child processes only.
-    """
+def mpiexec_command(
+    command: list[str], procs: int, *, blas_threads: int = 1
+) -> tuple[list[str], dict[str, str]]:
+    """The ``mpiexec`` command line that runs ``command`` (a program) on ``procs`` ranks of
+    this machine, and the environment variables to set for it (``blas_threads`` BLAS
+    threads per rank, through the usual variables)."""
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise FileNotFoundError("mpiexec not found: pip install 'convnp[mpi]'")
     threads = str(blas_threads)
-    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
-               MKL_NUM_THREADS=threads)  # fmt: skip
+    env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    return [mpiexec, "-n", str(procs), *command], env
+
+
+def launch(command: list[str], procs: int, *, blas_threads: int = 1) -> int:
+    """Run ``command`` (a Python program) on ``procs`` ranks with ``mpiexec``; its exit code.
+
+    The settings are ``mpiexec_command``'s, for the child processes only.
+    """
+    argv, env = mpiexec_command(command, procs, blas_threads=blas_threads)
     import subprocess
 
-    return subprocess.run([mpiexec, "-n", str(procs), *command], env=env).returncode
+    return subprocess.run(argv, env=dict(os.environ, **env)).returncode
 
 
 def _crc(*arrays: np.ndarray) -> int:
