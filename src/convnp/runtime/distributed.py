@@ -68,6 +68,8 @@ from convnp.runtime.parallel import available_cores
 # A collective that waits longer than this for the other ranks ends the job. Between two
 # collectives a rank does one training step, or rank 0 writes a checkpoint; both take far
 # less on any machine convnp targets.
+#: Seconds an aborting rank waits after printing why, so the launcher forwards the message.
+ABORT_GRACE_SECONDS = 0.5
 DEFAULT_TIMEOUT = 300.0
 
 # Environment variables that MPI launchers set in every rank (MPICH/Intel hydra and Slurm's
@@ -367,6 +369,10 @@ class Communicator:
         """Print ``message`` (naming this rank) and end every rank of the job."""
         print(f"convnp: rank {self.rank} of {self.size}: {message}", file=sys.__stderr__)
         sys.__stderr__.flush()
+        # The launcher forwards a rank's output through a pipe and kills every rank on
+        # Abort; without a pause it sometimes exits before reading the message (seen: 2 of
+        # 6 aborts silent on a busy machine).
+        time.sleep(ABORT_GRACE_SECONDS)
         self.comm.Abort(code)
 
     @contextlib.contextmanager
