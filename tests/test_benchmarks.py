@@ -80,3 +80,34 @@ def test_eval_inference_benchmark_reports_every_path(tmp_path):
         "predict_in_blocks", "predict", "eval_forward_grad_kept", "eval_forward_input_gradient"
     }  # fmt: skip
     assert all(rate > 0 for rate in figures.values())
+
+
+def test_mpi_benchmark_drives_every_configuration_in_rounds(tmp_path):
+    """benchmarks/distributed.py with tiny windows: every configuration of the model times
+    one window per round, the ratios and memory figures come out, Allreduce and projection."""
+    pytest.importorskip("torch")
+    from convnp.runtime import distributed
+
+    if not distributed.mpi_available():
+        pytest.skip("needs mpi4py and mpiexec")
+    output = tmp_path / "results-mpi.json"
+    script = SCRIPT.with_name("distributed.py")
+    arguments = ["--models", "bouvrie", "--windows", "2", "--steps", "2", "--seconds", "0.05"]
+    completed = subprocess.run(
+        [sys.executable, str(script), *arguments, "--json", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    report = json.loads(output.read_text())
+    configs = report["throughput"]["bouvrie"]
+    assert set(configs) == {"convnp P=1", "convnp P=cores", "convnp threads", "torch", "torch DDP"}
+    for result in configs.values():
+        assert len(result["windows"]) == 2
+        assert all(window["images_per_s"] > 0 for window in result["windows"])
+        assert result["peak_rss_mb_per_rank"] > 0 and result["pss_mb_per_rank"] > 0
+    assert all("comm_ms_per_step" in window for window in configs["convnp P=cores"]["windows"])
+    assert set(report["allreduce_s"]) == {"1000", "10000", "100000", "1000000", "4000000"}
+    assert report["projection"]["models"]["bouvrie"]["parameters"] == 3898
+    assert "scaling efficiency at P=" in completed.stdout
