@@ -188,6 +188,99 @@ def test_shifted_layout_matches_strided(spatial, kernel, padding, dilation, limi
     assert shifted[2].shape == x.shape
 
 
+def _interleaved_blocks(samples):
+    """A ``_blocks`` that lays every block out samples side by side, whatever the geometry."""
+
+    def blocks(x_shape, out_channels, geometry, limit_bytes, dtype):
+        n, itemsize = x_shape[0], np.dtype(dtype).itemsize
+        for start in range(0, n, samples):
+            batch = range(start, min(n, start + samples))
+            yield _conv_ops._InterleavedLayout(
+                x_shape, geometry, batch, None, out_channels, itemsize
+            )
+
+    return blocks
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("samples", [5, 2])
+def test_interleaved_layout_matches_the_others(case, samples, rng, monkeypatch):
+    """Samples side by side (any stride, dilation, groups, 1-D to 3-D; one block of 5, or
+    blocks of 2, 2, 1) give the shifted and strided layouts' three results at 1e-12, also
+    from reused buffers full of NaN (the slab's padding is written, not assumed)."""
+    geometry, groups, x, weight, bias, dy = _problem(case, rng)
+    expected = _all_three(geometry, groups, x, weight, bias, dy, Workspace(2**30))
+    monkeypatch.setattr(_conv_ops, "_blocks", _interleaved_blocks(samples))
+    workspace = Workspace(2**30)
+    for _ in range(2):
+        got = _all_three(geometry, groups, x, weight, bias, dy, workspace)
+        for name, g, e in zip(("output", "weight grad", "input grad"), got, expected):
+            assert g.shape == e.shape, name
+            np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12, err_msg=name)
+        _poison(workspace)
+
+
+@pytest.mark.parametrize(
+    "channels, out_channels, kernel, size, padding, batch, interleaved",
+    [
+        (6, 16, 5, 14, 0, 32, True),  # lenet5's second convolution
+        (6, 12, 5, 12, 0, 25, True),  # bouvrie's
+        (32, 64, 3, 14, 1, 64, True),  # modern's
+        (6, 16, 5, 14, 0, 7, False),  # too few samples
+        (1, 6, 5, 28, 2, 32, False),  # few unused columns next to the maps to transpose
+        (1, 32, 3, 28, 1, 64, False),
+    ],
+)
+def test_interleaved_layout_where_it_is_the_faster(
+    channels, out_channels, kernel, size, padding, batch, interleaved
+):
+    kernel = (kernel, kernel)
+    geometry = _geometry(kernel, (1, 1), padding, (1, 1))
+    blocks = list(
+        _conv_ops._blocks((batch, channels, size, size), out_channels, geometry, 2**23, np.float32)
+    )
+    kinds = {type(block) for block in blocks}
+    assert kinds == {_conv_ops._InterleavedLayout if interleaved else _conv_ops._ShiftedLayout}
+    assert sum(block.batch for block in blocks) == batch
+    if interleaved:  # blocks of INTERLEAVED_BYTES, one part each
+        for block in blocks:
+            assert block.parts == [slice(0, block.batch)]
+            rows = block.matrix_rows + out_channels
+            assert rows * block.columns * block.batch * 4 <= _conv_ops.INTERLEAVED_BYTES
+
+
+def test_interleaved_layout_of_a_small_network_matches_the_reference(rng):
+    """lenet5's second convolution at a batch the interleaved layout takes (float64): the
+    output and weight gradient against the einsum reference, the input gradient by the
+    adjoint identity, and the forward's patch matrix reused by the weight gradient."""
+    geometry = _geometry((5, 5), (1, 1), 0, (1, 1))
+    x = rng.standard_normal((9, 6, 14, 14))
+    weight = rng.standard_normal((16, 6, 5, 5))
+    bias = rng.standard_normal(16)
+    dy = rng.standard_normal((9, 16, 10, 10))
+    workspace = Workspace()
+    (block,) = workspace.plan(x.shape, 16, geometry, x.dtype).blocks
+    assert isinstance(block, _conv_ops._InterleavedLayout)
+    y, dweight, dx = _all_three(geometry, 1, x, weight, bias, dy, workspace)
+    y_ref, dweight_ref = _reference(geometry, 1, x, weight, bias, dy)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dweight, dweight_ref, rtol=1e-12, atol=1e-12)
+    no_bias = conv_forward(x, weight, None, geometry, workspace=workspace)
+    np.testing.assert_allclose(np.vdot(no_bias, dy), np.vdot(x, dx), rtol=1e-12)
+    gathers = []
+    original = _conv_ops._InterleavedLayout.gather_parts
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            _conv_ops._InterleavedLayout,
+            "gather_parts",
+            lambda self, x, scratch: gathers.append(1) or original(self, x, scratch),
+        )
+        conv_forward(x, weight, bias, geometry, workspace=workspace)
+        reused = conv_weight_grad(x, dy, geometry, workspace=workspace)
+    assert len(gathers) == 1
+    np.testing.assert_array_equal(reused, dweight)
+
+
 def test_stride_one_uses_shifted_layout_and_larger_strides_the_general_one():
     pads = ((0, 0), (0, 0))
     stride_one = ConvGeometry((3, 3), (1, 1), pads, (1, 1))
