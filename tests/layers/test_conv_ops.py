@@ -281,6 +281,33 @@ def test_interleaved_layout_of_a_small_network_matches_the_reference(rng):
     np.testing.assert_array_equal(reused, dweight)
 
 
+def test_interleaved_input_grad_reuses_the_weight_grads_delta_of_the_same_dy_only(rng, monkeypatch):
+    geometry = _geometry((3, 3), (1, 1), 1, (1, 1))
+    x = rng.standard_normal((8, 6, 7, 7))
+    weight = rng.standard_normal((4, 6, 3, 3))
+    dy, other = rng.standard_normal((2, 8, 4, 7, 7))
+    monkeypatch.setattr(_conv_ops, "_blocks", _interleaved_blocks(3))  # blocks 3, 3, 2
+    expected = [conv_transpose(d, weight, geometry, (7, 7)) for d in (dy, other)]
+    deltas = []
+    original = _conv_ops._InterleavedLayout._transposed_delta
+    monkeypatch.setattr(
+        _conv_ops._InterleavedLayout,
+        "_transposed_delta",
+        lambda self, dy, scratch: deltas.append(1) or original(self, dy, scratch),
+    )
+    workspace = Workspace()
+    conv_weight_grad(x, dy, geometry, workspace=workspace)
+    assert len(deltas) == 3
+    got = conv_transpose(dy, weight, geometry, (7, 7), workspace=workspace)
+    assert len(deltas) == 5  # the first block's δ, the weight gradient's last, is reused
+    np.testing.assert_array_equal(got, expected[0])
+    conv_weight_grad(x, dy, geometry, workspace=workspace)  # reuses the last block's
+    assert len(deltas) == 7
+    got = conv_transpose(other, weight, geometry, (7, 7), workspace=workspace)
+    assert len(deltas) == 10  # another dy: all its own
+    np.testing.assert_array_equal(got, expected[1])
+
+
 def test_stride_one_uses_shifted_layout_and_larger_strides_the_general_one():
     pads = ((0, 0), (0, 0))
     stride_one = ConvGeometry((3, 3), (1, 1), pads, (1, 1))

@@ -808,7 +808,9 @@ class _InterleavedLayout(_Block):
     contiguous runs are (last output axis × b) cells long. The output and δ go between
     (N, O, *out) and (O, *out, b) by one transposing copy each, and the input gradient adds
     each offset's row block back onto its sub-slab. A block is one part (``_blocks`` sizes
-    it), so the weight gradient reuses the forward's patch matrix of the last block.
+    it), so the weight gradient reuses the forward's patch matrix of the last block, and
+    the input gradient the weight gradient's δ of the first (lenet5's 6->16 at batch 32:
+    one transposing copy of δ, 70 µs, instead of two).
     """
 
     @functools.cached_property
@@ -848,6 +850,17 @@ class _InterleavedLayout(_Block):
     def from_output(
         self, dy: np.ndarray, scratch: Scratch, part: slice | None = None
     ) -> np.ndarray:
+        """δ (O, L·b) of the block, or the one the workspace still holds from this same
+        array dy (the weight gradient's, for the input gradient that follows it: dy must
+        not change in between, as x must not for ``patch_parts``)."""
+        key = self._key(dy)
+        delta = scratch.kept("maps", dy, key)
+        if delta is None:
+            delta = self._transposed_delta(dy, scratch)
+            scratch.keep("maps", dy, key, delta)
+        return delta
+
+    def _transposed_delta(self, dy: np.ndarray, scratch: Scratch) -> np.ndarray:
         out_channels = dy.shape[1]
         delta = scratch.array("maps", (out_channels, *self.out_shape, self.batch), dy.dtype)
         delta[...] = np.moveaxis(dy[self.samples], 0, -1)
