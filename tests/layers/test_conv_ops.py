@@ -1,11 +1,12 @@
 """The convolution primitives (layers/_conv_ops.py): conv_forward, conv_weight_grad and
-conv_transpose against a plain NumPy reference, blocked against one-shot, the two patch
+conv_transpose against a plain NumPy reference, blocked against one-shot, the three patch
 layouts against each other, the adjoint identity, and the bounded, reused workspace.
 
 ShiftedLayout (stride 1, flat shifted images with unused columns) must agree with
 StridedLayout (the general im2col) on the three products a convolution takes from them:
 the output, the weight gradient and the input gradient, for 1-D, 2-D and 3-D inputs,
-padding (including uneven 'same') and dilation.
+padding (including uneven 'same') and dilation; InterleavedLayout (samples side by side)
+with both, for every case, strides and groups included.
 """
 
 from __future__ import annotations

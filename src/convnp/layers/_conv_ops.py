@@ -44,7 +44,7 @@ The forward's and the weight gradient's products go in runs of at most ``PRODUCT
 columns (few-row matrices are 2-3x faster per column so). Scratch cells that a call
 overwrites are not zero-filled first (tested by filling the buffers with NaN).
 
-Two gather layouts (same results, tested equal), each a strided *view* of the block's
+Three gather layouts (same results, tested equal), each a strided *view* of the block's
 padded input copied into the patch matrix in one call (no loop over offsets): for stride 1,
 ``_ShiftedLayout`` lays each padded (map, sample) image out flat, so kernel offset k meets
 the flat image shifted by one number, shift(k) = Σ_a k_a·d_a·S_a (S_a: flat stride of
@@ -58,6 +58,11 @@ reduction sums the rows (``SKEW_BYTES`` of rows at a time). A loop of K slice-ad
 fixed ~2 µs per offset: lenet5's second convolution, batch 1, 86 -> 41 µs; at batch 32,
 734 -> 622 µs. ``_StridedLayout`` handles any stride: the copy reads the windows of
 ``_windows.windows``, and its input gradient adds back one kernel offset at a time.
+``_InterleavedLayout`` lays the samples side by side, (C, *slab, b), so its patch matrix has
+columns (*out, n) and none unused, at the price of transposing copies of x, y, δ and ∂E/∂x;
+``_blocks`` takes it for stride 1 where the shifted layout's unused columns cost more
+(small maps and kernels of 5: lenet5's second convolution at batch 32, forward 0.57 ->
+0.45 ms, backward 1.45 -> 1.2 ms).
 """
 
 from __future__ import annotations
