@@ -483,6 +483,21 @@ def test_weight_grad_in_runs_of_columns_equals_one_product(case, columns, rng, m
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12, err_msg=str(limit))
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_weight_grad_by_matrix_vector_products_equals_one_matrix_product(case, rng, monkeypatch):
+    """The weight gradient's products taken per output map (GEMV_PRODUCT_CELLS above
+    every product here) equal the matrix products (none so taken) at 1e-12."""
+    geometry, groups, x, weight, bias, dy = _problem(case, rng)
+    results = []
+    for cells in (0, 10**9):
+        monkeypatch.setattr(_conv_ops, "GEMV_PRODUCT_CELLS", cells)
+        for limit in (2**30, 600):
+            workspace = Workspace(limit)
+            results.append(conv_weight_grad(x, dy, geometry, groups=groups, workspace=workspace))
+    for got in results[1:]:
+        np.testing.assert_allclose(got, results[0], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("part_bytes", [_conv_ops.PART_BYTES, 1])  # one part; one per sample
 def test_weight_grad_follows_its_input_not_the_last_forward(part_bytes, rng, monkeypatch):
     """A forward of another input (same shape) between a forward and the weight gradient
