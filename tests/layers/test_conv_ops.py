@@ -1,11 +1,12 @@
 """The convolution primitives (layers/_conv_ops.py): conv_forward, conv_weight_grad and
-conv_transpose against a plain NumPy reference, blocked against one-shot, the two patch
+conv_transpose against a plain NumPy reference, blocked against one-shot, the three patch
 layouts against each other, the adjoint identity, and the bounded, reused workspace.
 
 ShiftedLayout (stride 1, flat shifted images with unused columns) must agree with
 StridedLayout (the general im2col) on the three products a convolution takes from them:
 the output, the weight gradient and the input gradient, for 1-D, 2-D and 3-D inputs,
-padding (including uneven 'same') and dilation.
+padding (including uneven 'same') and dilation; InterleavedLayout (samples side by side)
+with both, for every case, strides and groups included.
 """
 
 from __future__ import annotations
@@ -188,6 +189,126 @@ def test_shifted_layout_matches_strided(spatial, kernel, padding, dilation, limi
     assert shifted[2].shape == x.shape
 
 
+def _interleaved_blocks(samples):
+    """A ``_blocks`` that lays every block out samples side by side, whatever the geometry."""
+
+    def blocks(x_shape, out_channels, geometry, limit_bytes, dtype):
+        n, itemsize = x_shape[0], np.dtype(dtype).itemsize
+        for start in range(0, n, samples):
+            batch = range(start, min(n, start + samples))
+            yield _conv_ops._InterleavedLayout(
+                x_shape, geometry, batch, None, out_channels, itemsize
+            )
+
+    return blocks
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("samples", [5, 2])
+def test_interleaved_layout_matches_the_others(case, samples, rng, monkeypatch):
+    """Samples side by side (any stride, dilation, groups, 1-D to 3-D; one block of 5, or
+    blocks of 2, 2, 1) give the shifted and strided layouts' three results at 1e-12, also
+    from reused buffers full of NaN (the slab's padding is written, not assumed)."""
+    geometry, groups, x, weight, bias, dy = _problem(case, rng)
+    expected = _all_three(geometry, groups, x, weight, bias, dy, Workspace(2**30))
+    monkeypatch.setattr(_conv_ops, "_blocks", _interleaved_blocks(samples))
+    workspace = Workspace(2**30)
+    for _ in range(2):
+        got = _all_three(geometry, groups, x, weight, bias, dy, workspace)
+        for name, g, e in zip(("output", "weight grad", "input grad"), got, expected):
+            assert g.shape == e.shape, name
+            np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12, err_msg=name)
+        _poison(workspace)
+
+
+@pytest.mark.parametrize(
+    "channels, out_channels, kernel, size, padding, batch, interleaved",
+    [
+        (6, 16, 5, 14, 0, 32, True),  # lenet5's second convolution
+        (6, 12, 5, 12, 0, 25, True),  # bouvrie's
+        (32, 64, 3, 14, 1, 64, True),  # modern's
+        (6, 16, 5, 14, 0, 7, False),  # too few samples
+        (1, 6, 5, 28, 2, 32, False),  # few unused columns next to the maps to transpose
+        (1, 32, 3, 28, 1, 64, False),
+    ],
+)
+def test_interleaved_layout_where_it_is_the_faster(
+    channels, out_channels, kernel, size, padding, batch, interleaved
+):
+    kernel = (kernel, kernel)
+    geometry = _geometry(kernel, (1, 1), padding, (1, 1))
+    blocks = list(
+        _conv_ops._blocks((batch, channels, size, size), out_channels, geometry, 2**23, np.float32)
+    )
+    kinds = {type(block) for block in blocks}
+    assert kinds == {_conv_ops._InterleavedLayout if interleaved else _conv_ops._ShiftedLayout}
+    assert sum(block.batch for block in blocks) == batch
+    if interleaved:  # blocks of INTERLEAVED_BYTES, one part each
+        for block in blocks:
+            assert block.parts == [slice(0, block.batch)]
+            rows = block.matrix_rows + out_channels
+            assert rows * block.columns * block.batch * 4 <= _conv_ops.INTERLEAVED_BYTES
+
+
+def test_interleaved_layout_of_a_small_network_matches_the_reference(rng):
+    """lenet5's second convolution at a batch the interleaved layout takes (float64): the
+    output and weight gradient against the einsum reference, the input gradient by the
+    adjoint identity, and the forward's patch matrix reused by the weight gradient."""
+    geometry = _geometry((5, 5), (1, 1), 0, (1, 1))
+    x = rng.standard_normal((9, 6, 14, 14))
+    weight = rng.standard_normal((16, 6, 5, 5))
+    bias = rng.standard_normal(16)
+    dy = rng.standard_normal((9, 16, 10, 10))
+    workspace = Workspace()
+    (block,) = workspace.plan(x.shape, 16, geometry, x.dtype).blocks
+    assert isinstance(block, _conv_ops._InterleavedLayout)
+    y, dweight, dx = _all_three(geometry, 1, x, weight, bias, dy, workspace)
+    y_ref, dweight_ref = _reference(geometry, 1, x, weight, bias, dy)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dweight, dweight_ref, rtol=1e-12, atol=1e-12)
+    no_bias = conv_forward(x, weight, None, geometry, workspace=workspace)
+    np.testing.assert_allclose(np.vdot(no_bias, dy), np.vdot(x, dx), rtol=1e-12)
+    gathers = []
+    original = _conv_ops._InterleavedLayout.gather_parts
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            _conv_ops._InterleavedLayout,
+            "gather_parts",
+            lambda self, x, scratch: gathers.append(1) or original(self, x, scratch),
+        )
+        conv_forward(x, weight, bias, geometry, workspace=workspace)
+        reused = conv_weight_grad(x, dy, geometry, workspace=workspace)
+    assert len(gathers) == 1
+    np.testing.assert_array_equal(reused, dweight)
+
+
+def test_interleaved_input_grad_reuses_the_weight_grads_delta_of_the_same_dy_only(rng, monkeypatch):
+    geometry = _geometry((3, 3), (1, 1), 1, (1, 1))
+    x = rng.standard_normal((8, 6, 7, 7))
+    weight = rng.standard_normal((4, 6, 3, 3))
+    dy, other = rng.standard_normal((2, 8, 4, 7, 7))
+    monkeypatch.setattr(_conv_ops, "_blocks", _interleaved_blocks(3))  # blocks 3, 3, 2
+    expected = [conv_transpose(d, weight, geometry, (7, 7)) for d in (dy, other)]
+    deltas = []
+    original = _conv_ops._InterleavedLayout._transposed_delta
+    monkeypatch.setattr(
+        _conv_ops._InterleavedLayout,
+        "_transposed_delta",
+        lambda self, dy, scratch: deltas.append(1) or original(self, dy, scratch),
+    )
+    workspace = Workspace()
+    conv_weight_grad(x, dy, geometry, workspace=workspace)
+    assert len(deltas) == 3
+    got = conv_transpose(dy, weight, geometry, (7, 7), workspace=workspace)
+    assert len(deltas) == 5  # the first block's δ, the weight gradient's last, is reused
+    np.testing.assert_array_equal(got, expected[0])
+    conv_weight_grad(x, dy, geometry, workspace=workspace)  # reuses the last block's
+    assert len(deltas) == 7
+    got = conv_transpose(other, weight, geometry, (7, 7), workspace=workspace)
+    assert len(deltas) == 10  # another dy: all its own
+    np.testing.assert_array_equal(got, expected[1])
+
+
 def test_stride_one_uses_shifted_layout_and_larger_strides_the_general_one():
     pads = ((0, 0), (0, 0))
     stride_one = ConvGeometry((3, 3), (1, 1), pads, (1, 1))
@@ -360,6 +481,21 @@ def test_weight_grad_in_runs_of_columns_equals_one_product(case, columns, rng, m
     for limit in (2**30, 600):
         got = conv_weight_grad(x, dy, geometry, groups=groups, workspace=Workspace(limit))
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12, err_msg=str(limit))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_weight_grad_by_matrix_vector_products_equals_one_matrix_product(case, rng, monkeypatch):
+    """The weight gradient's products taken per output map (GEMV_PRODUCT_CELLS above
+    every product here) equal the matrix products (none so taken) at 1e-12."""
+    geometry, groups, x, weight, bias, dy = _problem(case, rng)
+    results = []
+    for cells in (0, 10**9):
+        monkeypatch.setattr(_conv_ops, "GEMV_PRODUCT_CELLS", cells)
+        for limit in (2**30, 600):
+            workspace = Workspace(limit)
+            results.append(conv_weight_grad(x, dy, geometry, groups=groups, workspace=workspace))
+    for got in results[1:]:
+        np.testing.assert_allclose(got, results[0], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("part_bytes", [_conv_ops.PART_BYTES, 1])  # one part; one per sample
