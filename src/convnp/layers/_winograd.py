@@ -32,17 +32,19 @@ cross-correlation, of δ̃ with the kernels rot180(k_ij) (input and output maps 
 output has x's size. So F(2x2, 3x3) serves it too, for paddings 0 to 2.
 
 Layout (the tricks live here). Measured on modern's 32 -> 64 convolution (14x14, batch 64,
-1 BLAS thread) against ``_conv_ops``: forward 8.4 -> 6.5 ms, input gradient 9.5 -> 7.0 ms.
+1 BLAS thread, CPU time, three interleaved runs) against ``_conv_ops``: forward 8.5-9.0 ->
+6.6-6.9 ms, input gradient 9.8-10.2 -> 7.2-7.3 ms.
 
 * Each chunk of samples is copied once into a parity layout with samples and maps innermost,
   xq[p, a, q, b, n, c] = x̃[n, c, 2a + p, 2b + q]: the tiles of tile row t read row pairs t
   and t + 1 of both parities, so every step of Bᵀ d B adds two slices whose inner axes are
-  long and contiguous (strided 7-cell rows of (N, C, H, W) made the transforms 2x slower).
+  long and contiguous (a first version's strided steps along 7-tile rows of an (N, C, H, W)
+  copy took several times longer, profiled).
 * Maps innermost make V_ξ a (tiles, C) matrix as it stands: the product needs no copy.
 * Tile rows go in runs of about ``RUN_BYTES`` (transformed tiles and products), transformed,
   multiplied and transformed back while still in the cache.
 * Aᵀ M A is one product with Aᵀ ⊗ Aᵀ (4, 16) over the run: one pass over M, where the
-  eight array additions of the two-sided form took 4x longer.
+  eight array additions of the two-sided form took about 4x longer (profiled).
 * The output is assembled as (rows, columns, samples·maps) with rows one cache line longer
   than needed: with power-of-two rows (64 samples x 64 maps) the transposing copy to
   (N, O, H, W) took 5.7 ms (cache-set conflicts), with the longer rows 0.45 ms.
@@ -66,8 +68,8 @@ OUTPUT_TRANSFORM = np.kron(_AT, _AT)  # (4, 16)
 KERNEL_TRANSFORM.flags.writeable = False
 OUTPUT_TRANSFORM.flags.writeable = False
 # Bytes of one run's transformed tiles, products and output tiles (cache-resident between the
-# three steps). Measured (modern's 32 -> 64 conv, batch 64): one tile row (about 2 MiB) at a
-# time beat the whole chunk at once by 15%.
+# three steps). Measured (modern's 32 -> 64 conv, batch 64): the 16 products and Aᵀ M A took
+# 5.4 ms over the whole batch at once, 3.9 ms in runs of one tile row (about 2 MiB).
 RUN_BYTES = 2 * 2**20
 # Below these sizes ``_conv_ops`` is faster (measured, 1 BLAS thread, float32, padding 1,
 # forward and input gradient each against ``_conv_ops``): with few maps the products are too
