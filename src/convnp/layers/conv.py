@@ -7,16 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from convnp.layers import _windows
+from convnp.layers import _windows, _winograd
 from convnp.layers._conv_ops import (
     ConvGeometry,
     Workspace,
     check_conv_arguments,
-    conv_forward,
-    conv_transpose,
     conv_weight_grad,
     skewed_bytes,
 )
+from convnp.layers._winograd import conv_forward, conv_transpose
 from convnp.layers.base import (
     DEFAULT_DTYPE,
     LAYOUTS,
@@ -46,7 +45,8 @@ class _ConvNd(Layer):
 
     Each of the three lines is one primitive of ``_conv_ops`` (``conv_forward``,
     ``conv_weight_grad``, ``conv_transpose``), which work on blocks of samples in a
-    bounded, reused ``workspace`` (SPEC §5).
+    bounded, reused ``workspace`` (SPEC §5); the forward and ∂E/∂x of 3x3, stride-1
+    convolutions go by Winograd's F(2x2, 3x3) instead (``_winograd``).
 
     Two ways to choose M_j, stored differently:
 
@@ -215,7 +215,8 @@ class _ConvNd(Layer):
     def memory_estimate(self, input_shape: tuple[int, ...]) -> MemoryEstimate:
         """Keeps its input x for ∂E/∂k (with a non-zero ``padding_mode``, its own padded
         copy x̃ instead); the workspace holds the patch and output matrices of one block
-        (``_conv_ops``) plus the padded slab and the input gradient's skewed rows."""
+        (``_conv_ops``) plus the padded slab and the input gradient's skewed rows, or, where
+        F(2x2, 3x3) serves the forward and ∂E/∂x, its buffers instead of the skewed rows."""
         n, _, *spatial = input_shape
         itemsize = np.dtype(self.dtype).itemsize
         out_shape = self.output_shape(tuple(spatial))
@@ -227,7 +228,16 @@ class _ConvNd(Layer):
         )
         patches = min(n * per_sample, max(self.workspace.limit_bytes, per_sample))
         slab = patches // int(np.prod(self.kernel_size)) + 1
-        slab += skewed_bytes(n, self.in_channels, tuple(padded), self.geometry, itemsize)
+        x_shape = (n, self.in_channels, *(s + b + a for s, (b, a) in zip(spatial, self.input_pads)))
+        limit = self.workspace.limit_bytes
+        if _winograd.applies(
+            self.geometry, self.groups, x_shape, self.out_channels, itemsize, limit
+        ):
+            slab += _winograd.workspace_bytes(
+                self.geometry, x_shape, self.out_channels, itemsize, limit
+            )
+        else:
+            slab += skewed_bytes(n, self.in_channels, tuple(padded), self.geometry, itemsize)
         if self.padding_mode != "zeros":
             kept = n * self.in_channels * int(np.prod(padded)) * itemsize  # x̃
             return MemoryEstimate(other_bytes=kept, workspace_bytes=patches + slab)
