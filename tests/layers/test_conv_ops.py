@@ -538,3 +538,21 @@ def test_input_grad_in_chunks_of_skewed_rows_equals_one_chunk(case, skew, rng, m
         == bound
         == (one if skew == "one_sample_of_one_map" else 2 * len(x) * one)
     )
+
+
+def test_scratch_hands_out_a_roles_recent_shapes_again_from_its_one_buffer():
+    """A forward and a backward asking one role for two shapes, step after step, get the
+    same arrays back (no new views); all lie in the role's one buffer, and once it grows
+    no array of the old buffer is handed out."""
+    scratch = _conv_ops.Scratch()
+    f32 = np.dtype(np.float32)
+    forward, backward = scratch.array("maps", (6, 672), f32), scratch.array("maps", (6, 1, 8), f32)
+    for _ in range(2):
+        assert scratch.array("maps", (6, 672), f32) is forward
+        assert scratch.array("maps", (6, 1, 8), f32) is backward
+    assert np.shares_memory(forward, backward)
+    assert scratch.array("maps", (6, 672), np.float64) is not forward  # the dtype counts
+    grown = scratch.array("maps", (6, 2000), f32)  # a new, larger buffer
+    assert scratch.nbytes == grown.nbytes
+    assert np.shares_memory(scratch.array("maps", (6, 672), f32), grown)
+    assert np.shares_memory(scratch.array("maps", (6, 1, 8), f32), grown)

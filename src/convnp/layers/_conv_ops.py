@@ -120,6 +120,9 @@ GEMV_PRODUCT_CELLS = 200
 # (one run each) for bouvrie, lenet5 and modern at batches 1 and 25-64.
 SKEW_BYTES = 2**20
 
+# Arrays a ``Scratch`` role remembers to hand out again (a few views, no memory of their own).
+LAST_ARRAYS = 2
+
 
 @dataclass(frozen=True)
 class ConvGeometry:
@@ -190,9 +193,10 @@ class Scratch:
     def __init__(self) -> None:
         self._buffers: dict[str, np.ndarray] = {}
         self._kept: dict[str, tuple[weakref.ref, tuple, np.ndarray]] = {}
-        # the last array handed out per role, handed out again for the same request (one
-        # per role: a call asks for the same shapes call after call)
-        self._last: dict[str, tuple[tuple[int, ...], np.dtype, np.ndarray]] = {}
+        # the last LAST_ARRAYS arrays handed out per role, newest first, handed out again for
+        # the same request: a step asks for the same shapes step after step, two per role
+        # (a layer's forward and backward give "maps" and "patches" different shapes)
+        self._last: dict[str, tuple[tuple[tuple[int, ...], np.dtype, np.ndarray], ...]] = {}
 
     @property
     def nbytes(self) -> int:
@@ -201,16 +205,18 @@ class Scratch:
     def array(self, role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """An uninitialised C-contiguous array of ``shape`` in the buffer of ``role``."""
         self._kept.pop(role, None)  # its content is about to change
-        last = self._last.get(role)
-        if last is not None and last[0] == shape and last[1] == dtype:
-            return last[2]
+        last = self._last.get(role, ())
+        for known_shape, known_dtype, array in last:
+            if known_shape == shape and known_dtype == dtype:
+                return array
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
         buffer = self._buffers.get(role)
         if buffer is None or buffer.nbytes < nbytes:
             buffer = self._buffers[role] = np.empty(nbytes, dtype=np.uint8)
+            last = ()  # views of the old buffer: dropped with it
         array = buffer[:nbytes].view(dtype).reshape(shape)
-        self._last[role] = (shape, dtype, array)
+        self._last[role] = ((shape, dtype, array), *last[: LAST_ARRAYS - 1])
         return array
 
     def zeros(self, role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
