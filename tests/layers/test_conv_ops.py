@@ -556,3 +556,15 @@ def test_scratch_hands_out_a_roles_recent_shapes_again_from_its_one_buffer():
     assert scratch.nbytes == grown.nbytes
     assert np.shares_memory(scratch.array("maps", (6, 672), f32), grown)
     assert np.shares_memory(scratch.array("maps", (6, 1, 8), f32), grown)
+
+
+def test_conv_geometry_output_shape_kept_for_the_last_shape_is_not_part_of_its_value():
+    """The last answer is kept per geometry (any shape, then another, then the first again
+    gives PyTorch's sizes) and leaves equality, hashing and the repr alone."""
+    geometry = ConvGeometry((5, 3), (1, 2), ((2, 2), (0, 1)), (1, 1))
+    twin = ConvGeometry((5, 3), (1, 2), ((2, 2), (0, 1)), (1, 1))
+    for spatial, expected in [((28, 28), (28, 14)), ((4, 3), (4, 1)), ((28, 28), (28, 14))]:
+        assert geometry.output_shape(spatial) == expected
+        assert geometry.output_shape(list(spatial)) == expected
+    assert geometry == twin and hash(geometry) == hash(twin) and repr(geometry) == repr(twin)
+    assert pickle.loads(pickle.dumps(geometry)).output_shape((5, 5)) == (5, 2)

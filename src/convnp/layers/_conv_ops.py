@@ -72,7 +72,7 @@ import math
 import threading
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -133,15 +133,23 @@ class ConvGeometry:
     stride: tuple[int, ...]
     pads: Pads
     dilation: tuple[int, ...]
+    # (spatial, output_shape(spatial)) of the last call: a layer asks for the same shape
+    # several times a step (1.6 us each to work out); not part of the geometry's value
+    _last_output: tuple = field(default=(None, None), init=False, repr=False, compare=False)
 
     def output_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         """PyTorch's ``Shape:`` formula per axis (0 where the kernel does not fit)."""
-        return tuple(
+        last = self._last_output  # read once: inference blocks may run on several threads
+        if last[0] == spatial:
+            return last[1]
+        shape = tuple(
             output_size(size, k, s, before, after, d)
             for size, k, s, (before, after), d in zip(
                 spatial, self.kernel_size, self.stride, self.pads, self.dilation
             )
         )
+        object.__setattr__(self, "_last_output", (tuple(spatial), shape))  # frozen otherwise
+        return shape
 
     def extent(self, axis: int) -> int:
         """Input cells one dilated kernel spans along ``axis``."""
