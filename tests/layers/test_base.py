@@ -82,7 +82,7 @@ def test_all_finite_and_first_non_finite_find_any_bad_value(size, dtype, bad):
 
 
 @pytest.mark.parametrize("size", [5, 70_000])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.complex128])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_surely_finite_never_passes_a_bad_value(size, dtype, bad):
     """The training step's quick check: any NaN or inf, in any array, in any position, of
@@ -106,6 +106,7 @@ def test_surely_finite_false_alarm_on_overflow_is_cleared_by_first_non_finite():
     huge = {"w": np.full(3, 1e30, np.float32)}
     assert not surely_finite(huge.values())
     assert first_non_finite(huge) is None
+    assert surely_finite([np.full(3, 60000, np.float16)])  # half: no squares, no alarm
 
 
 def test_one_slot_cache_backward_before_forward_eval_mode_and_no_grad(rng):

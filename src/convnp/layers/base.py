@@ -100,13 +100,14 @@ def surely_finite(arrays: Iterable[np.ndarray]) -> bool:
     two calls and boolean temporary (a training step checks every gradient and
     parameter; twice as fast on small arrays and large): the sum is NaN or inf whenever
     one of its terms is. Finite values whose squares overflow (|x| > 1e19 in float32)
-    also give False, a false alarm the closer look clears.
+    also give False, a false alarm the closer look clears. Half precision (whose squares
+    overflow from |x| > 256) and complex arrays get ``all_finite``.
     """
     total = 0.0
     for array in arrays:
-        if array.dtype.kind == "f":
+        if array.dtype.kind == "f" and array.dtype.itemsize >= 4:
             total += float(np.vdot(array, array))  # vdot flattens any shape
-        elif array.dtype.kind == "c" and not all_finite(array):
+        elif array.dtype.kind in "fc" and not all_finite(array):
             return False
     return math.isfinite(total)
 
