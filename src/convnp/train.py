@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from convnp import io
-from convnp.layers.base import NonFiniteInputError, first_non_finite
+from convnp.layers.base import NonFiniteInputError, first_non_finite, surely_finite
 from convnp.losses import LOSSES
 from convnp.model import Sequential
 from convnp.optim import Optimizer
@@ -92,6 +92,8 @@ def train_step(
 def _stop_if_not_finite(model: Sequential, x: np.ndarray, error: float) -> None:
     if not np.isfinite(error):
         raise TrainingDiverged(f"the loss is {error}; {_first_non_finite_output(model, x)}")
+    if surely_finite(grad for layer in model for grad in layer.grads.values()):
+        return  # the common case, one quick test; otherwise find the layer to name
     for index, layer in enumerate(model):
         key = first_non_finite(layer.grads)
         if key is not None:
@@ -103,6 +105,8 @@ def _stop_if_not_finite(model: Sequential, x: np.ndarray, error: float) -> None:
 
 def _stop_if_update_not_finite(model: Sequential) -> None:
     """Finite gradients can still give an update that overflows (a huge lr, float32)."""
+    if surely_finite(param for layer in model for param in layer.params.values()):
+        return
     name = first_non_finite({name: param for name, param, _ in model.parameters()})
     if name is not None:
         raise TrainingDiverged(

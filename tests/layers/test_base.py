@@ -13,6 +13,7 @@ from convnp.layers.base import (
     as_tuple,
     check_finite,
     first_non_finite,
+    surely_finite,
     uniform_init,
 )
 
@@ -78,6 +79,34 @@ def test_all_finite_and_first_non_finite_find_any_bad_value(size, dtype, bad):
         assert not all_finite(x)
         assert first_non_finite({"a": np.ones(3, dtype), "b": x, "c": x}) == "b"
     assert first_non_finite({"a": np.ones(3, dtype), "i": np.ones(2, np.int64)}) is None
+
+
+@pytest.mark.parametrize("size", [5, 70_000])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.complex128])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_surely_finite_never_passes_a_bad_value(size, dtype, bad):
+    """The training step's quick check: any NaN or inf, in any array, in any position, of
+    any layout (a transposed view too) gives False; all-finite arrays give True."""
+
+    def arrays():
+        return [np.ones((3, 1, 2), dtype), np.ones(size, dtype), np.ones((4, 3), dtype).T]
+
+    assert surely_finite([*arrays(), np.ones(2, np.int64)])
+    assert surely_finite([])
+    for index in range(3):
+        for fraction in (0, 0.5, 1):
+            bad_arrays = arrays()
+            array = bad_arrays[index]
+            array.flat[int(fraction * (array.size - 1))] = bad
+            assert not surely_finite(bad_arrays)
+
+
+def test_surely_finite_false_alarm_on_overflow_is_cleared_by_first_non_finite():
+    """Huge finite values overflow the sum of squares: False, but nothing is NaN or inf."""
+    huge = {"w": np.full(3, 1e30, np.float32)}
+    assert not surely_finite(huge.values())
+    assert first_non_finite(huge) is None
+    assert surely_finite([np.full(3, 60000, np.float16)])  # half: no squares, no alarm
 
 
 def test_one_slot_cache_backward_before_forward_eval_mode_and_no_grad(rng):

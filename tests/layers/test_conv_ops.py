@@ -538,3 +538,33 @@ def test_input_grad_in_chunks_of_skewed_rows_equals_one_chunk(case, skew, rng, m
         == bound
         == (one if skew == "one_sample_of_one_map" else 2 * len(x) * one)
     )
+
+
+def test_scratch_hands_out_a_roles_recent_shapes_again_from_its_one_buffer():
+    """A forward and a backward asking one role for two shapes, step after step, get the
+    same arrays back (no new views); all lie in the role's one buffer, and once it grows
+    no array of the old buffer is handed out."""
+    scratch = _conv_ops.Scratch()
+    f32 = np.dtype(np.float32)
+    forward, backward = scratch.array("maps", (6, 672), f32), scratch.array("maps", (6, 1, 8), f32)
+    for _ in range(2):
+        assert scratch.array("maps", (6, 672), f32) is forward
+        assert scratch.array("maps", (6, 1, 8), f32) is backward
+    assert np.shares_memory(forward, backward)
+    assert scratch.array("maps", (6, 672), np.float64) is not forward  # the dtype counts
+    grown = scratch.array("maps", (6, 2000), f32)  # a new, larger buffer
+    assert scratch.nbytes == grown.nbytes
+    assert np.shares_memory(scratch.array("maps", (6, 672), f32), grown)
+    assert np.shares_memory(scratch.array("maps", (6, 1, 8), f32), grown)
+
+
+def test_conv_geometry_output_shape_kept_for_the_last_shape_is_not_part_of_its_value():
+    """The last answer is kept per geometry (any shape, then another, then the first again
+    gives PyTorch's sizes) and leaves equality, hashing and the repr alone."""
+    geometry = ConvGeometry((5, 3), (1, 2), ((2, 2), (0, 1)), (1, 1))
+    twin = ConvGeometry((5, 3), (1, 2), ((2, 2), (0, 1)), (1, 1))
+    for spatial, expected in [((28, 28), (28, 14)), ((4, 3), (4, 1)), ((28, 28), (28, 14))]:
+        assert geometry.output_shape(spatial) == expected
+        assert geometry.output_shape(list(spatial)) == expected
+    assert geometry == twin and hash(geometry) == hash(twin) and repr(geometry) == repr(twin)
+    assert pickle.loads(pickle.dumps(geometry)).output_shape((5, 5)) == (5, 2)

@@ -40,6 +40,19 @@ def test_linear_gradient_is_outer_product_summed_over_batch(rng):
     np.testing.assert_allclose(layer.grads["bias"], delta.sum(axis=0), atol=1e-12)
 
 
+@pytest.mark.parametrize("batch", [1, 2, 9])
+@pytest.mark.parametrize("dy_dtype", [np.float32, np.float64])
+def test_linear_weight_gradient_equals_the_matrix_product_bit_for_bit(batch, dy_dtype, rng):
+    """np.dot for a dy of the layer's dtype (BLAS also at N = 1), np.matmul's cast for
+    another: the same bits as δᵀx computed by matmul and cast to the layer's dtype."""
+    layer = Linear(40, 12, dtype=np.float32, rng=rng)
+    x = rng.standard_normal((batch, 40)).astype(np.float32)
+    layer.forward(x)
+    delta = rng.standard_normal((batch, 12)).astype(dy_dtype)
+    layer.backward(delta)
+    np.testing.assert_array_equal(layer.grads["weight"], (delta.T @ x).astype(np.float32))
+
+
 def test_linear_errors_and_repr(rng):
     layer = Linear(192, 10, rng=rng)
     assert repr(layer) == "Linear(192, 10)"

@@ -63,6 +63,24 @@ def test_windows_are_the_cells_of_window_cells_and_scatter_windows_is_their_adjo
 
 
 @pytest.mark.parametrize("spatial,kernel,stride,dilation", GEOMETRIES)
+def test_windows_of_any_layout_are_read_only_views_with_the_same_cells(
+    spatial, kernel, stride, dilation, rng
+):
+    """C-contiguous inputs get their view from the buffer, others from as_strided: the
+    same cells (a cropped, a transposed and a reversed input), never writable."""
+    base = rng.standard_normal((3, 2, *(s + 1 for s in spatial)))
+    crop = (Ellipsis, *(slice(1, None),) * len(spatial))
+    reverse = (Ellipsis, *(slice(None, None, -1),) * len(spatial))
+    layouts = [base[crop], base[crop].swapaxes(0, 1), base[crop][reverse], base[crop].copy()]
+    out = _out_shape(spatial, kernel, stride, dilation)
+    cells = _windows.window_cells(out, kernel, stride, dilation)
+    for x in layouts:
+        view = _windows.windows(x, kernel, stride, dilation, out)
+        np.testing.assert_array_equal(view, _windows_by_loop(x, cells))
+        assert np.shares_memory(view, x) and not view.flags.writeable
+
+
+@pytest.mark.parametrize("spatial,kernel,stride,dilation", GEOMETRIES)
 def test_sum_windows_is_the_weighted_sum_over_the_kernel_axes(
     spatial, kernel, stride, dilation, rng
 ):

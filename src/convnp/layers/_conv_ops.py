@@ -72,7 +72,7 @@ import math
 import threading
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -120,6 +120,9 @@ GEMV_PRODUCT_CELLS = 200
 # (one run each) for bouvrie, lenet5 and modern at batches 1 and 25-64.
 SKEW_BYTES = 2**20
 
+# Arrays a ``Scratch`` role remembers to hand out again (a few views, no memory of their own).
+LAST_ARRAYS = 2
+
 
 @dataclass(frozen=True)
 class ConvGeometry:
@@ -130,15 +133,23 @@ class ConvGeometry:
     stride: tuple[int, ...]
     pads: Pads
     dilation: tuple[int, ...]
+    # (spatial, output_shape(spatial)) of the last call: a layer asks for the same shape
+    # several times a step (1.6 us each to work out); not part of the geometry's value
+    _last_output: tuple = field(default=(None, None), init=False, repr=False, compare=False)
 
     def output_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         """PyTorch's ``Shape:`` formula per axis (0 where the kernel does not fit)."""
-        return tuple(
+        last = self._last_output  # read once: inference blocks may run on several threads
+        if last[0] == spatial:
+            return last[1]
+        shape = tuple(
             output_size(size, k, s, before, after, d)
             for size, k, s, (before, after), d in zip(
                 spatial, self.kernel_size, self.stride, self.pads, self.dilation
             )
         )
+        object.__setattr__(self, "_last_output", (tuple(spatial), shape))  # frozen otherwise
+        return shape
 
     def extent(self, axis: int) -> int:
         """Input cells one dilated kernel spans along ``axis``."""
@@ -190,9 +201,10 @@ class Scratch:
     def __init__(self) -> None:
         self._buffers: dict[str, np.ndarray] = {}
         self._kept: dict[str, tuple[weakref.ref, tuple, np.ndarray]] = {}
-        # the last array handed out per role, handed out again for the same request (one
-        # per role: a call asks for the same shapes call after call)
-        self._last: dict[str, tuple[tuple[int, ...], np.dtype, np.ndarray]] = {}
+        # the last LAST_ARRAYS arrays handed out per role, newest first, handed out again for
+        # the same request: a step asks for the same shapes step after step, two per role
+        # (a layer's forward and backward give "maps" and "patches" different shapes)
+        self._last: dict[str, tuple[tuple[tuple[int, ...], np.dtype, np.ndarray], ...]] = {}
 
     @property
     def nbytes(self) -> int:
@@ -201,16 +213,18 @@ class Scratch:
     def array(self, role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """An uninitialised C-contiguous array of ``shape`` in the buffer of ``role``."""
         self._kept.pop(role, None)  # its content is about to change
-        last = self._last.get(role)
-        if last is not None and last[0] == shape and last[1] == dtype:
-            return last[2]
+        last = self._last.get(role, ())
+        for known_shape, known_dtype, array in last:
+            if known_shape == shape and known_dtype == dtype:
+                return array
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
         buffer = self._buffers.get(role)
         if buffer is None or buffer.nbytes < nbytes:
             buffer = self._buffers[role] = np.empty(nbytes, dtype=np.uint8)
+            last = ()  # views of the old buffer: dropped with it
         array = buffer[:nbytes].view(dtype).reshape(shape)
-        self._last[role] = (shape, dtype, array)
+        self._last[role] = ((shape, dtype, array), *last[: LAST_ARRAYS - 1])
         return array
 
     def zeros(self, role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

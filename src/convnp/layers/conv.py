@@ -205,8 +205,13 @@ class _ConvNd(Layer):
         if self.has_connection_table:
             kernel = kernel * self._mask_like(kernel)
         if self.flip_kernel:
-            kernel = np.flip(kernel, axis=tuple(range(2, 2 + self.nd)))
+            kernel = self._rot180(kernel)
         return kernel
+
+    def _rot180(self, kernel: np.ndarray) -> np.ndarray:
+        """The kernel turned by 180° over its spatial (last nd) axes: the view np.flip
+        gives, by slicing, without np.flip's axis checks on every step."""
+        return kernel[(..., *(slice(None, None, -1),) * self.nd)]
 
     def output_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         padded = tuple(s + b + a for s, (b, a) in zip(spatial, self.input_pads))
@@ -289,7 +294,7 @@ class _ConvNd(Layer):
             x, dy, self.geometry, groups=self.groups, workspace=self.workspace
         )
         if self.flip_kernel:
-            dkernel = np.flip(dkernel, axis=tuple(range(2, 2 + self.nd)))
+            dkernel = self._rot180(dkernel)
         if self.has_connection_table:
             dkernel = dkernel * self._mask_like(dkernel)  # only i ∈ M_j learn
         self.grads["weight"][...] = dkernel

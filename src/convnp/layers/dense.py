@@ -80,7 +80,12 @@ class Linear(Layer):
         x, batched = self._recall()
         expected = (x.shape[0], self.out_features) if batched else (self.out_features,)
         delta = self._check_grad_output(dy, expected).reshape(x.shape[0], self.out_features)
-        np.matmul(delta.T, x, out=self.grads["weight"])  # ∂E/∂W = Σ_n δ xᵀ, no temporary
+        # ∂E/∂W = Σ_n δ xᵀ, no temporary: np.dot, as np.matmul leaves BLAS for N = 1 (an
+        # outer product; Linear(400, 120) 75 -> 10 us, equal bits); dot's out= takes only
+        # its exact result type, so a dy of another dtype goes through matmul's cast
+        weight_grad = self.grads["weight"]
+        product = np.dot if delta.dtype == weight_grad.dtype else np.matmul
+        product(delta.T, x, out=weight_grad)
         if "bias" in self.params:
             self.grads["bias"][...] = delta.sum(axis=0)  # ∂E/∂b = Σ_n δ
         dx = delta @ self.params["weight"]  # ∂E/∂x = Wᵀ δ
