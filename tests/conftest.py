@@ -19,6 +19,15 @@ def _one_process_training():
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _data_cache_in_a_temporary_folder(tmp_path_factory):
+    """Loading a gzip data set writes its decompressed copy into the cache: the tests' copies
+    go to a temporary folder, not the user's ~/.cache/convnp."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CONVNP_DATA", str(tmp_path_factory.mktemp("convnp-data")))
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _torch_single_thread():
     """PyTorch's second thread only spins on the small tensors of the parity tests (seen on a
     2-core machine: 0.5 s instead of 2 ms a step); one thread keeps the suite fast."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import os
 import struct
 from importlib import resources
 from pathlib import Path
@@ -295,3 +296,85 @@ def test_dataset_validates_its_arrays(changes, message):
     _dataset()  # the unchanged fields are valid
     with pytest.raises(ValueError, match=message):
         _dataset(**changes)
+
+
+# -- the decompressed copies of gzip files ----------------------------------------------
+
+
+def _copies(folders) -> list[str]:
+    return sorted(path.name for path in (folders["cache"] / "decompressed").glob("*.npy"))
+
+
+def test_a_gzip_file_is_inflated_once_then_read_from_its_copy(folders, write_idx_set, monkeypatch):
+    arrays = write_idx_set(folders["data_dir"])
+    first = load_dataset("fashion-mnist", data_dir=folders["data_dir"], download=False)
+    assert [name.split(".")[0] for name in _copies(folders)] == sorted(
+        name.removesuffix(".gz") for name in arrays
+    )
+
+    def no_inflating(path, **kwargs):
+        raise AssertionError(f"{path} was inflated again")
+
+    monkeypatch.setattr(datasets, "read_idx", no_inflating)
+    again = load_dataset("fashion-mnist", data_dir=folders["data_dir"], download=False)
+    for role in ("train_images", "train_labels", "test_images", "test_labels"):
+        np.testing.assert_array_equal(getattr(again, role), getattr(first, role))
+        assert getattr(again, role).dtype == getattr(first, role).dtype
+    np.testing.assert_array_equal(again.test_images[:, 0], arrays["t10k-images-idx3-ubyte.gz"])
+
+
+def test_a_changed_source_is_read_afresh_and_its_old_copy_deleted(folders, write_idx_set):
+    write_idx_set(folders["data_dir"], seed=1)
+    load_dataset("fashion-mnist", data_dir=folders["data_dir"], download=False)
+    before = _copies(folders)
+    fresh = write_idx_set(folders["data_dir"], seed=2)  # same names and sizes, new content
+    for path in folders["data_dir"].iterdir():  # a later time even on a coarse clock
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    data = load_dataset("fashion-mnist", data_dir=folders["data_dir"], download=False)
+    np.testing.assert_array_equal(data.train_labels, fresh["train-labels-idx1-ubyte.gz"])
+    after = _copies(folders)
+    assert len(after) == 4 and not set(before) & set(after)
+
+
+def test_uncompressed_files_get_no_copy(folders, write_idx_set):
+    write_idx_set(folders["data_dir"], gz=False)
+    load_dataset("fashion-mnist", data_dir=folders["data_dir"], download=False)
+    assert _copies(folders) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickled", "not npy"])
+def test_a_damaged_copy_is_ignored_and_replaced(folders, write_idx_set, damage):
+    arrays = write_idx_set(folders["data_dir"])
+    load_dataset("fashion-mnist", data_dir=folders["data_dir"], download=False)
+    copy = next((folders["cache"] / "decompressed").glob("train-images-*.npy"))
+    if damage == "truncated":
+        copy.write_bytes(copy.read_bytes()[:-7])
+    elif damage == "pickled":  # loading it with pickles allowed would run code
+        np.save(copy, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    else:
+        copy.write_bytes(b"\x1f\x8b not an array")
+    data = load_dataset("fashion-mnist", data_dir=folders["data_dir"], download=False)
+    np.testing.assert_array_equal(data.train_images[:, 0], arrays["train-images-idx3-ubyte.gz"])
+    np.testing.assert_array_equal(np.load(copy), arrays["train-images-idx3-ubyte.gz"])
+
+
+def test_an_unwritable_cache_still_loads(folders, write_idx_set, monkeypatch, tmp_path):
+    arrays = write_idx_set(folders["data_dir"])
+    blocker = tmp_path / "a file"
+    blocker.write_bytes(b"")
+    monkeypatch.setenv("CONVNP_DATA", str(blocker))  # the cache would be under a file
+    data = load_dataset("fashion-mnist", data_dir=folders["data_dir"], download=False)
+    np.testing.assert_array_equal(data.train_labels, arrays["train-labels-idx1-ubyte.gz"])
+
+
+def test_keep_decompressed_false_reads_copies_but_writes_none(folders, write_idx_set):
+    arrays = write_idx_set(folders["data_dir"])
+    load_dataset("fashion-mnist", data_dir=folders["data_dir"], download=False,
+                 keep_decompressed=False)  # fmt: skip
+    assert _copies(folders) == []
+    load_dataset("fashion-mnist", data_dir=folders["data_dir"], download=False)
+    copy = next((folders["cache"] / "decompressed").glob("train-labels-*.npy"))
+    np.save(copy, arrays["train-labels-idx1-ubyte.gz"][::-1])  # tell the copy's data apart
+    data = load_dataset("fashion-mnist", data_dir=folders["data_dir"], download=False,
+                        keep_decompressed=False)  # fmt: skip
+    np.testing.assert_array_equal(data.train_labels, arrays["train-labels-idx1-ubyte.gz"][::-1])

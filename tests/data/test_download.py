@@ -242,7 +242,11 @@ def test_load_dataset_downloads_into_the_cache_then_reads_it(server, tiny_mnist,
     np.testing.assert_array_equal(data.train_images[:, 0], tiny_mnist["train-images-idx3-ubyte.gz"])
     np.testing.assert_array_equal(data.test_labels, tiny_mnist["t10k-labels-idx1-ubyte.gz"])
     assert data.train_labels.dtype == np.int64
-    assert _leftovers(tmp_path / "cache" / "mnist") == sorted(tiny_mnist)
+    cached = tmp_path / "cache" / "mnist"
+    assert _leftovers(cached) == sorted([*tiny_mnist, "decompressed"])  # no temporary files
+    assert [name.split(".")[0] for name in _leftovers(cached / "decompressed")] == sorted(
+        name.removesuffix(".gz") for name in tiny_mnist
+    )
     requests = len(server.requests)
     again = load_dataset("mnist", download=False)
     np.testing.assert_array_equal(again.train_labels, data.train_labels)

@@ -82,8 +82,12 @@ def _make_optimizer(args: argparse.Namespace, recipe: zoo.Recipe, model: Sequent
                                  nesterov=args.nesterov)  # fmt: skip
 
 
-def _load_data(name: str, data_dir: str | None) -> Dataset:
-    dataset = load_dataset(name, data_dir=data_dir)
+def _load_data(
+    name: str, data_dir: str | None, comm: distributed.Communicator | None = None
+) -> Dataset:
+    """The data set; of the MPI ranks on one machine, one writes its decompressed copy."""
+    dataset = load_dataset(name, data_dir=data_dir,
+                           keep_decompressed=comm is None or comm.node_rank == 0)  # fmt: skip
     if data_dir is not None and name == "mnist5k":
         print(f"note: --data-dir {data_dir} is not used: mnist5k is bundled with convnp")
     return dataset
@@ -178,7 +182,7 @@ def _new_run(
     args: argparse.Namespace, comm: distributed.Communicator | None = None
 ) -> tuple[Any, ...]:
     out = None if args.out is None else _checked_out_dir(args.out)  # before any work
-    dataset = _load_data(args.data or DEFAULT_DATA, args.data_dir)
+    dataset = _load_data(args.data or DEFAULT_DATA, args.data_dir, comm)
     rng = np.random.default_rng(args.seed or 0)
     model, recipe = _build_model(args, dataset.train_images.shape[1:], dataset.num_classes, rng)
     optimizer = _make_optimizer(args, recipe, model)
@@ -196,7 +200,9 @@ def _new_run(
     return model, optimizer, [], info, dataset, out, info.epochs
 
 
-def _resume_run(args: argparse.Namespace) -> tuple[Any, ...]:
+def _resume_run(
+    args: argparse.Namespace, comm: distributed.Communicator | None = None
+) -> tuple[Any, ...]:
     given = [name for name in _NEW_RUN_OPTIONS if getattr(args, name) not in (None, False)]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
@@ -216,7 +222,7 @@ def _resume_run(args: argparse.Namespace) -> tuple[Any, ...]:
         info = runs.RunInfo.from_dict(stored)
     except ValueError as error:
         raise UsageError(f"{source}: {error}") from None
-    dataset = _load_data(info.dataset or DEFAULT_DATA, args.data_dir)
+    dataset = _load_data(info.dataset or DEFAULT_DATA, args.data_dir, comm)
     if info.val_size is None:  # a run from before the validation split: all training images
         info.train_size, info.val_size = len(dataset.train_labels), 0
         info.test_size = len(dataset.test_labels)
@@ -258,7 +264,7 @@ def _stop_message(out: Path, reason: str) -> str:
 # -- subcommands --------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace, comm: distributed.Communicator | None = None) -> int:
     started = time.perf_counter()
-    setup = _resume_run(args) if args.resume else _new_run(args, comm)
+    setup = _resume_run(args, comm) if args.resume else _new_run(args, comm)
     model, optimizer, history, info, dataset, out, planned = setup
     if comm is not None and info.sync_batch_norm:  # one process: the batch is global already
         distributed.sync_batch_norm(model, comm)

@@ -200,6 +200,10 @@ class Communicator:
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank: int = self.comm.Get_rank()
         self.size: int = self.comm.Get_size()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
+        self.node_rank: int = node.Get_rank()
+        self.node_size: int = node.Get_size()
+        node.Free()
         self.timeout = timeout
         self.seed = 0
         self.seconds_communicating = 0.0  # time spent inside collectives (benchmarks)
@@ -435,9 +439,7 @@ class Communicator:
     def _limit_threads(self, model: Any) -> None:
         """BLAS threads: at most this rank's share of the node's cores (a lower limit
         already set, e.g. OMP_NUM_THREADS=1, is kept)."""
-        node = self.comm.Split_type(self._mpi.COMM_TYPE_SHARED)
-        share = max(1, available_cores() // node.Get_size())
-        node.Free()
+        share = max(1, available_cores() // self.node_size)
         from convnp.runtime.parallel import _blas_controller
 
         controller = _blas_controller()
