@@ -321,6 +321,9 @@ def test_a_gzip_file_is_inflated_once_then_read_from_its_copy(folders, write_idx
         np.testing.assert_array_equal(getattr(again, role), getattr(first, role))
         assert getattr(again, role).dtype == getattr(first, role).dtype
     np.testing.assert_array_equal(again.test_images[:, 0], arrays["t10k-images-idx3-ubyte.gz"])
+    # mapped from the copy: read-only, shared by the processes that read it
+    assert isinstance(again.train_images, np.memmap)
+    assert not again.train_images.flags.writeable
 
 
 def test_a_changed_source_is_read_afresh_and_its_old_copy_deleted(folders, write_idx_set):

@@ -18,8 +18,10 @@ four files gzip-compressed (``.gz``) or not.
 Inflating a gzip file costs more than reading its content (Fashion-MNIST's training images:
 0.23 s against 0.05 s, paid by every process of every run, MPI ranks included), so the
 first read of a ``.gz`` file also stores its array as ``.npy`` in
-``<cache>/<name>/decompressed/`` (written atomically, read back with ``allow_pickle=False``,
-like torchvision's processed copies). A copy is named after the source file's path, inode,
+``<cache>/<name>/decompressed/`` (written atomically, like torchvision's processed
+copies). Later reads map the copy into memory (read-only, ``allow_pickle=False``): the
+processes of one machine, MPI ranks, then share one copy of the data in the page cache
+instead of holding one each. A copy is named after the source file's path, inode,
 size and modification time: a changed or replaced source is read afresh, and its old copy
 deleted. An
 unreadable copy is ignored and replaced; an unwritable cache only costs the speed-up.
@@ -283,7 +285,7 @@ def _read_decompressed(name: str, path: Path, keep: bool) -> np.ndarray:
     stem = path.name.removesuffix(".gz")
     copy = cache_dir() / name / "decompressed" / f"{stem}.{key}.npy"
     try:
-        return np.load(copy, allow_pickle=False)
+        return np.load(copy, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError):  # absent, or unreadable: read the source
         pass
     array = read_idx(path)
