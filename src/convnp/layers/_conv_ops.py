@@ -583,6 +583,9 @@ class _Block:
     workspace with its zero padding; gradients come back through the same slab.
     """
 
+    #: Axes of the slab before its spatial ones: (C, B, *slab).
+    SLAB_LEADING_AXES = 2
+
     def __init__(
         self,
         x_shape: tuple[int, ...],
@@ -628,6 +631,19 @@ class _Block:
         ]
         self.whole_rows = rows.start == 0 and rows.stop == out_shape[0]
         self.out_channels, self.itemsize = out_channels, itemsize
+
+    @functools.cached_property
+    def offsets(self) -> list[tuple[tuple, tuple]]:
+        """(the index of kernel offset k's row block in dcols (C, *k, ...), the index of the
+        sub-slab that k meets) for every k, built once per block: the scatters loop over
+        them on every call, and rebuilding 25 of them cost ~90 µs of Python a call."""
+        g, lead = self.geometry, (slice(None),) * self.SLAB_LEADING_AXES
+        return [
+            ((slice(None), *offset), (*lead, *slices))
+            for offset, slices in kernel_offsets(
+                g.kernel_size, g.stride, g.dilation, self.out_shape
+            )
+        ]
 
     @functools.cached_property
     def parts(self) -> list[slice]:
@@ -692,10 +708,6 @@ class _Block:
 class _StridedLayout(_Block):
     """Any stride: row block k of the matrix is the strided sub-slab that offset k meets."""
 
-    def _offsets(self) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
-        g = self.geometry
-        return kernel_offsets(g.kernel_size, g.stride, g.dilation, self.out_shape)
-
     def _gather(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
         slab = scratch.array("slab", (self.channels, self.batch, *self.slab), x.dtype)
         self._fill_slab(slab, x)
@@ -722,8 +734,8 @@ class _StridedLayout(_Block):
         batch = part.stop - part.start
         slab = scratch.zeros("slab", (self.channels, batch, *self.slab), dcols.dtype)
         dcols = dcols.reshape(self.channels, *self.geometry.kernel_size, batch, *self.out_shape)
-        for offset, slices in self._offsets():
-            slab[(slice(None), slice(None), *slices)] += dcols[(slice(None), *offset)]
+        for row_block, sub_slab in self.offsets:
+            slab[sub_slab] += dcols[row_block]
         self._add_slab(slab, dx, part)
 
 
@@ -848,6 +860,9 @@ class _InterleavedLayout(_Block):
     one transposing copy of δ, 70 µs, instead of two).
     """
 
+    #: (C, *slab, b): the samples come after the spatial axes.
+    SLAB_LEADING_AXES = 1
+
     @functools.cached_property
     def parts(self) -> list[slice]:
         return [slice(0, self.batch)]
@@ -905,23 +920,10 @@ class _InterleavedLayout(_Block):
         shape = (self.channels, *self.slab, self.batch)
         slab = scratch.zeros("slab", shape, dcols.dtype)
         dcols = dcols.reshape(self.channels, *self.geometry.kernel_size, *self.out_shape, -1)
-        for slab_index, dcols_index in self._offset_indices:
-            slab[slab_index] += dcols[dcols_index]
+        for row_block, sub_slab in self.offsets:
+            slab[sub_slab] += dcols[row_block]
         inside = slab[(slice(None), *self.interior)]
         dx[(self.samples, slice(None), *self.x_index)] = _samples_first(inside)
-
-    @functools.cached_property
-    def _offset_indices(self) -> list[tuple[tuple, tuple]]:
-        """(slab index, dcols index) of each kernel offset k for ``scatter``: the sub-slab
-        that k meets, and k's row block (built once per block: 25 offsets cost ~90 µs of
-        Python a call otherwise)."""
-        g = self.geometry
-        return [
-            ((slice(None), *slices), (slice(None), *offset))
-            for offset, slices in kernel_offsets(
-                g.kernel_size, g.stride, g.dilation, self.out_shape
-            )
-        ]
 
 
 def _samples_last(a: np.ndarray) -> np.ndarray:
