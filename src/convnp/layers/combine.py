@@ -25,6 +25,7 @@ from convnp.layers._conv_ops import (
     conv_forward,
     conv_transpose,
     conv_weight_grad,
+    map_sums,
 )
 from convnp.layers.base import DEFAULT_DTYPE, Layer, MemoryEstimate, as_tuple, uniform_init
 
@@ -368,5 +369,5 @@ class FeatureMapCombination(Layer):
             )  # ∂E/∂x_i = conv(dz_i, rot180(k_i), 'full')
         self.grads["alpha_logits"][...] = softmax_backward(alpha, dalpha)  # ∂E/∂c_ij
         if "bias" in self.params:
-            self.grads["bias"][...] = dy.sum(axis=(0, 2, 3))  # ∂E/∂b_j = Σ_uv δ_j
+            self.grads["bias"][...] = map_sums(dy)  # ∂E/∂b_j = Σ_uv δ_j
         return dx

@@ -13,6 +13,7 @@ from convnp.layers._conv_ops import (
     Workspace,
     check_conv_arguments,
     conv_weight_grad,
+    map_sums,
     skewed_bytes,
 )
 from convnp.layers._winograd import conv_forward, conv_transpose
@@ -288,7 +289,7 @@ class _ConvNd(Layer):
         out_shape = self.geometry.output_shape(x.shape[2:])
         dy = self._check_grad_output(dy, (len(x), self.out_channels, *out_shape))
         if "bias" in self.params:
-            self.grads["bias"][...] = dy.sum(axis=(0, *range(2, 2 + self.nd)))  # Σ_uv δ_j
+            self.grads["bias"][...] = map_sums(dy)  # Σ_uv δ_j
         # ∂E/∂k_ij = Σ_uv δ_j · p_i
         dkernel = conv_weight_grad(
             x, dy, self.geometry, groups=self.groups, workspace=self.workspace

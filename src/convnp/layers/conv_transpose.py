@@ -20,6 +20,7 @@ from convnp.layers._conv_ops import (
     conv_forward,
     conv_transpose,
     conv_weight_grad,
+    map_sums,
     skewed_bytes,
 )
 from convnp.layers.base import (
@@ -261,7 +262,7 @@ class _ConvTransposeNd(Layer):
     def _param_grads(self, x: np.ndarray, out_spatial: tuple[int, ...], dy: np.ndarray) -> None:
         """Fill ∂E/∂b and ∂E/∂k from the input x and δ = dy."""
         if "bias" in self.params:
-            self.grads["bias"][...] = dy.sum(axis=(0, *range(2, 2 + self.nd)))  # Σ_t δ_j
+            self.grads["bias"][...] = map_sums(dy)  # Σ_t δ_j
         # ∂E/∂k_ij = Σ_u x_i(u) · q_j(u): C's weight gradient, input δ, output gradient x
         self.grads["weight"][...] = conv_weight_grad(
             dy,
