@@ -265,3 +265,26 @@ def test_loader_fingerprint_tells_splits_apart():
 
     assert fingerprint([0, 1, 2]) == fingerprint([0, 1, 2])
     assert fingerprint([0, 1, 2]) != fingerprint([0, 1, 3])
+
+
+def test_loader_fingerprint_hashes_an_array_shared_by_two_loaders_once(monkeypatch):
+    """The training and validation loaders read the same images: one CRC of them."""
+    from convnp.data import DataLoader
+
+    images = np.arange(10 * 4, dtype=np.uint8).reshape(10, 1, 2, 2)
+    labels = np.arange(10) % 3
+    hashed = []
+    crc = distributed._crc
+    monkeypatch.setattr(distributed, "_crc", lambda *arrays: hashed.extend(arrays) or crc(*arrays))
+    crcs: dict[int, int] = {}
+    train = distributed.loader_fingerprint(
+        DataLoader(images, labels, 2, seed=0, indices=[0, 1]), crcs
+    )
+    val = distributed.loader_fingerprint(
+        DataLoader(images, labels, 2, seed=0, indices=[2, 3]), crcs
+    )
+    assert sum(array is images for array in hashed) == 1
+    assert train != val
+    assert train == distributed.loader_fingerprint(
+        DataLoader(images, labels, 2, seed=0, indices=[0, 1])
+    )

@@ -161,9 +161,11 @@ def model_fingerprint(model: Any) -> str:
     return f"{layers} {shapes} crc {_crc(*state.values()):08x}"
 
 
-def loader_fingerprint(loader: Any) -> str:
+def loader_fingerprint(loader: Any, crcs: dict[int, int] | None = None) -> str:
     """Data CRC and batching settings of a DataLoader (repr of anything else); the seed only
-    where it matters (shuffling or augmentation)."""
+    where it matters (shuffling or augmentation). ``crcs`` remembers the CRC of each array
+    (by id, while the caller holds the loaders): the training and validation loaders read
+    the same images, whose CRC then costs once (~15 ms for Fashion-MNIST)."""
     images, labels = getattr(loader, "images", None), getattr(loader, "labels", None)
     if images is None or labels is None:
         return repr(loader)
@@ -173,7 +175,11 @@ def loader_fingerprint(loader: Any) -> str:
                 _crc(*(s for s in (loader.mean, loader.std) if s is not None)))  # fmt: skip
     indices = getattr(loader, "indices", None)
     data = (images, labels) if indices is None else (images, labels, indices)
-    return f"{settings} {images.shape} crc {_crc(*data):08x}"
+    known = {} if crcs is None else crcs
+    for array in data:
+        if id(array) not in known:
+            known[id(array)] = _crc(array)
+    return f"{settings} {images.shape} crc {' '.join(f'{known[id(a)]:08x}' for a in data)}"
 
 
 class Communicator:
@@ -324,11 +330,12 @@ class Communicator:
                 stacklevel=3,
             )
         optimizer_state = {key: value for key, value in optimizer.state_dict().items()}
+        crcs: dict[int, int] = {}  # the loaders' arrays, each hashed once
         fingerprints = {
             "model": model_fingerprint(model),
             "optimizer": f"{optimizer!r} crc {_crc(*optimizer_state.values()):08x}",
-            "training data": loader_fingerprint(train),
-            "validation data": "none" if val is None else loader_fingerprint(val),
+            "training data": loader_fingerprint(train, crcs),
+            "validation data": "none" if val is None else loader_fingerprint(val, crcs),
             "history": json.dumps(history or [], sort_keys=True, default=str),
             "run settings": json.dumps(info or {}, sort_keys=True, default=str),
         }
