@@ -13,6 +13,7 @@ from convnp.layers.base import (
     as_tuple,
     check_finite,
     first_non_finite,
+    map_sums,
     surely_finite,
     uniform_init,
 )
@@ -163,3 +164,28 @@ def test_uniform_init_is_bounded_seeded_and_typed():
     assert a.dtype == np.float32 and np.abs(a).max() <= 0.25 and np.abs(a).max() > 0.2
     per_row = uniform_init(np.random.default_rng(1), (2, 1000), np.array([[1.0], [0.01]]), float)
     assert np.abs(per_row[1]).max() <= 0.01 < np.abs(per_row[0]).max()
+
+
+@pytest.mark.parametrize(
+    "shape", [(3, 4, 5), (2, 3, 4, 5), (2, 2, 3, 3, 2), (1, 1, 1, 1), (0, 3, 4, 4), (2, 3, 0, 4)]
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_map_sums_equals_the_sums_over_samples_and_positions(shape, dtype):
+    rng = np.random.default_rng(len(shape))
+    a, b = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    axes = (0, *range(2, len(shape)))
+    bound = 1e-5 if dtype == np.float32 else 1e-12
+    for got, expected in (
+        (map_sums(a), a.astype(np.float64).sum(axis=axes)),
+        (map_sums(a, b), (a.astype(np.float64) * b).sum(axis=axes)),
+    ):
+        assert got.shape == (shape[1],) and got.dtype == dtype
+        np.testing.assert_allclose(got, expected, rtol=bound, atol=bound)
+
+
+def test_map_sums_of_strided_views():
+    a = np.random.default_rng(0).standard_normal((4, 6, 8, 8))
+    view, other = a[:, ::2, 1::2, ::3], a[:, 1::2, ::2, 1::3]  # not contiguous
+    np.testing.assert_allclose(map_sums(view), view.sum(axis=(0, 2, 3)), rtol=1e-12)
+    products = (view * other).sum(axis=(0, 2, 3))
+    np.testing.assert_allclose(map_sums(view, other), products, rtol=1e-12)

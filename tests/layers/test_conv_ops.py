@@ -568,23 +568,3 @@ def test_conv_geometry_output_shape_kept_for_the_last_shape_is_not_part_of_its_v
         assert geometry.output_shape(list(spatial)) == expected
     assert geometry == twin and hash(geometry) == hash(twin) and repr(geometry) == repr(twin)
     assert pickle.loads(pickle.dumps(geometry)).output_shape((5, 5)) == (5, 2)
-
-
-@pytest.mark.parametrize(
-    "shape", [(3, 4, 5), (2, 3, 4, 5), (2, 2, 3, 3, 2), (1, 1, 1, 1), (0, 3, 4, 4), (2, 3, 0, 4)]
-)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_map_sums_equals_the_sum_over_samples_and_positions(shape, dtype):
-    rng = np.random.default_rng(len(shape))
-    a = rng.standard_normal(shape).astype(dtype)
-    expected = a.astype(np.float64).sum(axis=(0, *range(2, len(shape))))
-    got = _conv_ops.map_sums(a)
-    assert got.shape == (shape[1],) and got.dtype == dtype
-    np.testing.assert_allclose(got, expected, rtol=1e-5 if dtype == np.float32 else 1e-12,
-                               atol=1e-5 if dtype == np.float32 else 1e-12)  # fmt: skip
-
-
-def test_map_sums_of_a_strided_view():
-    a = np.random.default_rng(0).standard_normal((4, 6, 8, 8))
-    view = a[:, ::2, 1::2, ::3]  # not contiguous
-    np.testing.assert_allclose(_conv_ops.map_sums(view), view.sum(axis=(0, 2, 3)), rtol=1e-12)

@@ -120,6 +120,22 @@ def first_non_finite(arrays: dict[str, np.ndarray]) -> str | None:
     return None
 
 
+def map_sums(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Σ_n Σ_u a_j(n, u) for every map j of a (N, C, *spatial), or Σ_n Σ_u a_j·b_j with b
+    of a's shape: a bias's gradient Σ_uv δ_j (SPEC §2), Subsample's ∂E/∂β_j = Σ_uv δ_j∘d_j,
+    batch norm's per-channel sums.
+
+    One einsum over the (N, C, L) view, L the positions: NumPy's ``sum`` over axes
+    (0, 2, ...) is a strided reduction 2.5-3x slower (measured, 1 thread, float32:
+    25x6x24x24 24 -> 10 µs, 64x32x28x28 389 -> 129 µs), and the product needs no
+    temporary a·b."""
+    n, channels, *spatial = a.shape
+    rows = (n, channels, math.prod(spatial))  # explicit: N or L may be 0
+    if b is None:
+        return np.einsum("ncl->c", a.reshape(rows))
+    return np.einsum("ncl,ncl->c", a.reshape(rows), b.reshape(rows))
+
+
 def check_finite(x: np.ndarray, where: str) -> np.ndarray:
     """Return x; raise ``NonFiniteInputError`` naming ``where`` if it holds NaN or inf."""
     if not all_finite(x):

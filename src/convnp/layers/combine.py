@@ -25,9 +25,15 @@ from convnp.layers._conv_ops import (
     conv_forward,
     conv_transpose,
     conv_weight_grad,
-    map_sums,
 )
-from convnp.layers.base import DEFAULT_DTYPE, Layer, MemoryEstimate, as_tuple, uniform_init
+from convnp.layers.base import (
+    DEFAULT_DTYPE,
+    Layer,
+    MemoryEstimate,
+    as_tuple,
+    map_sums,
+    uniform_init,
+)
 
 KERNELS = ("per_pair", "per_input")
 PENALTIES = ("l1", "entropy", "power")

@@ -13,7 +13,6 @@ from convnp.layers._conv_ops import (
     Workspace,
     check_conv_arguments,
     conv_weight_grad,
-    map_sums,
     skewed_bytes,
 )
 from convnp.layers._winograd import conv_forward, conv_transpose
@@ -23,6 +22,7 @@ from convnp.layers.base import (
     Layer,
     MemoryEstimate,
     as_tuple,
+    map_sums,
     optional_batch_axis,
     uniform_init,
 )

@@ -20,7 +20,6 @@ from convnp.layers._conv_ops import (
     conv_forward,
     conv_transpose,
     conv_weight_grad,
-    map_sums,
     skewed_bytes,
 )
 from convnp.layers.base import (
@@ -29,6 +28,7 @@ from convnp.layers.base import (
     Layer,
     MemoryEstimate,
     as_tuple,
+    map_sums,
     optional_batch_axis,
     uniform_init,
 )

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from convnp.layers.base import DEFAULT_DTYPE, Layer
+from convnp.layers.base import DEFAULT_DTYPE, Layer, map_sums
 
 
 class _BatchNorm(Layer):
@@ -120,7 +120,7 @@ class _BatchNorm(Layer):
         x = self._check_input(
             x, ndim=tuple(self._layouts), layout=layout, channels=self.num_features
         )
-        # (N, C, L) view, L = all spatial positions: per-channel sums become one einsum
+        # (N, C, L) view, L = all spatial positions
         x3 = x.reshape(x.shape[0], self.num_features, math.prod(x.shape[2:]))  # N may be 0
         m = x3.shape[0] * x3.shape[2]
         batch_statistics = self.training or not self.track_running_stats
@@ -131,7 +131,7 @@ class _BatchNorm(Layer):
             self._remember(x3, np.ones(self.num_features, x.dtype), x.shape, batch_statistics, m)
             return x.copy()
         if batch_statistics:
-            sum_x = np.einsum("ncl->c", x3)  # Σ x
+            sum_x = map_sums(x3)  # Σ x
             if synchronised:  # over every rank's slice (float64: m must stay exact)
                 sums = self.sum_over_ranks(np.append(sum_x.astype(np.float64), m))
                 sum_x, m = sums[:-1].astype(x.dtype), int(sums[-1])
@@ -142,7 +142,7 @@ class _BatchNorm(Layer):
                 )
             mean = sum_x / m  # μ_c
             x_hat = x3 - _column(mean)
-            sum_squares = np.einsum("ncl,ncl->c", x_hat, x_hat)  # Σ (x − μ_c)²
+            sum_squares = map_sums(x_hat, x_hat)  # Σ (x − μ_c)²
             if synchronised:
                 sum_squares = self.sum_over_ranks(sum_squares).astype(x.dtype)
             var = sum_squares / m  # σ²_c, biased
@@ -180,8 +180,8 @@ class _BatchNorm(Layer):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         x_hat, inv_std, x_shape, batch_statistics, m = self._recall()
         dy = self._check_grad_output(dy, x_shape).reshape(x_hat.shape)
-        sum_dy = np.einsum("ncl->c", dy)  # Σ dy
-        sum_dy_x_hat = np.einsum("ncl,ncl->c", dy, x_hat)  # Σ dy·x̂
+        sum_dy = map_sums(dy)  # Σ dy
+        sum_dy_x_hat = map_sums(dy, x_hat)  # Σ dy·x̂
         scale = inv_std  # γ/σ (1/σ without γ)
         if self.affine:
             self.grads["weight"][...] = sum_dy_x_hat  # ∂E/∂γ

@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 
 from convnp.layers import _windows
-from convnp.layers._conv_ops import map_sums
-from convnp.layers.base import DEFAULT_DTYPE, Layer, as_tuple
+from convnp.layers.base import DEFAULT_DTYPE, Layer, as_tuple, map_sums
 
 
 class Subsample2d(Layer):
@@ -81,7 +80,7 @@ class Subsample2d(Layer):
         (d,) = self._recall()  # d_j, cached by forward
         dy = self._check_grad_output(dy, d.shape)
         self.grads["bias"][...] = map_sums(dy)  # ∂E/∂b_j = Σ_uv δ_j
-        self.grads["beta"][...] = map_sums(dy * d)  # ∂E/∂β_j = Σ_uv δ_j∘d_j
+        self.grads["beta"][...] = map_sums(dy, d)  # ∂E/∂β_j = Σ_uv δ_j∘d_j
         up = _windows.upsample(dy, self.kernel_size)  # up(δ_j) = δ_j ⊗ 1_{n×n}, SPEC §5
         up *= self.params["beta"][:, None, None]  # ∂E/∂x_j = β_j · up(δ_j), in place
         return up
