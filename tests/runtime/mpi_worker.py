@@ -3,7 +3,8 @@ mpi_worker.py MODE ...``) or, with ``--single``, in one plain process for the re
 
 Modes:
   train OUT STEPS [--single]   every built-in model without batch norm, float64 and float32:
-                               STEPS global batches with fit(); rank 0 saves the weights.
+                               STEPS global batches with fit(), then an evaluation; rank 0
+                               saves the weights and the evaluation's figures.
   batchnorm OUT [--emulate P]  the ``fashion`` model (batch norm, dropout, augmentation);
                                --emulate runs, in one process, the documented semantics of
                                P ranks (per-slice statistics, per-rank dropout streams).
@@ -54,8 +55,19 @@ def setup(name: str, dtype, n: int):
     return model, recipe.make_loss(), recipe.make_optimizer(model), loader
 
 
+def evaluation_batches(dtype) -> DataLoader:
+    """Batches of 23, 23 and 4 samples: a rank's slice of 11-12 spans several blocks of
+    the sharded evaluation (``EVALUATION_BLOCK``, set to 5 in the ranks)."""
+    images, labels = data(50)
+    return DataLoader(images, labels, batch_size=23, shuffle=False, dtype=dtype)
+
+
 def mode_train(out: str, steps: int, single: bool) -> None:
     comm = communicator(single)
+    if comm is not None:
+        from convnp.runtime import distributed
+
+        distributed.EVALUATION_BLOCK = 5
     weights = {}
     for name in EQUIVALENCE_MODELS:
         for dtype in (np.float64, np.float32):
@@ -63,8 +75,13 @@ def mode_train(out: str, steps: int, single: bool) -> None:
             # a last batch of one sample: some ranks get an empty slice
             model, loss, optimizer, loader = setup(name, dtype, batch * (steps - 1) + 1)
             train.fit(model, loss, optimizer, loader, epochs=1, progress=False, comm=comm)
+            prefix = f"{name}/{np.dtype(dtype).name}"
             for key, value in model.state_dict().items():
-                weights[f"{name}/{np.dtype(dtype).name}/{key}"] = value
+                weights[f"{prefix}/{key}"] = value
+            result = train.evaluate(model, evaluation_batches(dtype), loss, 10, comm=comm)
+            weights[f"{prefix}/evaluation loss"] = np.array(result["loss"])
+            if dtype == np.float64:  # float32 rounding could move an argmax between ranks
+                weights[f"{prefix}/evaluation confusion"] = result["confusion"]
     if comm is None or comm.is_root:
         np.savez(out, **weights)
 

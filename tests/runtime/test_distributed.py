@@ -79,7 +79,8 @@ def one_process_weights(tmp_path_factory) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("procs", [2, 3])
 def test_every_model_trains_as_one_process(procs, one_process_weights, tmp_path):
     """bouvrie, lenet5, lenet5-classic, modern: 3 global batches (the last of one sample, so
-    some ranks get none); float64 equal to 1e-10, float32 to FLOAT32_ATOL."""
+    some ranks get none); float64 equal to 1e-10, float32 to FLOAT32_ATOL. Then the sharded
+    evaluation, several blocks per rank, gives the one process's loss and confusion matrix."""
     out = tmp_path / "weights.npz"
     checked(mpiexec(procs, *worker("train", str(out), str(STEPS))))
     weights = dict(np.load(out))
