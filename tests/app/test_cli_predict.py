@@ -60,3 +60,17 @@ def test_all_good_files_exit_zero(tmp_path):
     result = _predict(model, good)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{good}: ") and result.stderr == ""
+
+
+def test_a_name_with_control_characters_is_reported_on_one_line_escaped(tmp_path):
+    """\\x1e and \\x0b are line breaks to str.splitlines; a name holding them is shown as
+    escapes, so each error is still one line that names the file (a fuzzing find)."""
+    model = _model_file(tmp_path)
+    result = _predict(model, "run\x1e", "tab\x0b.npy")
+    assert result.returncode == 2
+    errors = result.stderr.splitlines()
+    assert errors == [
+        "convnp predict: error: run\\x1e: no such file",
+        "convnp predict: error: tab\\x0b.npy: no such file",
+        "convnp predict: error: 2 of 2 files could not be read: run\\x1e, tab\\x0b.npy",
+    ]

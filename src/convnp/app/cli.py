@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -465,7 +466,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         try:
             batch, notes = images.read_images(path, shape)
         except (ValueError, FileNotFoundError) as error:
-            print(f"convnp predict: error: {error}", file=sys.stderr)
+            print(f"convnp predict: error: {_one_line(error)}", file=sys.stderr)
             failed.append(path)
             continue
         for note in notes:
@@ -485,9 +486,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{name}: {names[best]} ({label}: "
                   + ", ".join(f"{names[i]}={row[i]:.3f}" for i in ranked) + ")")  # fmt: skip
     if failed:
+        names = _one_line(", ".join(failed))
         print(
             f"convnp predict: error: {len(failed)} of {len(args.images)} files could not be "
-            f"read: {', '.join(failed)}",
+            f"read: {names}",
             file=sys.stderr,
         )
         return 2
@@ -640,8 +642,15 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {_one_line(message)}\n")
 
 
-def _one_line(text: str) -> str:
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+def _one_line(text: object) -> str:
+    """The message as one line: its lines joined by spaces, and every other character that
+    is not printable (a control character in a file name, which str.splitlines would also
+    take for a line break) shown as its escape."""
+    shown = "".join(
+        char if char.isprintable() or char in "\r\n" else char.encode("unicode_escape").decode()
+        for char in str(text)
+    )
+    return " ".join(line.strip() for line in re.split(r"[\r\n]+", shown) if line.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
