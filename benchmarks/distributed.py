@@ -78,8 +78,14 @@ def _convnp_worker(name: str, batch: int, steps: int, seconds: float) -> None:
     if comm is not None:
         comm.start(runner.model, runner.optimizer, runner.loader)
 
+    def epochs() -> Any:  # as fit reads them: each rank its own slice of every batch
+        while True:
+            yield from runner.loader if comm is None else comm.batches(runner.loader)
+
+    batches = epochs()
+
     def step() -> None:
-        x, t = next(runner.batches)
+        x, t = next(batches)
         train.train_step(runner.model, runner.loss, runner.optimizer, x, t, comm=comm)
 
     _serve(step, batch, steps, seconds, comm)

@@ -72,9 +72,10 @@ def train_step(
 ) -> tuple[np.ndarray, float]:
     """One step on batch (x, t); returns the network output and the loss E.
 
-    With ``comm`` (MPI ranks), (x, t) is the global batch: each rank runs forward and
+    With ``comm`` (MPI ranks), x is this rank's slice of the global batch and t the whole
+    batch's targets (``Communicator.batches`` yields them so): each rank runs forward and
     backward on its slice and the gradients, outputs and loss are summed over the ranks
-    (``convnp.runtime.distributed``).
+    (``convnp.runtime.distributed``); y is the whole batch's output.
     """
     if comm is not None:
         y, error = comm.forward_backward(model, loss, x, t)
@@ -83,15 +84,18 @@ def train_step(
         error = loss.forward(y, t)  # E
         model.backward(loss.backward(), input_grad=False)  # δ^L = ∂E/∂y, layers in reverse
     error += model.apply_regularizers()  # attached penalties add their value and gradient
-    _stop_if_not_finite(model, x, error)
+    _stop_if_not_finite(model, x, error, comm)
     optimizer.step()  # the solver turns gradients into updates
     _stop_if_update_not_finite(model)
     return y, error
 
 
-def _stop_if_not_finite(model: Sequential, x: np.ndarray, error: float) -> None:
-    if not np.isfinite(error):
-        raise TrainingDiverged(f"the loss is {error}; {_first_non_finite_output(model, x)}")
+def _stop_if_not_finite(
+    model: Sequential, x: np.ndarray, error: float, comm: Communicator | None = None
+) -> None:
+    if not np.isfinite(error):  # E is summed over the ranks: all of them are here
+        where = _first_non_finite_output(model, _whole_batch(x, comm))
+        raise TrainingDiverged(f"the loss is {error}; {where}")
     if surely_finite(grad for layer in model for grad in layer.grads.values()):
         return  # the common case, one quick test; otherwise find the layer to name
     for index, layer in enumerate(model):
@@ -113,6 +117,12 @@ def _stop_if_update_not_finite(model: Sequential) -> None:
             f"the update made '{name}' NaN or inf (its gradient was finite; the step "
             "overflowed); try a smaller learning rate"
         )
+
+
+def _whole_batch(x: np.ndarray, comm: Communicator | None) -> np.ndarray:
+    """The global batch of which x is this rank's slice (x itself in one process), so that
+    every rank diagnoses a divergence on the same samples (a collective: all ranks call it)."""
+    return x if comm is None else comm.gather(x)
 
 
 def _first_non_finite_output(model: Sequential, x: np.ndarray) -> str:
@@ -141,19 +151,21 @@ def evaluate(
 ) -> dict[str, Any]:
     """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted).
 
-    With ``comm`` (MPI ranks), each rank runs the network on its slice of every batch and
-    every rank gets the whole batch's outputs, so all of them return the same figures.
+    With ``comm`` (MPI ranks), each rank reads and runs the network on its slice of every
+    batch (``Communicator.batches``) and every rank gets the whole batch's outputs, so all
+    of them return the same figures.
     """
     was_training = model.training
     model.eval()
     total_loss, count = 0.0, 0
     true_parts, predicted_parts = [], []
     try:
-        for x, labels in batches:
+        for x, labels in batches if comm is None else comm.batches(batches):
+            n = len(labels)
             with model.no_grad():  # no backward follows: the layers keep nothing
-                y = predict_in_blocks(model, x) if comm is None else comm.forward(model, x)
-            total_loss += loss.forward(y, labels) * _loss_weight(loss, len(x))
-            count += len(x)
+                y = predict_in_blocks(model, x) if comm is None else comm.forward(model, x, n)
+            total_loss += loss.forward(y, labels) * _loss_weight(loss, n)
+            count += n
             true_parts.append(np.asarray(labels))
             predicted_parts.append(predicted_classes(loss, y))
     finally:
@@ -229,7 +241,9 @@ def fit(
         model.train()
         started = time.perf_counter()
         total_loss, correct, count = 0.0, 0, 0
-        bar = _progress_bar(train, f"epoch {epoch + 1}/{epochs}", progress)
+        # with comm, x is this rank's slice of each batch and labels the whole batch's
+        batches = iter(train) if comm is None else comm.batches(train)
+        bar = _progress_bar(batches, _length(train), f"epoch {epoch + 1}/{epochs}", progress)
         for x, labels in bar:
             if schedule is not None:
                 optimizer.lr = schedule(optimizer.step_count)
@@ -238,13 +252,14 @@ def fit(
                 with np.errstate(over="ignore", invalid="ignore"):
                     y, error = train_step(model, loss, optimizer, x, labels, comm)
             except NonFiniteInputError:
-                where = _first_non_finite_output(model, x)
+                where = _first_non_finite_output(model, _whole_batch(x, comm))
                 raise TrainingDiverged(f"epoch {epoch + 1}: {where}") from None
             except TrainingDiverged as cause:
                 raise TrainingDiverged(f"epoch {epoch + 1}: {cause}") from None
-            total_loss += error * _loss_weight(loss, len(x))
+            n = len(labels)
+            total_loss += error * _loss_weight(loss, n)
             correct += int((predicted_classes(loss, y) == np.asarray(labels)).sum())
-            count += len(x)
+            count += n
             seconds = time.perf_counter() - started
             bar.set_postfix(
                 loss=f"{total_loss / count:.4f}",
@@ -296,15 +311,21 @@ class _NoProgress:
         pass
 
 
-def _progress_bar(train: Iterable[Any], description: str, progress: bool) -> Any:
+def _length(batches: Iterable[Any]) -> int | None:
+    return len(batches) if hasattr(batches, "__len__") else None
+
+
+def _progress_bar(
+    batches: Iterator[Any], total: int | None, description: str, progress: bool
+) -> Any:
     """A tqdm bar over one epoch's batches (tqdm.auto: a widget in notebooks), or none."""
     if not progress:
-        return _NoProgress(train)
+        return _NoProgress(batches)
     from tqdm.auto import tqdm
 
     return tqdm(
-        iter(train),  # once: tqdm.auto's class also calls iter() on what it is given
-        total=len(train) if hasattr(train, "__len__") else None,
+        batches,
+        total=total,
         desc=description,
         unit="batch",
         leave=True,

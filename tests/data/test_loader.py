@@ -169,6 +169,49 @@ def test_transform_output_is_checked(data, bad):
         next(iter(DataLoader(*data, transform=bad)))
 
 
+def _rank_slice(rank: int, ranks: int):
+    return lambda n: slice(n * rank // ranks, n * (rank + 1) // ranks)
+
+
+@pytest.mark.parametrize("augmented", [False, True])
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_sharded_gives_each_rank_its_rows_of_every_batch(rng, augmented, ranks):
+    """Each rank's x is its slice of the one-process batch (augmented or not, a split read
+    in place), the labels are the whole batch's, and the epoch advances as iter() does."""
+    images = rng.integers(0, 256, (60, 2, 4, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 60)
+
+    def jitter(x: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+        return x + generator.standard_normal(x.shape).astype(x.dtype)
+
+    settings = dict(batch_size=16, seed=3, normalize="standardize", indices=np.arange(3, 60, 2),
+                    transform=jitter if augmented else None)  # fmt: skip
+    whole = list(DataLoader(images, labels, **settings))
+    assert [len(t) for _, t in whole] == [16, 13]
+    for rank in range(ranks):
+        loader = DataLoader(images, labels, **settings)
+        parts = list(loader.sharded(_rank_slice(rank, ranks)))
+        assert loader.epoch == 1
+        assert len(parts) == len(whole)
+        for (x, t), (x_whole, t_whole) in zip(parts, whole, strict=True):
+            np.testing.assert_array_equal(t, t_whole)
+            np.testing.assert_array_equal(x, x_whole[_rank_slice(rank, ranks)(len(t))])
+
+
+def test_sharded_gathers_only_the_rank_rows():
+    images = np.zeros((4000, 1, 28, 28), np.uint8)
+    loader = DataLoader(images, np.zeros(4000, np.int64), batch_size=2000, seed=0)
+    tracemalloc.start()
+    try:
+        for x, t in loader.sharded(_rank_slice(1, 4)):
+            assert len(x) == 500 and len(t) == 2000
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # a whole float32 batch is 6.3 MB; a slice 1.6 MB (two live: the loop holds the last)
+    assert peak < 2000 * 784 * 4
+
+
 def test_an_epoch_copies_only_a_batch_at_a_time():
     images = np.zeros((20000, 1, 28, 28), np.uint8)  # 15.7 MB; 63 MB as float32
     loader = DataLoader(images, np.zeros(20000, np.int64), batch_size=100, seed=0)

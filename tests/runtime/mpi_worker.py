@@ -11,6 +11,7 @@ Modes:
   syncbn OUT [--single]        batch norm (2-D and 1-D) with synchronised statistics
                                (sync_batch_norm), float64; rank 0 saves weights and buffers.
   diverge [--single]           a NaN image in rank 1's slice; prints the TrainingDiverged message.
+  slices                       Communicator.batches, gather and the check of a rank's slice.
   cli FAULT RANK STEP ARGS...  ``convnp train ARGS`` with a fault on rank RANK at its
                                STEP-th training step: kill (SIGKILL), raise, hang (SIGSTOP).
 """
@@ -165,6 +166,29 @@ def mode_diverge(single: bool) -> None:
             print(f"diverged: {error}")
 
 
+def mode_slices() -> None:
+    """Communicator.batches slices any iterable of global batches (a rank may get none),
+    gather rebuilds them, and forward_backward refuses a whole batch where a slice is due."""
+    comm = communicator(False)
+    rng = np.random.default_rng(SEED)
+    batches = [(rng.standard_normal((n, 1, 28, 28)), rng.integers(0, 10, n)) for n in (7, 2)]
+    local = list(comm.batches(iter(batches)))
+    for (x, t), (x_whole, t_whole) in zip(local, batches, strict=True):
+        np.testing.assert_array_equal(x, x_whole[comm.shard(len(t_whole))])
+        np.testing.assert_array_equal(t, t_whole)
+        np.testing.assert_array_equal(comm.gather(x), x_whole)
+    model, loss, _, _ = setup("bouvrie", np.float64, 0)
+    x, t = batches[0]
+    try:
+        comm.forward_backward(model, loss, x, t)
+    except ValueError as error:
+        assert "its slice of the global batch of 7" in str(error), error
+    else:
+        raise AssertionError("a whole batch was taken for a rank's slice")
+    if comm.is_root:
+        print("slices ok")
+
+
 def mode_cli(fault: str, rank: int, step: int, argv: list[str]) -> int:
     from convnp.app import cli
     from convnp.runtime.distributed import Communicator
@@ -199,6 +223,8 @@ def main() -> int:
         mode_syncbn(rest[0], "--single" in rest)
     elif mode == "diverge":
         mode_diverge("--single" in rest)
+    elif mode == "slices":
+        mode_slices()
     elif mode == "cli":
         return mode_cli(rest[0], int(rest[1]), int(rest[2]), rest[3:])
     else:

@@ -138,6 +138,13 @@ def test_divergence_on_one_rank_stops_all_with_the_one_process_message():
     assert ranks.stdout == single.stdout
 
 
+@needs_mpi
+@pytest.mark.parametrize("procs", [2, 3])
+def test_each_rank_reads_its_slice_and_gather_rebuilds_the_batch(procs):
+    result = checked(mpiexec(procs, *worker("slices"), timeout=60))
+    assert result.stdout == "slices ok\n"
+
+
 # -- the command line --------------------------------------------------------------------
 @needs_mpi
 def test_procs_launches_ranks_and_trains_the_one_process_model(tmp_path):

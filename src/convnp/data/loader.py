@@ -90,7 +90,9 @@ class DataLoader:
 
     Each ``iter(loader)`` runs epoch ``loader.epoch`` and advances it by one;
     ``set_epoch`` moves it (e.g. when resuming), ``batches(e)`` runs epoch e without
-    touching it. ``len(loader)`` is the number of batches per epoch.
+    touching it. ``len(loader)`` is the number of batches per epoch. ``sharded(shard)``
+    is ``iter(loader)`` for one of several data-parallel ranks: only the rank's rows of
+    each batch's images.
     """
 
     def __init__(
@@ -186,26 +188,44 @@ class DataLoader:
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self.batches(self._next_epoch())
+
+    def sharded(self, shard: Callable[[int], slice]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``iter(loader)`` for one data-parallel rank: each batch of B as (the images of
+        rows ``shard(B)`` only, all B labels), so a rank gathers and normalises its own
+        slice of every global batch, not the whole batch."""
+        return self.batches(self._next_epoch(), shard)
+
+    def _next_epoch(self) -> int:
         epoch = self.epoch
         self.epoch += 1
-        return self.batches(epoch)
+        return epoch
 
-    def batches(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The batches of epoch ``epoch``: a pure function of (seed, epoch, data)."""
+    def batches(
+        self, epoch: int, shard: Callable[[int], slice] | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The batches of epoch ``epoch``: a pure function of (seed, epoch, data). With
+        ``shard``, x holds only the rows ``shard(B)`` of each batch of B (``sharded``)."""
         rng = np.random.default_rng([self.seed, epoch])
         n = len(self.labels)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
             rows = index if self.indices is None else self.indices[index]
-            x = self.images[rows].astype(self.dtype)  # the only copy: this batch
-            if self._shift is not None:
-                x -= self._shift
-            if self._divisor is not None:
-                x /= self._divisor
-            if self.transform is not None:
-                x = self._apply_transform(x, rng)
+            part = slice(None) if shard is None else shard(len(index))
+            if self.transform is None:
+                x = self._normalized(rows[part])
+            else:  # drawn for the whole batch, as in one process; then the part is kept
+                x = self._apply_transform(self._normalized(rows), rng)[part]
             yield x, self.labels[index]
+
+    def _normalized(self, rows: np.ndarray) -> np.ndarray:
+        x = self.images[rows].astype(self.dtype)  # the only copy: these rows
+        if self._shift is not None:
+            x -= self._shift
+        if self._divisor is not None:
+            x /= self._divisor
+        return x
 
     def _apply_transform(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out = self.transform(x, rng)

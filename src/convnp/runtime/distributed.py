@@ -1,9 +1,11 @@
 """Data-parallel training over MPI ranks: one code path from a laptop's cores to a cluster.
 
-Every rank (process) holds the whole model and sees the same global batches, the ones a
+Every rank (process) holds the whole model and follows the same global batches, the ones a
 single process would train on (same ``--batch-size``, sample order, augmentation and
-learning-rate schedule). Rank r of P runs forward and backward on its contiguous slice of
-n_r of the N samples, starting from the scaled loss gradient (n_r/N)·∂E_r/∂y (for a loss
+learning-rate schedule), but reads only its own contiguous slice of n_r of the N samples
+of each (``Communicator.batches``: a rank gathers and normalises n_r images, not N). Rank r
+of P runs forward and backward on its slice, starting from the scaled loss gradient
+(n_r/N)·∂E_r/∂y (for a loss
 averaged over its batch; 1 for a summed loss). Layers sum per-sample gradients and the
 loss's 1/N is the only scale (SPEC §1), so the sum over ranks
 
@@ -26,7 +28,8 @@ What differs from one process, by design (as PyTorch's DistributedDataParallel):
 * Dropout draws from a per-rank stream, ``default_rng([seed, epoch, rank, layer index])``,
   reseeded every epoch: reproducible for a given P, and a resumed run draws what the
   uninterrupted one would. Augmentation is drawn for the whole global batch from the
-  loader's epoch stream, as in one process, so it does not depend on P.
+  loader's epoch stream, as in one process, so it does not depend on P (a loader with a
+  transform builds the whole batch on every rank, then keeps the rank's slice).
 
 Resuming: a checkpoint holds one model; a run resumed with the same P continues
 bit-for-bit. With another P it continues the same optimisation up to rounding of the
@@ -56,7 +59,7 @@ import threading
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -238,18 +241,45 @@ class Communicator:
         at most one; a rank may get none when n < P)."""
         return slice(n * self.rank // self.size, n * (self.rank + 1) // self.size)
 
+    def batches(self, loader: Iterable[tuple[np.ndarray, Any]]) -> Iterator[tuple[np.ndarray, Any]]:
+        """The next epoch of ``loader`` as this rank reads it: each global batch (x, t) of N
+        as (x[shard(N)], t), its own slice of the inputs and all N targets (the outputs
+        and figures are the global batch's). A ``DataLoader`` gathers and normalises only
+        the slice's images (``DataLoader.sharded``), so a rank's loading cost is that of
+        its n_r samples, not of N; any other iterable is sliced here."""
+        if hasattr(loader, "sharded"):
+            return loader.sharded(self.shard)
+        return ((x[self.shard(len(x))], t) for x, t in loader)
+
+    def gather(self, x: np.ndarray) -> np.ndarray:
+        """The global batch from every rank's slice x (each rank's ``shard`` of it, in rank
+        order), on every rank: for the rare paths that need the whole batch, such as naming
+        the layer where a diverged batch turns NaN."""
+        counts = self._collective(lambda: self.comm.allgather(len(x)), "gathering a batch")
+        row = math.prod(x.shape[1:])
+        batch = np.empty((sum(counts), *x.shape[1:]), x.dtype)
+        self._collective(
+            lambda: self.comm.Allgatherv(
+                np.ascontiguousarray(x), [batch, [count * row for count in counts]]
+            ),
+            "gathering a batch",
+        )
+        return batch
+
     # -- one training step ----------------------------------------------------------------
     def forward_backward(self, model: Any, loss: Any, x: np.ndarray, t: Any) -> tuple[Any, float]:
-        """Fill the model's grads with ∇E of the global batch (x, t); return (y, E) for it.
+        """Fill the model's grads with ∇E of the global batch; return (y, E) for it.
 
-        This rank runs forward and backward on its slice only; one Allreduce sums the
-        gradients, the outputs and the loss over the ranks. If any rank's forward met NaN
-        or inf, every rank raises ``NonFiniteInputError`` (so the training loop reports the
-        divergence identically on all of them).
+        x is this rank's slice of the global batch (``shard(N)`` of it, as ``batches``
+        yields it) and t the targets of all N samples. This rank runs forward and backward
+        on its slice only; one Allreduce sums the gradients, the outputs and the loss over
+        the ranks. If any rank's forward met NaN or inf, every rank raises
+        ``NonFiniteInputError`` (so the training loop reports the divergence identically on
+        all of them).
         """
-        n = len(x)
+        n = len(t)
         part = self.shard(n)
-        x_part, t_part = x[part], np.asarray(t)[part]
+        x_part, t_part = self._own_slice(x, n, part), np.asarray(t)[part]
         grads = [grad for _, _, grad in model.parameters()]
         out_shape = self._output_shape(model, x.shape[1:])
         dtype = grads[0].dtype if grads else np.dtype(np.float64)
@@ -288,18 +318,19 @@ class Communicator:
             raise NonFiniteInputError("a rank's network output contains NaN or inf")
         return outputs.copy(), float(buffer[-2])
 
-    def forward(self, model: Any, x: np.ndarray) -> np.ndarray:
-        """The network's eval-mode output for the whole batch x, each rank computing its
-        slice, ``EVALUATION_BLOCK`` samples at a time (for sharded evaluation: every rank
-        gets the full output)."""
-        part = self.shard(len(x))
+    def forward(self, model: Any, x: np.ndarray, n: int) -> np.ndarray:
+        """The network's eval-mode output for a global batch of n samples, every rank
+        computing its slice x (``shard(n)`` of the batch), ``EVALUATION_BLOCK`` samples at a
+        time (for sharded evaluation: every rank gets the full output)."""
+        part = self.shard(n)
+        x = self._own_slice(x, n, part)
         out_shape = self._output_shape(model, x.shape[1:])
         dtype = model.dtype or np.float64
-        buffer = self._workspace(len(x) * math.prod(out_shape), dtype)
+        buffer = self._workspace(n * math.prod(out_shape), dtype)
         buffer[:] = 0
-        outputs = buffer.reshape(len(x), *out_shape)
-        if part.stop > part.start:
-            outputs[part] = predict_in_blocks(model, x[part], block=EVALUATION_BLOCK, threads=1)
+        outputs = buffer.reshape(n, *out_shape)
+        if len(x):
+            outputs[part] = predict_in_blocks(model, x, block=EVALUATION_BLOCK, threads=1)
         self._allreduce(buffer, "the sharded evaluation")
         return outputs.copy()
 
@@ -411,6 +442,16 @@ class Communicator:
             self.abort(f"{type(error).__name__}: {error}; stopping every rank", 1)
 
     # -- internals ------------------------------------------------------------------------
+    def _own_slice(self, x: Any, n: int, part: slice) -> np.ndarray:
+        if not isinstance(x, np.ndarray) or len(x) != part.stop - part.start:
+            got = f"{len(x)} samples" if isinstance(x, np.ndarray) else type(x).__name__
+            raise ValueError(
+                f"rank {self.rank} of {self.size}: expected its slice of the global batch of "
+                f"{n} ({part.stop - part.start} samples, Communicator.batches gives them), got "
+                f"{got}"
+            )
+        return x
+
     def _output_shape(self, model: Any, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         key = tuple(input_shape)
         if key not in self._output_shapes:
