@@ -5,9 +5,8 @@ single process would train on (same ``--batch-size``, sample order, augmentation
 learning-rate schedule), but reads only its own contiguous slice of n_r of the N samples
 of each (``Communicator.batches``: a rank gathers and normalises n_r images, not N). Rank r
 of P runs forward and backward on its slice, starting from the scaled loss gradient
-(n_r/N)·∂E_r/∂y (for a loss
-averaged over its batch; 1 for a summed loss). Layers sum per-sample gradients and the
-loss's 1/N is the only scale (SPEC §1), so the sum over ranks
+(n_r/N)·∂E_r/∂y (for a loss averaged over its batch; 1 for a summed loss). Layers sum
+per-sample gradients and the loss's 1/N is the only scale (SPEC §1), so the sum over ranks
 
     ∇E = Σ_r (n_r/N)·∇E_r
 
