@@ -119,6 +119,12 @@ def _stop_if_update_not_finite(model: Sequential) -> None:
         )
 
 
+def _rank_batches(batches: Iterable[Any], comm: Communicator | None) -> Iterator[Any]:
+    """The next epoch of ``batches`` as this process reads it: whole batches in one
+    process; with ``comm``, this rank's slice of each batch's inputs and all its labels."""
+    return iter(batches) if comm is None else comm.batches(batches)
+
+
 def _whole_batch(x: np.ndarray, comm: Communicator | None) -> np.ndarray:
     """The global batch of which x is this rank's slice (x itself in one process), so that
     every rank diagnoses a divergence on the same samples (a collective: all ranks call it)."""
@@ -160,7 +166,7 @@ def evaluate(
     total_loss, count = 0.0, 0
     true_parts, predicted_parts = [], []
     try:
-        for x, labels in batches if comm is None else comm.batches(batches):
+        for x, labels in _rank_batches(batches, comm):
             n = len(labels)
             with model.no_grad():  # no backward follows: the layers keep nothing
                 y = predict_in_blocks(model, x) if comm is None else comm.forward(model, x, n)
@@ -241,8 +247,7 @@ def fit(
         model.train()
         started = time.perf_counter()
         total_loss, correct, count = 0.0, 0, 0
-        # with comm, x is this rank's slice of each batch and labels the whole batch's
-        batches = iter(train) if comm is None else comm.batches(train)
+        batches = _rank_batches(train, comm)
         bar = _progress_bar(batches, _length(train), f"epoch {epoch + 1}/{epochs}", progress)
         for x, labels in bar:
             if schedule is not None:
