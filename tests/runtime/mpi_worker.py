@@ -12,6 +12,8 @@ Modes:
                                (sync_batch_norm), float64; rank 0 saves weights and buffers.
   diverge [--single]           a NaN image in rank 1's slice; prints the TrainingDiverged message.
   slices                       Communicator.batches, gather and the check of a rank's slice.
+  balance OUT [--single]       bouvrie, float64, with load balancing and the last rank made
+                               slow: rank 0 saves the weights and the final shares.
   cli FAULT RANK STEP ARGS...  ``convnp train ARGS`` with a fault on rank RANK at its
                                STEP-th training step: kill (SIGKILL), raise, hang (SIGSTOP).
 """
@@ -22,6 +24,7 @@ import copy
 import os
 import signal
 import sys
+import time
 
 import numpy as np
 
@@ -189,6 +192,46 @@ def mode_slices() -> None:
         print("slices ok")
 
 
+def mode_balance(out: str, single: bool) -> None:
+    """Load balancing moves samples away from a slow rank (the last, spinning 300 µs per
+    sample in its first layer), and the weights stay the one process's. Rank 0 also saves
+    every rank's slice sizes, step by step (counts: steps × ranks)."""
+    comm = communicator(single)
+    model, loss, optimizer, loader = setup("bouvrie", np.float64, 50 * 12 + 7)
+    slices = []  # the samples this rank trained on, step by step
+    if comm is not None:
+        from convnp.runtime.balance import LoadBalancer
+
+        comm.balancer = LoadBalancer(comm.size, window=2, damping=1.0)
+        if comm.rank == comm.size - 1:
+            slow_down(model[0], seconds_per_sample=300e-6)
+        forward_backward = comm.forward_backward
+
+        def counted(model, loss, x, t):
+            slices.append(len(x))
+            return forward_backward(model, loss, x, t)
+
+        comm.forward_backward = counted
+    train.fit(model, loss, optimizer, loader, epochs=1, progress=False, comm=comm)
+    counts = [[]] if comm is None else comm.comm.gather(slices)
+    if comm is None or comm.is_root:
+        shares = [1.0] if comm is None else comm.balancer.shares
+        np.savez(out, shares=np.array(shares), counts=np.array(counts).T, **model.state_dict())
+
+
+def slow_down(layer, seconds_per_sample: float) -> None:
+    """Make ``layer``'s forward spin for ``seconds_per_sample`` per sample: a slower core."""
+    forward = layer.forward
+
+    def slow_forward(x):
+        end = time.perf_counter() + seconds_per_sample * len(x)
+        while time.perf_counter() < end:
+            pass
+        return forward(x)
+
+    layer.forward = slow_forward
+
+
 def mode_cli(fault: str, rank: int, step: int, argv: list[str]) -> int:
     from convnp.app import cli
     from convnp.runtime.distributed import Communicator
@@ -225,6 +268,8 @@ def main() -> int:
         mode_diverge("--single" in rest)
     elif mode == "slices":
         mode_slices()
+    elif mode == "balance":
+        mode_balance(rest[0], "--single" in rest)
     elif mode == "cli":
         return mode_cli(rest[0], int(rest[1]), int(rest[2]), rest[3:])
     else:

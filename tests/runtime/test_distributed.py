@@ -131,6 +131,25 @@ def test_sync_batch_norm_trains_as_one_process(procs, tmp_path):
 
 
 @needs_mpi
+@pytest.mark.parametrize("procs", [2, 3])
+def test_balancing_moves_samples_off_a_slow_rank_and_trains_as_one_process(procs, tmp_path):
+    """With balance, the last rank (made slow) ends with the smallest share of each batch,
+    and the weights still equal one process's (float64, 1e-10): any split sums to ∇E."""
+    single, mpi = tmp_path / "single.npz", tmp_path / "mpi.npz"
+    checked(run([sys.executable, *worker("balance", str(single), "--single")]))
+    checked(mpiexec(procs, *worker("balance", str(mpi))))
+    expected, got = np.load(single), np.load(mpi)
+    shares, counts = got["shares"], got["counts"]
+    assert shares.sum() == pytest.approx(1.0)
+    assert shares[-1] < 0.8 / procs and shares[-1] == shares.min(), shares
+    assert counts.sum(axis=1).tolist() == [50] * 12 + [7]  # every sample, once
+    even = np.diff(np.round(np.arange(procs + 1) * 50 / procs))  # before any measurement
+    assert counts[0].tolist() == even.tolist() and counts[11, -1] < 0.8 * 50 / procs, counts
+    for key in expected.keys() - {"shares", "counts"}:
+        np.testing.assert_allclose(got[key], expected[key], rtol=0, atol=1e-10, err_msg=key)
+
+
+@needs_mpi
 def test_divergence_on_one_rank_stops_all_with_the_one_process_message():
     single = checked(run([sys.executable, *worker("diverge", "--single")]))
     ranks = checked(mpiexec(2, *worker("diverge"), timeout=60))
@@ -231,14 +250,20 @@ def test_a_failing_rank_stops_the_job_and_keeps_the_checkpoint(fault, message, t
 
 
 @needs_mpi
-def test_mismatched_seeds_are_refused_at_start(tmp_path):
+@pytest.mark.parametrize(
+    "first, second, differing",
+    [(["--seed", "0"], ["--seed", "1"], "model"), ([], ["--balance"], "run settings, load balancing")],
+)
+def test_mismatched_settings_are_refused_at_start(first, second, differing, tmp_path):
+    """Different seeds (so different initial weights), or load balancing on one rank only
+    (the ranks would split the batches differently), are refused before any training."""
     out = tmp_path / "run"
     python = [sys.executable, *convnp_train("--epochs", "1", "--out", str(out))]
-    command = [distributed.find_mpiexec(), "-n", "1", *python, "--seed", "0",
-               ":", "-n", "1", *python, "--seed", "1"]  # fmt: skip
+    command = [distributed.find_mpiexec(), "-n", "1", *python, *first,
+               ":", "-n", "1", *python, *second]  # fmt: skip
     result = run(command, timeout=60)
     assert result.returncode == 2
-    assert "rank 1 differs from rank 0 in model" in result.stderr
+    assert f"rank 1 differs from rank 0 in {differing}" in result.stderr
     assert result.stderr.count("convnp: error:") == 1
     assert not out.exists() or not any(out.iterdir())
 

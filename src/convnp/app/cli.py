@@ -362,7 +362,7 @@ def cmd_train_ranks(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         command = [sys.executable, "-m", "convnp", *args.argv]
         return distributed.launch(command, procs, blas_threads=max(1, available_cores() // procs))
-    comm = distributed.Communicator(timeout=args.mpi_timeout)
+    comm = distributed.Communicator(timeout=args.mpi_timeout, balance=args.balance)
     if isinstance(args.procs, int) and args.procs != comm.size:
         raise UsageError(f"--procs {args.procs}, but mpiexec started {comm.size} ranks")
     try:
@@ -709,6 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-batchnorm", action="store_true",
                    help="on MPI ranks, batch norm's statistics span the global batch "
                    "(PyTorch's SyncBatchNorm) instead of each rank's slice")  # fmt: skip
+    p.add_argument("--balance", action="store_true",
+                   help="on MPI ranks, split each batch by the ranks' measured speed (cores "
+                   "of uneven speed); results then equal within rounding, not bit for bit")  # fmt: skip
     p.add_argument("--mpi-timeout", type=_positive_float, default=distributed.DEFAULT_TIMEOUT,
                    metavar="S", help="abort if the ranks wait S s for each other")  # fmt: skip
     p.set_defaults(handler=cmd_train_ranks)

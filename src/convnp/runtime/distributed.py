@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from convnp.layers.base import NonFiniteInputError
+from convnp.runtime.balance import LoadBalancer
 from convnp.runtime.parallel import available_cores, predict_in_blocks
 
 # A collective that waits longer than this for the other ranks ends the job. Between two
@@ -200,9 +201,15 @@ class Communicator:
         comm: an mpi4py communicator (default ``MPI.COMM_WORLD``).
         timeout: seconds a collective may wait for the other ranks before the watchdog
             aborts the job (a rank that hangs); None disables the watchdog.
+        balance: split each global batch by the ranks' measured speed (``LoadBalancer``)
+            instead of evenly: faster on cores of uneven speed, but the split, and so the
+            rounding of the gradient sums, then depends on timing, and runs are no longer
+            repeatable bit for bit.
     """
 
-    def __init__(self, comm: Any = None, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, comm: Any = None, *, timeout: float | None = DEFAULT_TIMEOUT, balance: bool = False
+    ) -> None:
         try:
             from mpi4py import MPI
         except ImportError:
@@ -218,6 +225,7 @@ class Communicator:
         self.node_size: int = node.Get_size()
         node.Free()
         self.timeout = timeout
+        self.balancer = LoadBalancer(self.size) if balance else None
         self.seed = 0
         self.seconds_communicating = 0.0  # time spent inside collectives (benchmarks)
         self._buffer = np.empty(0)
@@ -237,7 +245,12 @@ class Communicator:
     # -- the slice of a global batch ------------------------------------------------------
     def shard(self, n: int) -> slice:
         """This rank's contiguous part of n samples: [⌊n·r/P⌋, ⌊n·(r+1)/P⌋) (sizes differ by
-        at most one; a rank may get none when n < P)."""
+        at most one; a rank may get none when n < P), or with ``balance`` its part by the
+        balancer's current shares (the same on every rank: they change only in
+        ``forward_backward``, from figures every rank receives)."""
+        if self.balancer is not None:
+            bounds = self.balancer.bounds(n)
+            return slice(bounds[self.rank], bounds[self.rank + 1])
         return slice(n * self.rank // self.size, n * (self.rank + 1) // self.size)
 
     def batches(self, loader: Iterable[tuple[np.ndarray, Any]]) -> Iterator[tuple[np.ndarray, Any]]:
@@ -272,10 +285,12 @@ class Communicator:
         x is this rank's slice of the global batch (``shard(N)`` of it, as ``batches``
         yields it) and t the targets of all N samples. This rank runs forward and backward
         on its slice only; one Allreduce sums the gradients, the outputs and the loss over
-        the ranks. If any rank's forward met NaN or inf, every rank raises
-        ``NonFiniteInputError`` (so the training loop reports the divergence identically on
-        all of them).
+        the ranks, and gathers every rank's busy time (its forward and backward, less any
+        collective within them) for the balancer. If any rank's forward met NaN or inf,
+        every rank raises ``NonFiniteInputError`` (so the training loop reports the
+        divergence identically on all of them).
         """
+        started, communicated = time.perf_counter(), self.seconds_communicating
         n = len(t)
         part = self.shard(n)
         x_part, t_part = self._own_slice(x, n, part), np.asarray(t)[part]
@@ -285,8 +300,10 @@ class Communicator:
         sizes = [g.size for g in grads]
         grad_size = sum(sizes)
         row = math.prod(out_shape)
-        buffer = self._workspace(grad_size + n * row + 2, dtype)
+        # [gradients | outputs (n, ...) | busy µs per rank | E | failed]
+        buffer = self._workspace(grad_size + n * row + self.size + 2, dtype)
         outputs = buffer[grad_size : grad_size + n * row].reshape(n, *out_shape)
+        busy = buffer[grad_size + n * row : -2]
         buffer[grad_size:] = 0
         failed = False
         if len(x_part):
@@ -308,6 +325,10 @@ class Communicator:
         for grad, size in zip(grads, sizes):
             buffer[offset : offset + size] = grad.reshape(-1)
             offset += size
+        seconds = time.perf_counter() - started - (self.seconds_communicating - communicated)
+        # whole microseconds, at least 1: the sum of one rank's value and zeros is exact
+        # (float32 holds integers to 2^24 µs), so every rank reads the same figures
+        busy[self.rank] = min(max(1, round(seconds * 1e6)), 2**24)
         self._allreduce(buffer, "the gradient Allreduce")
         offset = 0
         for grad, size in zip(grads, sizes):
@@ -315,6 +336,10 @@ class Communicator:
             offset += size
         if buffer[-1]:
             raise NonFiniteInputError("a rank's network output contains NaN or inf")
+        if self.balancer is not None:
+            bounds = self.balancer.bounds(n)
+            counts = [bounds[r + 1] - bounds[r] for r in range(self.size)]
+            self.balancer.record(counts, [float(b) * 1e-6 for b in busy])
         return outputs.copy(), float(buffer[-2])
 
     def forward(self, model: Any, x: np.ndarray, n: int) -> np.ndarray:
@@ -362,7 +387,8 @@ class Communicator:
         if per_slice and self.is_root and self.size > 1:
             warnings.warn(
                 f"{', '.join(per_slice)} work on each rank's slice of the batch (its own "
-                "statistics, its own dropout masks), so results depend on the number of ranks",
+                "statistics, its own dropout masks), so results depend on the number of ranks"
+                + (" and, with balance, on the split" if self.balancer is not None else ""),
                 stacklevel=3,
             )
         optimizer_state = {key: value for key, value in optimizer.state_dict().items()}
@@ -374,6 +400,7 @@ class Communicator:
             "validation data": "none" if val is None else loader_fingerprint(val, crcs),
             "history": json.dumps(history or [], sort_keys=True, default=str),
             "run settings": json.dumps(info or {}, sort_keys=True, default=str),
+            "load balancing": "on" if self.balancer is not None else "off",
         }
         self.check_same(fingerprints)
 
