@@ -41,7 +41,7 @@ def test_uneven_speeds_converge_to_equal_busy_time(per_sample):
     sample's cost of each other (the split is in whole samples), where the even split
     leaves them far apart."""
     n, fixed = 200, 3e-4
-    even = simulate(LoadBalancer(len(per_sample), window=10 ** 6), n, fixed, per_sample, 1)
+    even = simulate(LoadBalancer(len(per_sample), window=10**6), n, fixed, per_sample, 1)
     balancer = LoadBalancer(len(per_sample), window=10)
     busy = simulate(balancer, n, fixed, per_sample, steps=500)
     assert max(busy) - min(busy) <= 1.5 * max(per_sample)
@@ -53,7 +53,7 @@ def test_uneven_speeds_converge_to_equal_busy_time(per_sample):
 
 def test_shares_move_only_at_the_end_of_a_window_and_by_the_damping():
     balancer = LoadBalancer(2, window=3, damping=0.5)
-    for step in range(2):
+    for _ in range(2):
         assert balancer.record([10, 10], [1.0, 3.0]) is False
         assert balancer.shares == [0.5, 0.5]
     assert balancer.record([10, 10], [1.0, 3.0]) is True

@@ -252,7 +252,10 @@ def test_a_failing_rank_stops_the_job_and_keeps_the_checkpoint(fault, message, t
 @needs_mpi
 @pytest.mark.parametrize(
     "first, second, differing",
-    [(["--seed", "0"], ["--seed", "1"], "model"), ([], ["--balance"], "run settings, load balancing")],
+    [
+        (["--seed", "0"], ["--seed", "1"], "model"),
+        ([], ["--balance"], "run settings, load balancing"),
+    ],
 )
 def test_mismatched_settings_are_refused_at_start(first, second, differing, tmp_path):
     """Different seeds (so different initial weights), or load balancing on one rank only

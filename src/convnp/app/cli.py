@@ -710,8 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on MPI ranks, batch norm's statistics span the global batch "
                    "(PyTorch's SyncBatchNorm) instead of each rank's slice")  # fmt: skip
     p.add_argument("--balance", action="store_true",
-                   help="on MPI ranks, split each batch by the ranks' measured speed (cores "
-                   "of uneven speed); results then equal within rounding, not bit for bit")  # fmt: skip
+                   help="on MPI ranks, split each batch by the ranks' measured speed "
+                   "(cores of uneven speed); results then repeat within rounding, not bit "
+                   "for bit")  # fmt: skip
     p.add_argument("--mpi-timeout", type=_positive_float, default=distributed.DEFAULT_TIMEOUT,
                    metavar="S", help="abort if the ranks wait S s for each other")  # fmt: skip
     p.set_defaults(handler=cmd_train_ranks)
