@@ -4,6 +4,7 @@ Configurations, for bouvrie (batch 50), lenet5 (64) and modern (128), P = the co
 
     convnp P=1        one MPI rank, one BLAS thread
     convnp P=cores    one rank per core, one BLAS thread each (what `convnp train` runs)
+    convnp balanced   the same with load balancing (`convnp train --balance`)
     convnp threads    one process, BLAS threads on every core (the threaded training step,
                       BatchSplitter, was removed after results-mpi.json: see README)
     torch             PyTorch's default single process (threads = cores)
@@ -21,6 +22,11 @@ rounds and the spread. Also measured: convnp's time inside collectives per step 
 waiting for the slowest rank), peak RSS and PSS per rank (PSS shares a page among the
 processes that map it: the machine's memory per rank), Allreduce time against message
 size, a time-to-accuracy run of ``convnp train``, and a projection to many machines.
+
+``--slow-rank F`` emulates cores of uneven speed (a laptop's efficiency core, a VM's core
+shared with another tenant): the last rank of every job of several ranks (convnp P=cores,
+convnp balanced, torch DDP) spins, in its network's first layer, F times its own measured
+time per sample for each sample it trains on, as if its core ran at 1/(1 + F) speed.
 """
 
 from __future__ import annotations
@@ -46,7 +52,9 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-CONFIGS = ("convnp P=1", "convnp P=cores", "convnp threads", "torch", "torch DDP")
+CONFIGS = (
+    "convnp P=1", "convnp P=cores", "convnp balanced", "convnp threads", "torch", "torch DDP",
+)  # fmt: skip
 ALLREDUCE_SIZES = (1_000, 10_000, 100_000, 1_000_000, 4_000_000)  # float32 values
 # A 10 GbE cluster for the projection: per-message latency α (MPI over TCP, typical) and
 # bandwidth B (line rate less protocol overhead).
@@ -66,6 +74,25 @@ def _rss_mb() -> float:
 
 
 # -- workers (one job per configuration and model; under mpiexec for the multi-rank ones) --
+class _SlowCore:
+    """``--slow-rank F`` on the last of several ranks: ``__call__(n)`` spins F times this
+    rank's time per sample (measured by ``_serve`` before it is switched on) per sample."""
+
+    def __init__(self) -> None:
+        rank, size = int(os.environ.get("PMI_RANK", 0)), int(os.environ.get("PMI_SIZE", 1))
+        last_of_several = size > 1 and rank == size - 1
+        self.factor = float(os.environ.get("BENCH_SLOW_FACTOR", 0)) if last_of_several else 0.0
+        self.seconds_per_sample = 0.0
+
+    def calibrate(self, seconds_per_step: float, samples: int) -> None:
+        self.seconds_per_sample = self.factor * seconds_per_step / max(1, samples)
+
+    def __call__(self, samples: int) -> None:
+        end = time.perf_counter() + self.seconds_per_sample * samples
+        while time.perf_counter() < end:
+            pass
+
+
 def _convnp_worker(name: str, batch: int, steps: int, seconds: float) -> None:
     from convnp import train
     from convnp.runtime import distributed
@@ -74,9 +101,18 @@ def _convnp_worker(name: str, batch: int, steps: int, seconds: float) -> None:
     from run import _ConvnpRunner
 
     runner = _ConvnpRunner(name, batch, seed=0)
-    comm = distributed.Communicator() if distributed.launched_by_mpi() else None
+    balance = os.environ.get("BENCH_BALANCE") == "1"
+    comm = distributed.Communicator(balance=balance) if distributed.launched_by_mpi() else None
     if comm is not None:
         comm.start(runner.model, runner.optimizer, runner.loader)
+    slow = _SlowCore()
+    first, forward = runner.model[0], runner.model[0].forward
+
+    def slowed_forward(x: np.ndarray) -> np.ndarray:
+        slow(len(x))
+        return forward(x)
+
+    first.forward = slowed_forward
 
     def epochs() -> Any:  # as fit reads them: each rank its own slice of every batch
         while True:
@@ -88,16 +124,17 @@ def _convnp_worker(name: str, batch: int, steps: int, seconds: float) -> None:
         x, t = next(batches)
         train.train_step(runner.model, runner.loss, runner.optimizer, x, t, comm=comm)
 
-    _serve(step, batch, steps, seconds, comm)
+    _serve(step, batch, steps, seconds, comm, slow)
 
 
-def _serve(step: Any, batch: int, steps: int, seconds: float, comm: Any) -> None:
+def _serve(step: Any, batch: int, steps: int, seconds: float, comm: Any, slow: _SlowCore) -> None:
     """Run windows when the driver says so, on this rank's command pipe: ``warm`` (choose
     the window's step count: at least ``steps`` and about ``seconds`` s; the ranks agree on
-    it, as every step is a collective; then an untimed window), ``window`` (a timed one),
-    ``stop``. Rank 0 prints a line per command. Windows of a few steps (10 steps of bouvrie
-    last 30 ms) measured mostly start-up effects and scheduler jitter."""
-    rank = int(os.environ.get("PMI_RANK", 0))
+    it, as every step is a collective; then an untimed window, whose time per step sets a
+    slowed rank's spin), ``window`` (a timed one), ``stop``. Rank 0 prints a line per
+    command. Windows of a few steps (10 steps of bouvrie last 30 ms) measured mostly
+    start-up effects and scheduler jitter."""
+    rank, size = int(os.environ.get("PMI_RANK", 0)), int(os.environ.get("PMI_SIZE", 1))
     root = rank == 0
     with open(Path(os.environ["BENCH_CHANNEL"]) / f"rank-{rank}") as commands:
         for line in commands:
@@ -110,8 +147,11 @@ def _serve(step: Any, batch: int, steps: int, seconds: float, comm: Any) -> None
                 if comm is not None:
                     per_step = max(comm.comm.allgather(per_step))
                 steps = max(steps, math.ceil(seconds / per_step))
+                started = time.perf_counter()
                 for _ in range(steps):
                     step()
+                samples = batch * (rank + 1) // size - batch * rank // size
+                slow.calibrate((time.perf_counter() - started) / steps, samples)
                 report = {"steps": steps}
             elif command == "window":
                 if comm is not None:
@@ -158,6 +198,8 @@ def _torch_worker(name: str, batch: int, steps: int, seconds: float, ddp: bool) 
     runner = _TorchRunner(name, batch, seed=0)  # threads = cores, as PyTorch's default
     rank, size = int(os.environ.get("PMI_RANK", 0)), int(os.environ.get("PMI_SIZE", 1))
     net = runner.net
+    slow = _SlowCore()
+    next(net.children()).register_forward_pre_hook(lambda _, inputs: slow(len(inputs[0])))
     if ddp:
         import torch.distributed as dist
 
@@ -188,7 +230,7 @@ def _torch_worker(name: str, batch: int, steps: int, seconds: float, ddp: bool) 
                 dist.all_gather_object(values, value)
                 return values
 
-    _serve(step, batch, steps, seconds, _Gloo() if ddp else None)
+    _serve(step, batch, steps, seconds, _Gloo() if ddp else None, slow)
     if ddp:  # gloo's teardown can wait forever for a peer that already left: skip it
         dist.barrier()
         sys.stdout.flush()
@@ -235,9 +277,12 @@ class _Job:
     """One configuration's worker processes, driven line by line through a named pipe per
     rank (a rank blocked reading its pipe uses no CPU)."""
 
-    def __init__(self, config: str, name: str, batch: int, steps: int, seconds: float) -> None:
+    def __init__(
+        self, config: str, name: str, batch: int, steps: int, seconds: float, slow: float
+    ) -> None:
         self.config = config
         command, env, self.ranks = _command(config, name, batch, steps, seconds)
+        env["BENCH_SLOW_FACTOR"] = str(slow)
         self.folder = Path(tempfile.mkdtemp(prefix="convnp-bench-"))
         for rank in range(self.ranks):
             os.mkfifo(self.folder / f"rank-{rank}")
@@ -331,19 +376,23 @@ def _command(
         return [*script, "torch", *args], env, 1
     procs = 1 if config == "convnp P=1" else cores
     kind = "torch-ddp" if config == "torch DDP" else "convnp"
+    env["BENCH_BALANCE"] = "1" if config == "convnp balanced" else "0"
     command, ranks_env = mpiexec_command([*script, kind, *args], procs, blas_threads=1)
     return command, dict(env, **ranks_env), procs
 
 
-def throughput(models: dict[str, int], steps: int, windows: int, seconds: float = 1.0) -> dict:
-    """Every configuration of a model in turns, a window each, ``windows`` rounds."""
+def throughput(
+    models: dict[str, int], steps: int, windows: int, seconds: float = 1.0, slow: float = 0.0
+) -> dict:
+    """Every configuration of a model in turns, a window each, ``windows`` rounds; with
+    ``slow``, the last rank of each multi-rank job is slowed (``--slow-rank``)."""
     results: dict[str, dict[str, dict]] = {}
     for name, batch in models.items():
         print(f"  {name}: starting the jobs ...", flush=True)
         jobs = {}
         try:
             for config in CONFIGS:  # one at a time: no set-up overlaps another's work
-                jobs[config] = _Job(config, name, batch, steps, seconds)
+                jobs[config] = _Job(config, name, batch, steps, seconds, slow)
             for job in jobs.values():
                 job.ask("warm")
             rates: dict[str, list[dict]] = {config: [] for config in CONFIGS}
@@ -474,13 +523,18 @@ def projection(costs: dict[str, float], models: dict[str, int], measured: dict) 
 
 
 def run(
-    models: dict[str, int], steps: int, windows: int, tta: dict | None, seconds: float = 1.0
+    models: dict[str, int],
+    steps: int,
+    windows: int,
+    tta: dict | None,
+    seconds: float = 1.0,
+    slow: float = 0.0,
 ) -> dict:
     """The whole section: throughput, Allreduce costs, projection, time to accuracy (no
     models: time to accuracy alone)."""
-    report: dict[str, Any] = {"cores": _cores()}
+    report: dict[str, Any] = {"cores": _cores(), "slow_rank_factor": slow}
     if models:
-        report["throughput"] = throughput(models, steps, windows, seconds)
+        report["throughput"] = throughput(models, steps, windows, seconds, slow)
         report["allreduce_s"] = allreduce_costs()
         report["projection"] = projection(report["allreduce_s"], models, report["throughput"])
     if tta:
@@ -518,6 +572,9 @@ def _print_throughput(report: dict) -> None:
     cores = report["cores"]
     print(f"\nMPI data parallelism ({cores} cores; a window per configuration in turns, each "
           "ratio within a round; median over rounds [min-max]):")  # fmt: skip
+    if report.get("slow_rank_factor"):
+        speed = 1 + report["slow_rank_factor"]
+        print(f"the last rank of each multi-rank job slowed to 1/{speed:g} of its speed")
     print(f"{'model':8} {'configuration':16} {'img/s':>8} {'vs torch':>17} {'vs DDP':>17} "
           f"{'comm ms/step':>12} {'RSS MB/rank':>11} {'PSS MB/rank':>11}")  # fmt: skip
 
@@ -534,8 +591,10 @@ def _print_throughput(report: dict) -> None:
                   f"{statistics.median(comm) if comm else float('nan'):12.2f} "
                   f"{result['peak_rss_mb_per_rank']:11.0f} "
                   f"{result['pss_mb_per_rank']:11.0f}")  # fmt: skip
-        efficiency = round_ratios(configs, "convnp P=cores", "convnp P=1", scale=cores)
-        print(f"{'':8} scaling efficiency at P={cores}: {spread(efficiency)}")
+        for config in ("convnp P=cores", "convnp balanced"):
+            efficiency = round_ratios(configs, config, "convnp P=1", scale=cores)
+            print(f"{'':8} scaling efficiency of {config.replace('cores', str(cores))}: "
+                  f"{spread(efficiency)}")  # fmt: skip
 
 
 def _print_allreduce(report: dict) -> None:
@@ -576,6 +635,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tta-epochs", type=int)
     parser.add_argument("--tta-procs", type=int, nargs="+", help="default: all cores, then 1")
     parser.add_argument("--tta-only", action="store_true", help="skip the throughput part")
+    parser.add_argument("--slow-rank", type=float, default=0.0, metavar="F",
+                        help="the last rank of each multi-rank job at 1/(1+F) speed")  # fmt: skip
     parser.add_argument(
         "--json",
         default="runs/benchmarks/results-mpi.json",
@@ -586,7 +647,8 @@ def main(argv: list[str]) -> int:
            "procs": args.tta_procs}  # fmt: skip
     batches = {"bouvrie": 50, "lenet5": 64, "modern": 128}
     models = {} if args.tta_only else {name: batches[name] for name in args.models}
-    report = run(models, args.steps, args.windows, tta if args.tta_target else None, args.seconds)
+    report = run(models, args.steps, args.windows, tta if args.tta_target else None,
+                 args.seconds, args.slow_rank)  # fmt: skip
     print_report(report)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))

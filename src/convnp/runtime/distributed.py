@@ -34,6 +34,10 @@ Resuming: a checkpoint holds one model; a run resumed with the same P continues
 bit-for-bit. With another P it continues the same optimisation up to rounding of the
 gradient sums (and different dropout masks and batch-norm slices).
 
+Load balancing (``balance=True``, opt-in): the slices follow the ranks' measured speed
+(``convnp.runtime.balance``) instead of being equal, for cores of uneven speed; the
+gradient is the same sum, but its rounding, and so the run, then depends on timing.
+
 Faults: ``abort_on_error`` turns an exception on one rank into ``MPI_Abort`` of the whole
 job (a rank that merely exits would leave the others waiting in their next collective
 forever). A rank killed outright is detected by the launcher (``mpiexec`` and ``srun
