@@ -54,11 +54,18 @@ def test_uneven_speeds_converge_to_equal_busy_time(per_sample):
 def test_shares_move_only_at_the_end_of_a_window_and_by_the_damping():
     balancer = LoadBalancer(2, window=3, damping=0.5)
     for _ in range(2):
-        assert balancer.record([10, 10], [1.0, 3.0]) is False
+        assert balancer.record([10, 10], [0.01, 0.03]) is False
         assert balancer.shares == [0.5, 0.5]
-    assert balancer.record([10, 10], [1.0, 3.0]) is True
+    assert balancer.record([10, 10], [0.01, 0.03]) is True
     # rates 10:3.33 -> target shares 0.75, 0.25; half way from 0.5
     assert balancer.shares == pytest.approx([0.625, 0.375])
+
+
+def test_long_steps_end_a_window_early():
+    balancer = LoadBalancer(2, window=50, window_seconds=0.5, damping=1.0)
+    assert balancer.record([10, 10], [0.2, 0.4]) is False
+    assert balancer.record([10, 10], [0.2, 0.4]) is True  # rank 1 busy 0.8 s >= 0.5 s
+    assert balancer.shares == pytest.approx([2 / 3, 1 / 3])
 
 
 def test_a_very_slow_rank_keeps_a_floor_share():
@@ -90,6 +97,7 @@ def test_the_same_figures_give_the_same_shares_on_every_rank():
     [
         ({"ranks": 0}, "ranks must be >= 1"),
         ({"ranks": 2, "window": 0}, "window >= 1"),
+        ({"ranks": 2, "window_seconds": 0.0}, "window_seconds > 0"),
         ({"ranks": 2, "damping": 0.0}, "damping in (0, 1]"),
         ({"ranks": 2, "floor": 1.5}, "floor in (0, 1]"),
     ],

@@ -8,7 +8,8 @@ towards the ranks that finish sooner. The gradient is Σ_r (n_r/N)·∇E_r whate
 (``convnp.runtime.distributed``), so only the rounding of that sum depends on the split.
 
 Rank r's busy time in a step is t_r = f + v_r·n_r (a fixed cost per step, and a cost per
-sample that differs between cores). Every ``window`` steps, from the window's totals,
+sample that differs between cores). After every ``window`` steps, or sooner once a rank has
+been busy ``window_seconds`` in them (long steps), from the window's totals,
 
     ρ_r = Σ n_r / Σ t_r                      (samples per second on rank r)
     s_r ← s_r + λ·(ρ_r / Σ_q ρ_q − s_r)     (λ: ``damping``)
@@ -31,6 +32,9 @@ from collections.abc import Sequence
 #: steps average a rank's step-to-step jitter (0.9 ms standard deviation on a shared VM)
 #: down to a few per cent of a step.
 WINDOW = 50
+#: ... or fewer steps, once a rank has been busy this long in them: long steps average their
+#: own jitter, and 50 steps of 0.1 s (modern, batch 128) would take a minute to move once.
+WINDOW_SECONDS = 0.5
 #: Fraction of the way to the estimated balance taken at each update: noise in one window's
 #: estimate moves the shares by half as much.
 DAMPING = 0.5
@@ -43,20 +47,28 @@ class LoadBalancer:
 
     Args:
         ranks: P, the number of ranks.
-        window, damping, floor: as in the module's equations.
+        window, window_seconds, damping, floor: as in the module's equations.
     """
 
     def __init__(
-        self, ranks: int, *, window: int = WINDOW, damping: float = DAMPING, floor: float = FLOOR
+        self,
+        ranks: int,
+        *,
+        window: int = WINDOW,
+        window_seconds: float = WINDOW_SECONDS,
+        damping: float = DAMPING,
+        floor: float = FLOOR,
     ) -> None:
         if ranks < 1:
             raise ValueError(f"LoadBalancer: ranks must be >= 1, got {ranks}")
-        if window < 1 or not 0.0 < damping <= 1.0 or not 0.0 < floor <= 1.0:
+        if window < 1 or window_seconds <= 0 or not 0.0 < damping <= 1.0 or not 0.0 < floor <= 1.0:
             raise ValueError(
-                f"LoadBalancer: needs window >= 1, damping in (0, 1] and floor in (0, 1], got "
-                f"window={window}, damping={damping}, floor={floor}"
+                "LoadBalancer: needs window >= 1, window_seconds > 0, damping in (0, 1] and "
+                f"floor in (0, 1], got window={window}, window_seconds={window_seconds}, "
+                f"damping={damping}, floor={floor}"
             )
-        self.ranks, self.window, self.damping, self.floor = ranks, window, damping, floor
+        self.ranks, self.window, self.window_seconds = ranks, window, window_seconds
+        self.damping, self.floor = damping, floor
         self.shares = [1.0 / ranks] * ranks
         self._samples = [0] * ranks
         self._seconds = [0.0] * ranks
@@ -76,8 +88,8 @@ class LoadBalancer:
         return self._bounds[n]
 
     def record(self, samples: Sequence[int], seconds: Sequence[float]) -> bool:
-        """Add one step: each rank's samples n_r and busy seconds t_r. Every ``window``
-        steps the shares move (the equations above); returns True when they did."""
+        """Add one step: each rank's samples n_r and busy seconds t_r. At the end of a window
+        the shares move (the equations above); returns True when they did."""
         if len(samples) != self.ranks or len(seconds) != self.ranks:
             raise ValueError(
                 f"LoadBalancer.record: expected {self.ranks} counts and times, got "
@@ -87,7 +99,7 @@ class LoadBalancer:
             self._samples[rank] += int(samples[rank])
             self._seconds[rank] += float(seconds[rank])
         self._steps += 1
-        if self._steps < self.window:
+        if self._steps < self.window and max(self._seconds) < self.window_seconds:
             return False
         moved = self._update()
         self._samples, self._seconds, self._steps = [0] * self.ranks, [0.0] * self.ranks, 0
