@@ -25,8 +25,9 @@ size, a time-to-accuracy run of ``convnp train``, and a projection to many machi
 
 ``--slow-rank F`` emulates cores of uneven speed (a laptop's efficiency core, a VM's core
 shared with another tenant): the last rank of every job of several ranks (convnp P=cores,
-convnp balanced, torch DDP) spins, in its network's first layer, F times its own measured
-time per sample for each sample it trains on, as if its core ran at 1/(1 + F) speed.
+convnp balanced, torch DDP) spins, in its network's first layer, F·τ for each sample it
+trains on, τ being convnp P=1's time per sample (measured first, in its warm-up), as if
+its core ran at 1/(1 + F) of convnp's speed. Every job's slow rank loses the same time.
 """
 
 from __future__ import annotations
@@ -75,17 +76,13 @@ def _rss_mb() -> float:
 
 # -- workers (one job per configuration and model; under mpiexec for the multi-rank ones) --
 class _SlowCore:
-    """``--slow-rank F`` on the last of several ranks: ``__call__(n)`` spins F times this
-    rank's time per sample (measured by ``_serve`` before it is switched on) per sample."""
+    """``--slow-rank``: ``__call__(n)`` spins n·$BENCH_SLOW_SECONDS_PER_SAMPLE on the last
+    of several ranks, nothing elsewhere."""
 
     def __init__(self) -> None:
         rank, size = int(os.environ.get("PMI_RANK", 0)), int(os.environ.get("PMI_SIZE", 1))
-        last_of_several = size > 1 and rank == size - 1
-        self.factor = float(os.environ.get("BENCH_SLOW_FACTOR", 0)) if last_of_several else 0.0
-        self.seconds_per_sample = 0.0
-
-    def calibrate(self, seconds_per_step: float, samples: int) -> None:
-        self.seconds_per_sample = self.factor * seconds_per_step / max(1, samples)
+        spin = float(os.environ.get("BENCH_SLOW_SECONDS_PER_SAMPLE", 0))
+        self.seconds_per_sample = spin if size > 1 and rank == size - 1 else 0.0
 
     def __call__(self, samples: int) -> None:
         end = time.perf_counter() + self.seconds_per_sample * samples
@@ -124,17 +121,17 @@ def _convnp_worker(name: str, batch: int, steps: int, seconds: float) -> None:
         x, t = next(batches)
         train.train_step(runner.model, runner.loss, runner.optimizer, x, t, comm=comm)
 
-    _serve(step, batch, steps, seconds, comm, slow)
+    _serve(step, batch, steps, seconds, comm)
 
 
-def _serve(step: Any, batch: int, steps: int, seconds: float, comm: Any, slow: _SlowCore) -> None:
+def _serve(step: Any, batch: int, steps: int, seconds: float, comm: Any) -> None:
     """Run windows when the driver says so, on this rank's command pipe: ``warm`` (choose
     the window's step count: at least ``steps`` and about ``seconds`` s; the ranks agree on
-    it, as every step is a collective; then an untimed window, whose time per step sets a
-    slowed rank's spin), ``window`` (a timed one), ``stop``. Rank 0 prints a line per
-    command. Windows of a few steps (10 steps of bouvrie last 30 ms) measured mostly
-    start-up effects and scheduler jitter."""
-    rank, size = int(os.environ.get("PMI_RANK", 0)), int(os.environ.get("PMI_SIZE", 1))
+    it, as every step is a collective; then an untimed window, whose time per step it
+    reports), ``window`` (a timed one), ``stop``. Rank 0 prints a line per command.
+    Windows of a few steps (10 steps of bouvrie last 30 ms) measured mostly start-up
+    effects and scheduler jitter."""
+    rank = int(os.environ.get("PMI_RANK", 0))
     root = rank == 0
     with open(Path(os.environ["BENCH_CHANNEL"]) / f"rank-{rank}") as commands:
         for line in commands:
@@ -150,9 +147,10 @@ def _serve(step: Any, batch: int, steps: int, seconds: float, comm: Any, slow: _
                 started = time.perf_counter()
                 for _ in range(steps):
                     step()
-                samples = batch * (rank + 1) // size - batch * rank // size
-                slow.calibrate((time.perf_counter() - started) / steps, samples)
-                report = {"steps": steps}
+                report = {
+                    "steps": steps,
+                    "seconds_per_step": (time.perf_counter() - started) / steps,
+                }
             elif command == "window":
                 if comm is not None:
                     comm.comm.Barrier()
@@ -230,7 +228,7 @@ def _torch_worker(name: str, batch: int, steps: int, seconds: float, ddp: bool) 
                 dist.all_gather_object(values, value)
                 return values
 
-    _serve(step, batch, steps, seconds, _Gloo() if ddp else None, slow)
+    _serve(step, batch, steps, seconds, _Gloo() if ddp else None)
     if ddp:  # gloo's teardown can wait forever for a peer that already left: skip it
         dist.barrier()
         sys.stdout.flush()
@@ -278,11 +276,11 @@ class _Job:
     rank (a rank blocked reading its pipe uses no CPU)."""
 
     def __init__(
-        self, config: str, name: str, batch: int, steps: int, seconds: float, slow: float
+        self, config: str, name: str, batch: int, steps: int, seconds: float, spin: float = 0.0
     ) -> None:
         self.config = config
         command, env, self.ranks = _command(config, name, batch, steps, seconds)
-        env["BENCH_SLOW_FACTOR"] = str(slow)
+        env["BENCH_SLOW_SECONDS_PER_SAMPLE"] = str(spin)
         self.folder = Path(tempfile.mkdtemp(prefix="convnp-bench-"))
         for rank in range(self.ranks):
             os.mkfifo(self.folder / f"rank-{rank}")
@@ -386,15 +384,18 @@ def throughput(
 ) -> dict:
     """Every configuration of a model in turns, a window each, ``windows`` rounds; with
     ``slow``, the last rank of each multi-rank job is slowed (``--slow-rank``)."""
+    assert CONFIGS[0] == "convnp P=1"  # it sets the slow rank's spin
     results: dict[str, dict[str, dict]] = {}
     for name, batch in models.items():
         print(f"  {name}: starting the jobs ...", flush=True)
         jobs = {}
         try:
+            spin = 0.0
             for config in CONFIGS:  # one at a time: no set-up overlaps another's work
-                jobs[config] = _Job(config, name, batch, steps, seconds, slow)
-            for job in jobs.values():
-                job.ask("warm")
+                jobs[config] = _Job(config, name, batch, steps, seconds, spin)
+                warmed = jobs[config].ask("warm")
+                if config == "convnp P=1":
+                    spin = slow * warmed["seconds_per_step"] / batch
             rates: dict[str, list[dict]] = {config: [] for config in CONFIGS}
             for round_ in range(windows):
                 order = CONFIGS[round_ % len(CONFIGS) :] + CONFIGS[: round_ % len(CONFIGS)]
