@@ -83,8 +83,9 @@ def test_eval_inference_benchmark_reports_every_path(tmp_path):
 
 
 def test_mpi_benchmark_drives_every_configuration_in_rounds(tmp_path):
-    """benchmarks/distributed.py with tiny windows: every configuration of the model times
-    one window per round, the ratios and memory figures come out, Allreduce and projection."""
+    """benchmarks/distributed.py with tiny windows (and a slowed last rank): every
+    configuration of the model times one window per round, the ratios and memory figures
+    come out, Allreduce and projection."""
     pytest.importorskip("torch")
     from convnp.runtime import distributed
 
@@ -92,7 +93,8 @@ def test_mpi_benchmark_drives_every_configuration_in_rounds(tmp_path):
         pytest.skip("needs mpi4py and mpiexec")
     output = tmp_path / "results-mpi.json"
     script = SCRIPT.with_name("distributed.py")
-    arguments = ["--models", "bouvrie", "--windows", "2", "--steps", "2", "--seconds", "0.05"]
+    arguments = ["--models", "bouvrie", "--windows", "2", "--steps", "2", "--seconds", "0.05",
+                 "--slow-rank", "1"]  # fmt: skip
     completed = subprocess.run(
         [sys.executable, str(script), *arguments, "--json", str(output)],
         capture_output=True,
@@ -102,12 +104,17 @@ def test_mpi_benchmark_drives_every_configuration_in_rounds(tmp_path):
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
     report = json.loads(output.read_text())
     configs = report["throughput"]["bouvrie"]
-    assert set(configs) == {"convnp P=1", "convnp P=cores", "convnp threads", "torch", "torch DDP"}
+    assert set(configs) == {
+        "convnp P=1", "convnp P=cores", "convnp balanced", "convnp threads", "torch", "torch DDP"
+    }  # fmt: skip
+    assert report["slow_rank_factor"] == 1
     for result in configs.values():
         assert len(result["windows"]) == 2
         assert all(window["images_per_s"] > 0 for window in result["windows"])
         assert result["peak_rss_mb_per_rank"] > 0 and result["pss_mb_per_rank"] > 0
-    assert all("comm_ms_per_step" in window for window in configs["convnp P=cores"]["windows"])
+    for config in ("convnp P=cores", "convnp balanced"):
+        assert all("comm_ms_per_step" in window for window in configs[config]["windows"])
     assert set(report["allreduce_s"]) == {"1000", "10000", "100000", "1000000", "4000000"}
     assert report["projection"]["models"]["bouvrie"]["parameters"] == 3898
-    assert "scaling efficiency at P=" in completed.stdout
+    assert "scaling efficiency of convnp balanced:" in completed.stdout
+    assert "the last rank of each multi-rank job slowed to 1/2 of its speed" in completed.stdout
