@@ -193,7 +193,7 @@ def mode_slices() -> None:
 
 
 def mode_balance(out: str, single: bool) -> None:
-    """Load balancing moves samples away from a slow rank (the last, spinning 300 µs per
+    """Load balancing moves samples away from a slow rank (the last, spinning 1 ms per
     sample in its first layer), and the weights stay the one process's. Rank 0 also saves
     every rank's slice sizes, step by step (counts: steps × ranks)."""
     comm = communicator(single)
@@ -204,7 +204,7 @@ def mode_balance(out: str, single: bool) -> None:
 
         comm.balancer = LoadBalancer(comm.size, window=2, damping=1.0)
         if comm.rank == comm.size - 1:
-            slow_down(model[0], seconds_per_sample=300e-6)
+            slow_down(model[0], seconds_per_sample=1e-3)
         forward_backward = comm.forward_backward
 
         def counted(model, loss, x, t):
