@@ -38,7 +38,8 @@ WINDOW_SECONDS = 0.5
 #: Fraction of the way to the estimated balance taken at each update: noise in one window's
 #: estimate moves the shares by half as much.
 DAMPING = 0.5
-#: No rank's share falls below FLOOR/P, so every rank keeps measuring its speed.
+#: No rank's share is cut below FLOOR/P (before the shares are rescaled to sum to 1), so
+#: every rank keeps some samples and so keeps measuring its speed.
 FLOOR = 0.25
 
 
