@@ -75,19 +75,20 @@ def _rss_mb() -> float:
 
 
 # -- workers (one job per configuration and model; under mpiexec for the multi-rank ones) --
-class _SlowCore:
-    """``--slow-rank``: ``__call__(n)`` spins n·$BENCH_SLOW_SECONDS_PER_SAMPLE on the last
-    of several ranks, nothing elsewhere."""
+def _slow_core() -> Any:
+    """``--slow-rank``: on the last of several ranks, a function that spins
+    n·$BENCH_SLOW_SECONDS_PER_SAMPLE for n samples; None elsewhere (no hook at all)."""
+    rank, size = int(os.environ.get("PMI_RANK", 0)), int(os.environ.get("PMI_SIZE", 1))
+    per_sample = float(os.environ.get("BENCH_SLOW_SECONDS_PER_SAMPLE", 0))
+    if size == 1 or rank != size - 1 or per_sample <= 0:
+        return None
 
-    def __init__(self) -> None:
-        rank, size = int(os.environ.get("PMI_RANK", 0)), int(os.environ.get("PMI_SIZE", 1))
-        spin = float(os.environ.get("BENCH_SLOW_SECONDS_PER_SAMPLE", 0))
-        self.seconds_per_sample = spin if size > 1 and rank == size - 1 else 0.0
-
-    def __call__(self, samples: int) -> None:
-        end = time.perf_counter() + self.seconds_per_sample * samples
+    def spin(samples: int) -> None:
+        end = time.perf_counter() + per_sample * samples
         while time.perf_counter() < end:
             pass
+
+    return spin
 
 
 def _convnp_worker(name: str, batch: int, steps: int, seconds: float) -> None:
@@ -102,14 +103,15 @@ def _convnp_worker(name: str, batch: int, steps: int, seconds: float) -> None:
     comm = distributed.Communicator(balance=balance) if distributed.launched_by_mpi() else None
     if comm is not None:
         comm.start(runner.model, runner.optimizer, runner.loader)
-    slow = _SlowCore()
-    first, forward = runner.model[0], runner.model[0].forward
+    slow = _slow_core()
+    if slow is not None:
+        first, forward = runner.model[0], runner.model[0].forward
 
-    def slowed_forward(x: np.ndarray) -> np.ndarray:
-        slow(len(x))
-        return forward(x)
+        def slowed_forward(x: np.ndarray) -> np.ndarray:
+            slow(len(x))
+            return forward(x)
 
-    first.forward = slowed_forward
+        first.forward = slowed_forward
 
     def epochs() -> Any:  # as fit reads them: each rank its own slice of every batch
         while True:
@@ -196,8 +198,9 @@ def _torch_worker(name: str, batch: int, steps: int, seconds: float, ddp: bool) 
     runner = _TorchRunner(name, batch, seed=0)  # threads = cores, as PyTorch's default
     rank, size = int(os.environ.get("PMI_RANK", 0)), int(os.environ.get("PMI_SIZE", 1))
     net = runner.net
-    slow = _SlowCore()
-    next(net.children()).register_forward_pre_hook(lambda _, inputs: slow(len(inputs[0])))
+    slow = _slow_core()
+    if slow is not None:
+        next(net.children()).register_forward_pre_hook(lambda _, inputs: slow(len(inputs[0])))
     if ddp:
         import torch.distributed as dist
 

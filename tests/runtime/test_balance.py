@@ -14,7 +14,7 @@ def simulate(balancer: LoadBalancer, n: int, fixed: float, per_sample: list[floa
         bounds = balancer.bounds(n)
         counts = [bounds[r + 1] - bounds[r] for r in range(balancer.ranks)]
         seconds = [fixed + cost * count for cost, count in zip(per_sample, counts)]
-        balancer.record(counts, seconds)
+        balancer.record(n, seconds)
     return seconds
 
 
@@ -54,17 +54,17 @@ def test_uneven_speeds_converge_to_equal_busy_time(per_sample):
 def test_shares_move_only_at_the_end_of_a_window_and_by_the_damping():
     balancer = LoadBalancer(2, window=3, damping=0.5)
     for _ in range(2):
-        assert balancer.record([10, 10], [0.01, 0.03]) is False
+        assert balancer.record(20, [0.01, 0.03]) is False
         assert balancer.shares == [0.5, 0.5]
-    assert balancer.record([10, 10], [0.01, 0.03]) is True
+    assert balancer.record(20, [0.01, 0.03]) is True
     # rates 10:3.33 -> target shares 0.75, 0.25; half way from 0.5
     assert balancer.shares == pytest.approx([0.625, 0.375])
 
 
 def test_long_steps_end_a_window_early():
     balancer = LoadBalancer(2, window=50, window_seconds=0.5, damping=1.0)
-    assert balancer.record([10, 10], [0.2, 0.4]) is False
-    assert balancer.record([10, 10], [0.2, 0.4]) is True  # rank 1 busy 0.8 s >= 0.5 s
+    assert balancer.record(20, [0.2, 0.4]) is False
+    assert balancer.record(20, [0.2, 0.4]) is True  # rank 1 busy 0.8 s >= 0.5 s
     assert balancer.shares == pytest.approx([2 / 3, 1 / 3])
 
 
@@ -77,8 +77,9 @@ def test_a_very_slow_rank_keeps_a_floor_share():
 
 def test_a_window_without_samples_or_time_changes_nothing():
     balancer = LoadBalancer(2, window=1)
-    assert balancer.record([0, 5], [1.0, 1.0]) is False
-    assert balancer.record([5, 5], [0.0, 1.0]) is False
+    assert balancer.bounds(1) == [0, 0, 1]  # rank 0 gets none of a batch of one
+    assert balancer.record(1, [1.0, 1.0]) is False
+    assert balancer.record(10, [0.0, 1.0]) is False
     assert balancer.shares == [0.5, 0.5]
 
 
@@ -107,6 +108,6 @@ def test_bad_settings_are_refused(kwargs, message):
         LoadBalancer(**kwargs)
 
 
-def test_record_needs_one_count_and_time_per_rank():
-    with pytest.raises(ValueError, match="expected 3 counts and times, got 2 and 3"):
-        LoadBalancer(3).record([1, 2], [0.1, 0.2, 0.3])
+def test_record_needs_one_time_per_rank():
+    with pytest.raises(ValueError, match="expected 3 times, one per rank, got 2"):
+        LoadBalancer(3).record(30, [0.1, 0.2])

@@ -88,16 +88,18 @@ class LoadBalancer:
             self._bounds[n] = bounds
         return self._bounds[n]
 
-    def record(self, samples: Sequence[int], seconds: Sequence[float]) -> bool:
-        """Add one step: each rank's samples n_r and busy seconds t_r. At the end of a window
-        the shares move (the equations above); returns True when they did."""
-        if len(samples) != self.ranks or len(seconds) != self.ranks:
+    def record(self, n: int, seconds: Sequence[float]) -> bool:
+        """Add one step: a global batch of n, split by the current ``bounds(n)``, and each
+        rank's busy seconds t_r on its part. At the end of a window the shares move (the
+        equations above); returns True when they did."""
+        if len(seconds) != self.ranks:
             raise ValueError(
-                f"LoadBalancer.record: expected {self.ranks} counts and times, got "
-                f"{len(samples)} and {len(seconds)}"
+                f"LoadBalancer.record: expected {self.ranks} times, one per rank, got "
+                f"{len(seconds)}"
             )
+        bounds = self.bounds(n)
         for rank in range(self.ranks):
-            self._samples[rank] += int(samples[rank])
+            self._samples[rank] += bounds[rank + 1] - bounds[rank]
             self._seconds[rank] += float(seconds[rank])
         self._steps += 1
         if self._steps < self.window and max(self._seconds) < self.window_seconds:

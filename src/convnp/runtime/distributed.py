@@ -341,9 +341,7 @@ class Communicator:
         if buffer[-1]:
             raise NonFiniteInputError("a rank's network output contains NaN or inf")
         if self.balancer is not None:
-            bounds = self.balancer.bounds(n)
-            counts = [bounds[r + 1] - bounds[r] for r in range(self.size)]
-            self.balancer.record(counts, [float(b) * 1e-6 for b in busy])
+            self.balancer.record(n, [float(b) * 1e-6 for b in busy])
         return outputs.copy(), float(buffer[-2])
 
     def forward(self, model: Any, x: np.ndarray, n: int) -> np.ndarray:
