@@ -70,7 +70,7 @@ import numpy as np
 
 from convnp.layers.base import NonFiniteInputError
 from convnp.runtime.balance import LoadBalancer
-from convnp.runtime.parallel import available_cores, predict_in_blocks
+from convnp.runtime.parallel import INFERENCE_BLOCK, available_cores, predict_in_blocks
 
 # A collective that waits longer than this for the other ranks ends the job. Between two
 # collectives a rank does one training step, or rank 0 writes a checkpoint; both take far
@@ -79,10 +79,12 @@ from convnp.runtime.parallel import available_cores, predict_in_blocks
 ABORT_GRACE_SECONDS = 0.5
 DEFAULT_TIMEOUT = 300.0
 # Samples a rank runs through the network at a time in the sharded evaluation: a bound on
-# its activations whatever the evaluation batch. Measured (bouvrie, 2 ranks, a rank's 500
-# of each 1000-image test batch): peak RSS 145 MB all at once, 136 MB by 256, 130 MB by 128,
-# the evaluation as fast by 256 and 15% slower by 64 (the threads' block, INFERENCE_BLOCK).
-EVALUATION_BLOCK = 256
+# its activations whatever the evaluation batch. The threads' block (INFERENCE_BLOCK, 64).
+# Measured (2 ranks, 1 BLAS thread; `convnp train --model bouvrie --data fashion-mnist
+# --epochs 1`, three interleaved runs each): a rank's peak RSS 124 MB by 256, 118 by 128,
+# 116 by 64, the test evaluation 0.21-0.23 s in all three; one thread's forward per sample
+# by 64 / 256: bouvrie 37 / 37 µs, lenet5 61-64 / 58-63, modern 208-216 / 242-254.
+EVALUATION_BLOCK = INFERENCE_BLOCK
 
 # Environment variables that MPI launchers set in every rank (MPICH/Intel hydra and Slurm's
 # PMI, Open MPI, PMIx): their presence means "started by a launcher", without initialising MPI.
