@@ -472,6 +472,58 @@ def time_to_accuracy(target: float, procs: int, epochs: int | None, data: str) -
             "total_seconds": round(time.monotonic() - started, 1)}  # fmt: skip
 
 
+def whole_runs(models: list[str], rounds: int, data: str) -> dict:
+    """One epoch of ``convnp train --model M --data DATA`` as one process (``--procs 1``)
+    and as ``mpiexec -n P`` (P = cores, the issue's command), in turns (the order swapped
+    each round), ``rounds`` times per model: the wall time from launch to exit, the peak
+    RSS of the largest process, the test accuracy, and the largest difference between the
+    two runs' weights. ``os.wait4`` gives a process's peak or that of its largest reaped
+    descendant, so under mpiexec it is the largest rank's."""
+    from convnp import io
+    from convnp.runtime.distributed import find_mpiexec
+
+    results: dict[str, dict] = {}
+    for name in models:
+        rows = []
+        for round_ in range(rounds):
+            out = Path(tempfile.mkdtemp(prefix="convnp-whole-run-"))
+            train = ["-m", "convnp", "train", "--model", name, "--data", data, "--epochs", "1",
+                     "--quiet"]  # fmt: skip
+            ranks = [find_mpiexec(), "-n", str(_cores()), sys.executable]
+            commands = {
+                "one process": [sys.executable, *train, "--procs", "1", "--out", str(out / "one")],
+                "ranks": [*ranks, *train, "--out", str(out / "ranks")],
+            }
+            order = list(commands) if round_ % 2 == 0 else list(reversed(commands))
+            row = {config: _timed_run(commands[config]) for config in order}
+            weights = [io.load(out / folder / "model.safetensors").state_dict()
+                       for folder in ("one", "ranks")]  # fmt: skip
+            row["max_weight_difference"] = max(
+                float(np.max(np.abs(weights[0][key] - weights[1][key]))) for key in weights[0]
+            )
+            shutil.rmtree(out, ignore_errors=True)
+            rows.append(row)
+            print(f"  {name}: whole run {round_ + 1} of {rounds} done", flush=True)
+        results[name] = {"procs": _cores(), "rounds": rows}
+    return results
+
+
+def _timed_run(command: list[str]) -> dict:
+    """Wall seconds, peak RSS (MB) of the largest process, and the printed test accuracy."""
+    with tempfile.TemporaryFile("w+") as output:
+        started = time.monotonic()
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(process.pid, 0)  # reaped here: Popen never waits
+        seconds = time.monotonic() - started
+        output.seek(0)
+        text = output.read()
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"{' '.join(command)} failed:\n{text[-2000:]}")
+    accuracy = float(re.search(r"test accuracy (\S+)", text).group(1))
+    return {"wall_s": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "test_accuracy": accuracy}  # fmt: skip
+
+
 def _read_history(path: Path) -> list[dict]:
     try:
         return json.loads(path.read_text())
@@ -533,14 +585,17 @@ def run(
     tta: dict | None,
     seconds: float = 1.0,
     slow: float = 0.0,
+    whole_run_rounds: int = 0,
 ) -> dict:
-    """The whole section: throughput, Allreduce costs, projection, time to accuracy (no
-    models: time to accuracy alone)."""
+    """The whole section: throughput, Allreduce costs, projection, whole runs, time to
+    accuracy (no models: time to accuracy alone)."""
     report: dict[str, Any] = {"cores": _cores(), "slow_rank_factor": slow}
     if models:
         report["throughput"] = throughput(models, steps, windows, seconds, slow)
         report["allreduce_s"] = allreduce_costs()
         report["projection"] = projection(report["allreduce_s"], models, report["throughput"])
+    if models and whole_run_rounds:
+        report["whole_runs"] = whole_runs(list(models), whole_run_rounds, "fashion-mnist")
     if tta:
         report["time_to_accuracy"] = [
             time_to_accuracy(tta["target"], procs, tta.get("epochs"), tta["data"])
@@ -554,6 +609,8 @@ def print_report(report: dict) -> None:
         _print_throughput(report)
     if "allreduce_s" in report:
         _print_allreduce(report)
+    if "whole_runs" in report:
+        _print_whole_runs(report["whole_runs"])
     for run in report.get("time_to_accuracy", []):
         text = (f"{run['seconds']:.0f} s" if run["reached"]
                 else f"not reached (best {run['best_accuracy']:.4f})")  # fmt: skip
@@ -601,6 +658,25 @@ def _print_throughput(report: dict) -> None:
                   f"{spread(efficiency)}")  # fmt: skip
 
 
+def _print_whole_runs(results: dict) -> None:
+    print("\none epoch of convnp train --data fashion-mnist, one process against mpiexec -n P, "
+          "in turns: wall s, largest process's peak RSS MB, test accuracy")  # fmt: skip
+    for name, result in results.items():
+        rows = result["rounds"]
+        ratios = [row["one process"]["wall_s"] / row["ranks"]["wall_s"] for row in rows]
+        for config in ("one process", "ranks"):
+            label = config if config == "one process" else f"{result['procs']} ranks"
+            walls = [row[config]["wall_s"] for row in rows]
+            peaks = [row[config]["peak_rss_mb"] for row in rows]
+            accuracies = sorted({row[config]["test_accuracy"] for row in rows})
+            print(f"  {name:8} {label:12} wall {min(walls):5.2f}-{max(walls):5.2f} s  peak "
+                  f"{min(peaks):6.1f}-{max(peaks):6.1f} MB  accuracy {accuracies}")  # fmt: skip
+        differences = [row["max_weight_difference"] for row in rows]
+        print(f"  {name:8} sooner by {', '.join(f'{r:.2f}' for r in ratios)} (median "
+              f"{statistics.median(ratios):.2f}); max |weight difference| "
+              f"{min(differences):.2g}-{max(differences):.2g}")  # fmt: skip
+
+
 def _print_allreduce(report: dict) -> None:
     cores = report["cores"]
     print("\nAllreduce (float32, in place) on this machine, "
@@ -639,6 +715,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tta-epochs", type=int)
     parser.add_argument("--tta-procs", type=int, nargs="+", help="default: all cores, then 1")
     parser.add_argument("--tta-only", action="store_true", help="skip the throughput part")
+    parser.add_argument("--whole-runs", type=int, default=0, metavar="R",
+                        help="also R rounds of one training epoch on Fashion-MNIST per model, "
+                        "one process against all cores (wall time, peak memory)")  # fmt: skip
     parser.add_argument("--slow-rank", type=float, default=0.0, metavar="F",
                         help="the last rank of each multi-rank job at 1/(1+F) speed")  # fmt: skip
     parser.add_argument(
@@ -652,7 +731,7 @@ def main(argv: list[str]) -> int:
     batches = {"bouvrie": 50, "lenet5": 64, "modern": 128}
     models = {} if args.tta_only else {name: batches[name] for name in args.models}
     report = run(models, args.steps, args.windows, tta if args.tta_target else None,
-                 args.seconds, args.slow_rank)  # fmt: skip
+                 args.seconds, args.slow_rank, args.whole_runs)  # fmt: skip
     print_report(report)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))

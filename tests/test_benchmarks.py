@@ -118,3 +118,28 @@ def test_mpi_benchmark_drives_every_configuration_in_rounds(tmp_path):
     assert report["projection"]["models"]["bouvrie"]["parameters"] == 3898
     assert "scaling efficiency of convnp balanced:" in completed.stdout
     assert "the last rank of each multi-rank job slowed to 1/2 of its speed" in completed.stdout
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
+)
+def test_distributed_benchmark_whole_runs_time_and_measure_both(tmp_path, monkeypatch):
+    """The whole-run section trains one epoch both ways and reports the same model (float32
+    rounding), the wall times, the largest process's peak RSS and the printed accuracy."""
+    from convnp.runtime import distributed as runtime
+
+    if not runtime.mpi_available():
+        pytest.skip("needs mpi4py and mpiexec")
+    monkeypatch.setenv("CONVNP_CACHE", str(tmp_path / "cache"))  # the decompressed copy
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import distributed
+
+    results = distributed.whole_runs(["bouvrie"], 1, "fashion-mnist")
+    (row,) = results["bouvrie"]["rounds"]
+    for config in ("one process", "ranks"):
+        assert row[config]["wall_s"] > 0
+        # a Python process with NumPy and convnp alone takes more than 30 MB
+        assert 30 < row[config]["peak_rss_mb"] < 1000
+    assert row["one process"]["test_accuracy"] == row["ranks"]["test_accuracy"]
+    assert row["max_weight_difference"] < 1e-5
