@@ -9,6 +9,18 @@ Configurations, for bouvrie (batch 50), lenet5 (64) and modern (128), P = the co
                       BatchSplitter, was removed after results-mpi.json: see README)
     torch             PyTorch's default single process (threads = cores)
     torch DDP         DistributedDataParallel on CPU, gloo, one process per core, 1 thread
+    convnp P=1 slice  one rank at a rank's slice of the batch (batch / P), one BLAS thread
+    convnp independent  P ranks each training a model of its own on batch / P, with no
+                      communication (their windows start and end together)
+
+The last two split the scaling efficiency of convnp P=cores into three factors, each a
+ratio of throughputs within a round (their product is the efficiency):
+
+    batch split   (P=1 slice) / (P=1)            the per-step cost that does not shrink
+                                                 with the batch (Python, small products)
+    shared cores  (independent) / P·(P=1 slice)  ranks sharing caches and memory bandwidth
+    step sync     (P=cores) / (independent)      the Allreduce, waiting for the slowest
+                                                 rank each step, slicing and packing
 
 Each configuration is a job of its own that trains on the same Fashion-MNIST batches
 (global batch = the model's batch; ranks take slices). All five jobs of a model are
@@ -55,6 +67,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 CONFIGS = (
     "convnp P=1", "convnp P=cores", "convnp balanced", "convnp threads", "torch", "torch DDP",
+    "convnp P=1 slice", "convnp independent",
 )  # fmt: skip
 ALLREDUCE_SIZES = (1_000, 10_000, 100_000, 1_000_000, 4_000_000)  # float32 values
 # A 10 GbE cluster for the projection: per-message latency α (MPI over TCP, typical) and
@@ -98,9 +111,12 @@ def _convnp_worker(name: str, batch: int, steps: int, seconds: float) -> None:
     sys.path.insert(0, str(HERE))
     from run import _ConvnpRunner
 
-    runner = _ConvnpRunner(name, batch, seed=0)
+    independent = os.environ.get("BENCH_INDEPENDENT") == "1"
+    ranks = int(os.environ.get("PMI_SIZE", 1))
+    runner = _ConvnpRunner(name, batch // ranks if independent else batch, seed=0)
     balance = os.environ.get("BENCH_BALANCE") == "1"
-    comm = distributed.Communicator(balance=balance) if distributed.launched_by_mpi() else None
+    multi_rank = distributed.launched_by_mpi() and not independent
+    comm = distributed.Communicator(balance=balance) if multi_rank else None
     if comm is not None:
         comm.start(runner.model, runner.optimizer, runner.loader)
     slow = _slow_core()
@@ -123,7 +139,19 @@ def _convnp_worker(name: str, batch: int, steps: int, seconds: float) -> None:
         x, t = next(batches)
         train.train_step(runner.model, runner.loss, runner.optimizer, x, t, comm=comm)
 
-    _serve(step, batch, steps, seconds, comm)
+    _serve(step, batch, steps, seconds, _World() if independent else comm)
+
+
+class _World:
+    """The two calls ``_serve`` makes on a communicator, for ranks that train alone: their
+    windows start and end together and the window's images are all the ranks' together."""
+
+    seconds_communicating = None
+
+    def __init__(self) -> None:
+        from mpi4py import MPI
+
+        self.comm = MPI.COMM_WORLD
 
 
 def _serve(step: Any, batch: int, steps: int, seconds: float, comm: Any) -> None:
@@ -375,7 +403,10 @@ def _command(
         return [*script, "convnp", *args], env, 1
     if config == "torch":
         return [*script, "torch", *args], env, 1
-    procs = 1 if config == "convnp P=1" else cores
+    if config == "convnp P=1 slice":
+        args[1] = str(batch // cores)
+    procs = 1 if config.startswith("convnp P=1") else cores
+    env["BENCH_INDEPENDENT"] = "1" if config == "convnp independent" else "0"
     kind = "torch-ddp" if config == "torch DDP" else "convnp"
     env["BENCH_BALANCE"] = "1" if config == "convnp balanced" else "0"
     command, ranks_env = mpiexec_command([*script, kind, *args], procs, blas_threads=1)
@@ -629,6 +660,15 @@ def round_ratios(configs: dict, numerator: str, denominator: str, scale: float =
     return [a["images_per_s"] / (scale * b["images_per_s"]) for a, b in pairs]
 
 
+def efficiency_factors(configs: dict, cores: int) -> dict[str, list[float]]:
+    """convnp P=cores's scaling efficiency as three factors per round (module docstring)."""
+    return {
+        "batch split": round_ratios(configs, "convnp P=1 slice", "convnp P=1"),
+        "shared cores": round_ratios(configs, "convnp independent", "convnp P=1 slice", cores),
+        "step sync": round_ratios(configs, "convnp P=cores", "convnp independent"),
+    }
+
+
 def _print_throughput(report: dict) -> None:
     cores = report["cores"]
     print(f"\nMPI data parallelism ({cores} cores; a window per configuration in turns, each "
@@ -656,6 +696,8 @@ def _print_throughput(report: dict) -> None:
             efficiency = round_ratios(configs, config, "convnp P=1", scale=cores)
             print(f"{'':8} scaling efficiency of {config.replace('cores', str(cores))}: "
                   f"{spread(efficiency)}")  # fmt: skip
+        factors = efficiency_factors(configs, cores)
+        print(f"{'':8} = " + " x ".join(f"{key} {spread(value)}" for key, value in factors.items()))
 
 
 def _print_whole_runs(results: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -82,10 +83,10 @@ def test_eval_inference_benchmark_reports_every_path(tmp_path):
     assert all(rate > 0 for rate in figures.values())
 
 
-def test_mpi_benchmark_drives_every_configuration_in_rounds(tmp_path):
+def test_mpi_benchmark_drives_every_configuration_in_rounds(tmp_path, monkeypatch):
     """benchmarks/distributed.py with tiny windows (and a slowed last rank): every
-    configuration of the model times one window per round, the ratios and memory figures
-    come out, Allreduce and projection."""
+    configuration of the model times one window per round, the ratios, the efficiency's
+    factors and memory figures come out, Allreduce and projection."""
     pytest.importorskip("torch")
     from convnp.runtime import distributed
 
@@ -105,7 +106,8 @@ def test_mpi_benchmark_drives_every_configuration_in_rounds(tmp_path):
     report = json.loads(output.read_text())
     configs = report["throughput"]["bouvrie"]
     assert set(configs) == {
-        "convnp P=1", "convnp P=cores", "convnp balanced", "convnp threads", "torch", "torch DDP"
+        "convnp P=1", "convnp P=cores", "convnp balanced", "convnp threads", "torch", "torch DDP",
+        "convnp P=1 slice", "convnp independent",
     }  # fmt: skip
     assert report["slow_rank_factor"] == 1
     for result in configs.values():
@@ -117,6 +119,17 @@ def test_mpi_benchmark_drives_every_configuration_in_rounds(tmp_path):
     assert set(report["allreduce_s"]) == {"1000", "10000", "100000", "1000000", "4000000"}
     assert report["projection"]["models"]["bouvrie"]["parameters"] == 3898
     assert "scaling efficiency of convnp balanced:" in completed.stdout
+    # the three factors multiply to the efficiency, round by round
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from distributed import efficiency_factors, round_ratios
+
+    cores = report["cores"]
+    efficiency = round_ratios(configs, "convnp P=cores", "convnp P=1", scale=cores)
+    factors = efficiency_factors(configs, cores)
+    assert list(factors) == ["batch split", "shared cores", "step sync"]
+    products = [math.prod(values) for values in zip(*factors.values())]
+    assert products == pytest.approx(efficiency, rel=1e-12)
+    assert "= batch split" in completed.stdout
     assert "the last rank of each multi-rank job slowed to 1/2 of its speed" in completed.stdout
 
 
