@@ -33,7 +33,9 @@ drift (30-40% here from one run to the next) cancels. The report gives the media
 rounds and the spread. Also measured: convnp's time inside collectives per step (includes
 waiting for the slowest rank), peak RSS and PSS per rank (PSS shares a page among the
 processes that map it: the machine's memory per rank), Allreduce time against message
-size, a time-to-accuracy run of ``convnp train``, and a projection to many machines.
+size, a time-to-accuracy run of ``convnp train``, a projection to many machines, and
+(``--whole-runs R``) R rounds of one training epoch per model, one process against
+``mpiexec -n P`` in turns: wall time and the largest process's peak memory.
 
 ``--slow-rank F`` emulates cores of uneven speed (a laptop's efficiency core, a VM's core
 shared with another tenant): the last rank of every job of several ranks (convnp P=cores,
