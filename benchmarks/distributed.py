@@ -18,7 +18,8 @@ ratio of throughputs within a round (their product is the efficiency):
 
     batch split   (P=1 slice) / (P=1)            the per-step cost that does not shrink
                                                  with the batch (Python, small products)
-    shared cores  (independent) / P·(P=1 slice)  ranks sharing caches and memory bandwidth
+    shared cores  (independent) / P·(P=1 slice)  ranks sharing caches, memory bandwidth
+                                                 and, on a VM, the host's cores
     step sync     (P=cores) / (independent)      the Allreduce, waiting for the slowest
                                                  rank each step, slicing and packing
 
@@ -515,6 +516,9 @@ def whole_runs(models: list[str], rounds: int, data: str) -> dict:
     from convnp import io
     from convnp.runtime.distributed import find_mpiexec
 
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        raise FileNotFoundError("mpiexec not found: pip install 'convnp[mpi]'")
     results: dict[str, dict] = {}
     for name in models:
         rows = []
@@ -522,7 +526,7 @@ def whole_runs(models: list[str], rounds: int, data: str) -> dict:
             out = Path(tempfile.mkdtemp(prefix="convnp-whole-run-"))
             train = ["-m", "convnp", "train", "--model", name, "--data", data, "--epochs", "1",
                      "--quiet"]  # fmt: skip
-            ranks = [find_mpiexec(), "-n", str(_cores()), sys.executable]
+            ranks = [mpiexec, "-n", str(_cores()), sys.executable]
             commands = {
                 "one process": [sys.executable, *train, "--procs", "1", "--out", str(out / "one")],
                 "ranks": [*ranks, *train, "--out", str(out / "ranks")],
@@ -546,11 +550,12 @@ def _timed_run(command: list[str]) -> dict:
     with tempfile.TemporaryFile("w+") as output:
         started = time.monotonic()
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(process.pid, 0)  # reaped here: Popen never waits
+        _, status, usage = os.wait4(process.pid, 0)  # reaped here, with its resource use
         seconds = time.monotonic() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
         output.seek(0)
         text = output.read()
-    if os.waitstatus_to_exitcode(status):
+    if process.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{text[-2000:]}")
     accuracy = float(re.search(r"test accuracy (\S+)", text).group(1))
     return {"wall_s": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
