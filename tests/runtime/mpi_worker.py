@@ -16,6 +16,8 @@ Modes:
                                slow: rank 0 saves the weights and the final shares.
   cli FAULT RANK STEP ARGS...  ``convnp train ARGS`` with a fault on rank RANK at its
                                STEP-th training step: kill (SIGKILL), raise, hang (SIGSTOP).
+  cores pin|free               Communicator.start on bouvrie, every rank first pinned to the
+                               first core it may use (pin) or left as started (free).
 """
 
 from __future__ import annotations
@@ -256,6 +258,14 @@ def mode_cli(fault: str, rank: int, step: int, argv: list[str]) -> int:
     return cli.main(argv)
 
 
+def mode_cores(pin: bool) -> None:
+    if pin:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    comm = communicator(False)
+    model, _, optimizer, loader = setup("bouvrie", np.float32, 8)
+    comm.start(model, optimizer, loader)
+
+
 def main() -> int:
     mode, *rest = sys.argv[1:]
     if mode == "train":
@@ -270,6 +280,8 @@ def main() -> int:
         mode_slices()
     elif mode == "balance":
         mode_balance(rest[0], "--single" in rest)
+    elif mode == "cores":
+        mode_cores(rest[0] == "pin")
     elif mode == "cli":
         return mode_cli(rest[0], int(rest[1]), int(rest[2]), rest[3:])
     else:

@@ -70,7 +70,12 @@ import numpy as np
 
 from convnp.layers.base import NonFiniteInputError
 from convnp.runtime.balance import LoadBalancer
-from convnp.runtime.parallel import INFERENCE_BLOCK, available_cores, predict_in_blocks
+from convnp.runtime.parallel import (
+    INFERENCE_BLOCK,
+    available_cores,
+    predict_in_blocks,
+    usable_cores,
+)
 
 # A collective that waits longer than this for the other ranks ends the job. Between two
 # collectives a rank does one training step, or rank 0 writes a checkpoint; both take far
@@ -229,6 +234,9 @@ class Communicator:
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
         self.node_rank: int = node.Get_rank()
         self.node_size: int = node.Get_size()
+        # the cores that this machine's ranks may run on between them (their affinity masks:
+        # ranks bound one to a core by mpiexec or Slurm each see one core)
+        self.node_cores: int = len(set().union(*node.allgather(usable_cores())))
         node.Free()
         self.timeout = timeout
         self.balancer = LoadBalancer(self.size) if balance else None
@@ -388,6 +396,15 @@ class Communicator:
             for layer in model
             if not layer.samples_independent and getattr(layer, "sum_over_ranks", None) is None
         ]
+        if self.node_size > self.node_cores and self.node_rank == 0:
+            cores = f"{self.node_cores} core" + ("s" if self.node_cores > 1 else "")
+            warnings.warn(
+                f"{self.node_size} ranks share {cores} on this machine: a rank that waits for "
+                "the others polls on its core, taking time from those still computing, so "
+                f"training runs slower than on {self.node_cores} rank(s) (mpiexec -n "
+                f"{self.node_cores})",
+                stacklevel=3,
+            )
         if per_slice and self.is_root and self.size > 1:
             warnings.warn(
                 f"{', '.join(per_slice)} work on each rank's slice of the batch (its own "

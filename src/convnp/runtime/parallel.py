@@ -30,9 +30,14 @@ R = TypeVar("R")
 
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(usable_cores())
+
+
+def usable_cores() -> set[int]:
+    """The CPU cores this process may run on: its affinity mask, or all of them."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
 
 
 @cache
