@@ -289,6 +289,30 @@ def test_more_ranks_than_cores_are_warned_about():
         assert "ranks share" not in free.stderr
 
 
+@pytest.mark.parametrize("code", [11, 9, 1, 130])
+def test_launcher_says_what_to_do_when_the_ranks_end_with_a_foreign_exit_code(
+    code, monkeypatch, capsys, tmp_path
+):
+    """A job of ranks that crashed in MPI (a segmentation fault at start-up: 11) or lost a
+    rank to kill -9 (9) ends with a code convnp never uses: the launcher points to --procs 1.
+    convnp's own codes (a failed run, an interrupt) come with their own messages."""
+    launched = []
+
+    def launch(command: list[str], procs: int, **settings) -> int:
+        launched.append(procs)
+        return code
+
+    monkeypatch.setattr(distributed, "launched_by_mpi", lambda: False)
+    monkeypatch.setattr(distributed, "mpi_available", lambda: True)
+    monkeypatch.setattr(distributed, "launch", launch)
+    assert cli.main(["train", "--procs", "2", "--out", str(tmp_path)]) == code
+    assert launched == [2]
+    hint = "If MPI cannot run on this machine, train in one process: --procs 1"
+    foreign = code not in cli.EXIT_CODES
+    assert (hint in capsys.readouterr().err) == foreign
+    assert foreign == (code in (11, 9))
+
+
 # -- without MPI -------------------------------------------------------------------------
 def test_without_mpi_training_runs_in_one_process(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(distributed, "mpi_available", lambda: False)

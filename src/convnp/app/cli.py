@@ -64,6 +64,9 @@ _MODEL_HELP = "a model file, a checkpoint or a run folder"
 # 2 cores (bouvrie, mnist5k, 10 epochs) 17 s instead of 62 s in one threaded process. The
 # environment variable CONVNP_PROCS overrides this default (as OMP_NUM_THREADS does BLAS's).
 DEFAULT_PROCS = "auto"
+# What convnp exits with (``main``); MPI ranks end with these too (3: the watchdog found the
+# ranks waiting too long for one another). Any other code from the ranks is MPI's or the OS's.
+EXIT_CODES = (0, 1, 2, 3, 130)
 
 
 class UsageError(Exception):
@@ -361,7 +364,13 @@ def cmd_train_ranks(args: argparse.Namespace) -> int:
         print(f"training on {procs} MPI ranks (mpiexec -n {procs}); --procs 1 for one process")
         sys.stdout.flush()
         command = [sys.executable, "-m", "convnp", *args.argv]
-        return distributed.launch(command, procs, blas_threads=max(1, available_cores() // procs))
+        code = distributed.launch(command, procs, blas_threads=max(1, available_cores() // procs))
+        if code not in EXIT_CODES:
+            print(f"convnp: the {procs} ranks ended with exit code {code}, not one of convnp's "
+                  "own (MPI failed, or a rank was killed); checkpoints written so far are "
+                  "intact. If MPI cannot run on this machine, train in one process: --procs 1 "
+                  "(or CONVNP_PROCS=1)", file=sys.stderr)  # fmt: skip
+        return code
     comm = distributed.Communicator(timeout=args.mpi_timeout, balance=args.balance)
     if isinstance(args.procs, int) and args.procs != comm.size:
         raise UsageError(f"--procs {args.procs}, but mpiexec started {comm.size} ranks")
@@ -861,8 +870,9 @@ def _folder(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit code: 0 done, 1 training stopped or failed, 2 a user
-    mistake (one ``convnp[ <command>]: error: ...`` line), 130 interrupted."""
+    """Run one command; returns the exit code (``EXIT_CODES``): 0 done, 1 training stopped or
+    failed, 2 a user mistake (one ``convnp[ <command>]: error: ...`` line), 3 MPI ranks that
+    waited too long for one another, 130 interrupted."""
     argv = sys.argv[1:] if argv is None else list(argv)
     keep_freed_memory()  # reuse each step's large temporaries instead of page-faulting anew
     parser = build_parser()
