@@ -401,8 +401,7 @@ class Communicator:
             warnings.warn(
                 f"{self.node_size} ranks share {cores} on this machine: a rank that waits for "
                 "the others polls on its core, taking time from those still computing, so "
-                f"training runs slower than on {self.node_cores} rank(s) (mpiexec -n "
-                f"{self.node_cores})",
+                "training runs slower than with one rank per core",
                 stacklevel=3,
             )
         if per_slice and self.is_root and self.size > 1:
