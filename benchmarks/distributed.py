@@ -40,9 +40,10 @@ size, a time-to-accuracy run of ``convnp train``, a projection to many machines,
 
 ``--slow-rank F`` emulates cores of uneven speed (a laptop's efficiency core, a VM's core
 shared with another tenant): the last rank of every job of several ranks (convnp P=cores,
-convnp balanced, torch DDP) spins, in its network's first layer, F·τ for each sample it
-trains on, τ being convnp P=1's time per sample (measured first, in its warm-up), as if
-its core ran at 1/(1 + F) of convnp's speed. Every job's slow rank loses the same time.
+convnp balanced, convnp independent, torch DDP) spins, in its network's first layer, F·τ
+for each sample it trains on, τ being convnp P=1's time per sample (measured first, in
+its warm-up), as if its core ran at 1/(1 + F) of convnp's speed. Every job's slow rank
+loses the same time.
 """
 
 from __future__ import annotations
@@ -520,14 +521,14 @@ def whole_runs(models: list[str], rounds: int, data: str) -> dict:
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise FileNotFoundError("mpiexec not found: pip install 'convnp[mpi]'")
+    ranks = [mpiexec, "-n", str(_cores()), sys.executable]
     results: dict[str, dict] = {}
     for name in models:
+        train = ["-m", "convnp", "train", "--model", name, "--data", data, "--epochs", "1",
+                 "--quiet"]  # fmt: skip
         rows = []
         for round_ in range(rounds):
             out = Path(tempfile.mkdtemp(prefix="convnp-whole-run-"))
-            train = ["-m", "convnp", "train", "--model", name, "--data", data, "--epochs", "1",
-                     "--quiet"]  # fmt: skip
-            ranks = [mpiexec, "-n", str(_cores()), sys.executable]
             commands = {
                 "one process": [sys.executable, *train, "--procs", "1", "--out", str(out / "one")],
                 "ranks": [*ranks, *train, "--out", str(out / "ranks")],
