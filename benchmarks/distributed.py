@@ -12,6 +12,8 @@ Configurations, for bouvrie (batch 50), lenet5 (64) and modern (128), P = the co
     convnp P=1 slice  one rank at a rank's slice of the batch (batch / P), one BLAS thread
     convnp independent  P ranks each training a model of its own on batch / P, with no
                       communication (their windows start and end together)
+    convnp P=cores weak  one rank per core, each on the model's batch: a global batch of
+                      P·batch (weak scaling, the convention of DDP and Horovod figures)
 
 The last two split the scaling efficiency of convnp P=cores into three factors, each a
 ratio of throughputs within a round (their product is the efficiency):
@@ -23,27 +25,33 @@ ratio of throughputs within a round (their product is the efficiency):
     step sync     (P=cores) / (independent)      the Allreduce, waiting for the slowest
                                                  rank each step, slicing and packing
 
-Each configuration is a job of its own that trains on the same Fashion-MNIST batches
-(global batch = the model's batch; ranks take slices). All five jobs of a model are
-started first and then driven in turns, one at a time: each job times one window of
-about ``--seconds`` (1 s; at least ``steps`` steps; its ranks start it together), then the
-next job times its window, and so on, for ``--windows`` rounds. A job waits between its
-windows blocked on a pipe, using no CPU, so the timed job has the machine to itself, and
-every ratio is taken within one round, from windows a few seconds apart: the machine's
-drift (30-40% here from one run to the next) cancels. The report gives the median over
-rounds and the spread. Also measured: convnp's time inside collectives per step (includes
-waiting for the slowest rank), peak RSS and PSS per rank (PSS shares a page among the
-processes that map it: the machine's memory per rank), Allreduce time against message
-size, a time-to-accuracy run of ``convnp train``, a projection to many machines, and
-(``--whole-runs R``) R rounds of one training epoch per model, one process against
-``mpiexec -n P`` in turns: wall time and the largest process's peak memory.
+The efficiency above is strong scaling: the global batch stays the model's, as
+``--batch-size`` means in ``convnp train``, so each of P ranks works on batch / P. The
+weak-scaling efficiency, (P=cores weak) / P·(P=1), keeps each rank's batch at the
+model's (P times the global batch; it lacks the batch split factor).
 
-``--slow-rank F`` emulates cores of uneven speed (a laptop's efficiency core, a VM's core
-shared with another tenant): the last rank of every job of several ranks (convnp P=cores,
-convnp balanced, convnp independent, torch DDP) spins, in its network's first layer, F·τ
-for each sample it trains on, τ being convnp P=1's time per sample (measured first, in
-its warm-up), as if its core ran at 1/(1 + F) of convnp's speed. Every job's slow rank
-loses the same time.
+Each configuration is a job of its own that trains on Fashion-MNIST batches of the
+model's size (but for the slice and weak ones, as said; ranks take slices of the global
+batch). All the jobs of a model are started first and then driven in turns, one at a
+time: each job times one window of about ``--seconds`` (1 s; at least ``steps`` steps;
+its ranks start it together), then the next job times its window, and so on, for
+``--windows`` rounds. A job waits between its windows blocked on a pipe, using no CPU,
+so the timed job has the machine to itself, and every ratio is taken within one round,
+from windows a few seconds apart: the machine's drift (30-40% here from one run to the
+next) cancels. The report gives the median over rounds and the spread. Also measured:
+convnp's time inside collectives per step (includes waiting for the slowest rank), peak
+RSS and PSS per rank (PSS shares a page among the processes that map it: the machine's
+memory per rank), Allreduce time against message size, a time-to-accuracy run of
+``convnp train``, a projection to many machines, and (``--whole-runs R``) R rounds of
+one training epoch per model, one process against ``mpiexec -n P`` in turns: wall time
+and the largest process's peak memory.
+
+``--slow-rank F`` emulates cores of uneven speed (a laptop's efficiency core, a VM's
+core shared with another tenant): the last rank of every job of several ranks (convnp
+P=cores, convnp balanced, convnp independent, convnp P=cores weak, torch DDP) spins, in
+its network's first layer, F·τ for each sample it trains on, τ being convnp P=1's time
+per sample (measured first, in its warm-up), as if its core ran at 1/(1 + F) of convnp's
+speed. Every job's slow rank loses the same time per sample.
 """
 
 from __future__ import annotations
@@ -71,7 +79,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 CONFIGS = (
     "convnp P=1", "convnp P=cores", "convnp balanced", "convnp threads", "torch", "torch DDP",
-    "convnp P=1 slice", "convnp independent",
+    "convnp P=1 slice", "convnp independent", "convnp P=cores weak",
 )  # fmt: skip
 ALLREDUCE_SIZES = (1_000, 10_000, 100_000, 1_000_000, 4_000_000)  # float32 values
 # A 10 GbE cluster for the projection: per-message latency α (MPI over TCP, typical) and
@@ -203,7 +211,11 @@ def _serve(step: Any, batch: int, steps: int, seconds: float, comm: Any) -> None
                 memory = (_rss_mb(), _pss_mb())
                 if comm is not None:
                     memory = tuple(max(values) for values in zip(*comm.comm.allgather(memory)))
-                report = {"peak_rss_mb_per_rank": memory[0], "pss_mb_per_rank": memory[1]}
+                report = {
+                    "global_batch": batch,
+                    "peak_rss_mb_per_rank": memory[0],
+                    "pss_mb_per_rank": memory[1],
+                }
             else:
                 raise ValueError(f"unknown command {command!r}")
             if root:
@@ -409,6 +421,8 @@ def _command(
         return [*script, "torch", *args], env, 1
     if config == "convnp P=1 slice":
         args[1] = str(batch // cores)
+    if config == "convnp P=cores weak":
+        args[1] = str(batch * cores)
     procs = 1 if config.startswith("convnp P=1") else cores
     env["BENCH_INDEPENDENT"] = "1" if config == "convnp independent" else "0"
     kind = "torch-ddp" if config == "torch DDP" else "convnp"
@@ -717,6 +731,9 @@ def _print_throughput(report: dict) -> None:
                   f"{spread(efficiency)}")  # fmt: skip
         factors = efficiency_factors(configs, cores)
         print(f"{'':8} = " + " x ".join(f"{key} {spread(value)}" for key, value in factors.items()))
+        weak = round_ratios(configs, "convnp P=cores weak", "convnp P=1", scale=cores)
+        print(f"{'':8} weak scaling efficiency (each rank on batch "
+              f"{configs['convnp P=1']['global_batch']}): {spread(weak)}")  # fmt: skip
 
 
 def _print_whole_runs(results: dict) -> None:

@@ -107,8 +107,13 @@ def test_mpi_benchmark_drives_every_configuration_in_rounds(tmp_path, monkeypatc
     configs = report["throughput"]["bouvrie"]
     assert set(configs) == {
         "convnp P=1", "convnp P=cores", "convnp balanced", "convnp threads", "torch", "torch DDP",
-        "convnp P=1 slice", "convnp independent",
+        "convnp P=1 slice", "convnp independent", "convnp P=cores weak",
     }  # fmt: skip
+    cores = report["cores"]
+    batches = {config: result["global_batch"] for config, result in configs.items()}
+    assert batches["convnp P=cores weak"] == 50 * cores
+    assert batches["convnp P=1 slice"] == 50 // cores
+    assert {batches[config] for config in ("convnp P=1", "convnp P=cores", "torch DDP")} == {50}
     assert report["slow_rank_factor"] == 1
     for result in configs.values():
         assert len(result["windows"]) == 2
@@ -123,13 +128,13 @@ def test_mpi_benchmark_drives_every_configuration_in_rounds(tmp_path, monkeypatc
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
     from distributed import efficiency_factors, round_ratios
 
-    cores = report["cores"]
     efficiency = round_ratios(configs, "convnp P=cores", "convnp P=1", scale=cores)
     factors = efficiency_factors(configs, cores)
     assert list(factors) == ["batch split", "shared cores", "step sync"]
     products = [math.prod(values) for values in zip(*factors.values())]
     assert products == pytest.approx(efficiency, rel=1e-12)
     assert "= batch split" in completed.stdout
+    assert "weak scaling efficiency (each rank on batch 50):" in completed.stdout
     assert "the last rank of each multi-rank job slowed to 1/2 of its speed" in completed.stdout
 
 
