@@ -15,8 +15,9 @@ Configurations, for bouvrie (batch 50), lenet5 (64) and modern (128), P = the co
     convnp P=cores weak  one rank per core, each on the model's batch: a global batch of
                       P·batch (weak scaling, the convention of DDP and Horovod figures)
 
-The last two split the scaling efficiency of convnp P=cores into three factors, each a
-ratio of throughputs within a round (their product is the efficiency):
+convnp P=1 slice and convnp independent split the scaling efficiency of convnp P=cores
+into three factors, each a ratio of throughputs within a round (their product is the
+efficiency):
 
     batch split   (P=1 slice) / (P=1)            the per-step cost that does not shrink
                                                  with the batch (Python, small products)
