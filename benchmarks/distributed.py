@@ -602,9 +602,30 @@ def _test_accuracy(checkpoint: Path) -> float:
     return float(re.search(r"test set: accuracy (\S+),", result.stdout).group(1))
 
 
-def projection(costs: dict[str, float], models: dict[str, int], measured: dict) -> dict:
+def step_time_model(measured: dict, batch: int, cores: int) -> tuple[float, float]:
+    """One rank's step time as t(n) = t0 + n·τ for n samples: (t0 s, τ s per sample), fitted
+    from convnp P=1 at the model's batch and at a rank's slice (batch / cores) here, so a
+    step's fixed cost (Python, small products) counts when the per-rank batch shrinks.
+    A slice that is cheaper per sample than the whole batch (cache effects, modern) fits no
+    fixed cost: t0 = 0, τ from the whole batch."""
+    whole = batch / _median_rate(measured["convnp P=1"])
+    part = batch // cores
+    if part >= batch or "convnp P=1 slice" not in measured:
+        return 0.0, whole / batch
+    sliced = part / _median_rate(measured["convnp P=1 slice"])
+    per_sample = max(whole - sliced, 0.0) / (batch - part)
+    fixed = whole - batch * per_sample
+    if fixed < 0:
+        return 0.0, whole / batch
+    return fixed, per_sample
+
+
+def projection(costs: dict[str, float], models: dict[str, int], measured: dict, cores: int) -> dict:
     """Ring-allreduce α-β model: t(P, n bytes) = 2(P−1)·α + 2·(P−1)/P · n/B, fitted here (2
-    ranks on shared memory) and stated for a 10 GbE cluster, against compute per step."""
+    ranks on shared memory) and stated for a 10 GbE cluster, against a rank's compute per
+    step t(n) = t0 + n·τ (``step_time_model``), with no overlap of the two. P ranks take
+    t(n) + Allreduce a step, n = batch / P (strong scaling) or the batch (weak); the
+    efficiency is their images per second over P times one rank's at the batch."""
     sizes = np.array([int(k) for k in costs], dtype=float) * 4
     seconds = np.array(list(costs.values()))
     # weights 1/t: relative residuals, so the 16 MB point does not swamp the latency α
@@ -614,9 +635,12 @@ def projection(costs: dict[str, float], models: dict[str, int], measured: dict) 
     rows = {}
     for name, batch in models.items():
         parameters = zoo.get_recipe(name).build().num_parameters()
-        one_rank = _median_rate(measured[name]["convnp P=1"])
-        compute_per_sample = 1 / one_rank
-        row = {"parameters": parameters}
+        fixed, per_sample = step_time_model(measured[name], batch, cores)
+        whole = fixed + batch * per_sample  # one rank's step at the model's batch
+        row: dict[str, Any] = {
+            "parameters": parameters,
+            "step_model": {"fixed_ms": 1e3 * fixed, "per_sample_us": 1e6 * per_sample},
+        }
         for ranks in (8, 64):
             comm = (
                 2 * (ranks - 1) * CLUSTER_ALPHA_S
@@ -629,12 +653,14 @@ def projection(costs: dict[str, float], models: dict[str, int], measured: dict) 
                 / CLUSTER_BANDWIDTH_BPS
             )
             for scaling, per_rank in (("strong", batch / ranks), ("weak", batch)):
-                compute = per_rank * compute_per_sample
+                compute = fixed + per_rank * per_sample
+                # images per second of the P ranks over P times one rank's at the batch
+                efficiency = (per_rank / (compute + comm)) / (batch / whole)
                 row[f"P={ranks} {scaling}"] = {
                     "samples_per_rank": per_rank,
                     "compute_ms": 1e3 * compute,
                     "allreduce_ms": 1e3 * comm,
-                    "efficiency": compute / (compute + comm),
+                    "efficiency": efficiency,
                 }
         rows[name] = row
     return {"fit_shared_memory": {"alpha_us": 1e6 * alpha, "beta_ns_per_byte": 1e9 * beta},
@@ -658,7 +684,9 @@ def run(
     if models:
         report["throughput"] = throughput(models, steps, windows, seconds, slow)
         report["allreduce_s"] = allreduce_costs()
-        report["projection"] = projection(report["allreduce_s"], models, report["throughput"])
+        report["projection"] = projection(
+            report["allreduce_s"], models, report["throughput"], report["cores"]
+        )
     if models and whole_run_rounds:
         report["whole_runs"] = whole_runs(list(models), whole_run_rounds, "fashion-mnist")
     if tta:
@@ -768,11 +796,14 @@ def _print_allreduce(report: dict) -> None:
           f"{fit['beta_ns_per_byte']:.3f} ns/byte")  # fmt: skip
     cluster = plan["cluster"]
     print(f"\nprojection, ring Allreduce on 10 GbE (α = {cluster['alpha_us']:.0f} µs, "
-          f"B = {cluster['bandwidth_GB_s']:.2f} GB/s), compute from convnp P=1 here:")  # fmt: skip
+          f"B = {cluster['bandwidth_GB_s']:.2f} GB/s); a rank's step t(n) = t0 + n·τ fitted "
+          "from convnp P=1 and P=1 slice here:")  # fmt: skip
     for name, row in plan["models"].items():
-        print(f"  {name} ({row['parameters']:,} parameters):")
+        model = row["step_model"]
+        print(f"  {name} ({row['parameters']:,} parameters; t0 = {model['fixed_ms']:.2f} ms, "
+              f"τ = {model['per_sample_us']:.1f} µs):")  # fmt: skip
         for key, value in row.items():
-            if key == "parameters":
+            if key in ("parameters", "step_model"):
                 continue
             print(f"    {key:14} {value['samples_per_rank']:6.1f} samples/rank, compute "
                   f"{value['compute_ms']:7.2f} ms, allreduce {value['allreduce_ms']:6.2f} ms, "

@@ -138,6 +138,40 @@ def test_mpi_benchmark_drives_every_configuration_in_rounds(tmp_path, monkeypatc
     assert "the last rank of each multi-rank job slowed to 1/2 of its speed" in completed.stdout
 
 
+def _rates(images_per_s: float) -> dict:
+    return {"windows": [{"images_per_s": images_per_s}]}
+
+
+def test_projection_counts_a_steps_fixed_cost(monkeypatch):
+    """The many-machine projection fits a rank's step as t(n) = t0 + n·τ from one rank at
+    the batch and at a rank's slice, so strong scaling pays t0 on every rank."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from distributed import CLUSTER_ALPHA_S, CLUSTER_BANDWIDTH_BPS, projection, step_time_model
+
+    # batch 50 in 5 ms, a slice of 25 in 3.125 ms: τ = 75 µs a sample, t0 = 1.25 ms
+    measured = {"convnp P=1": _rates(10_000.0), "convnp P=1 slice": _rates(8_000.0)}
+    assert step_time_model(measured, 50, 2) == pytest.approx((1.25e-3, 75e-6), rel=1e-12)
+    # a slice cheaper per sample than the batch (cache effects) fits no fixed cost
+    faster_slice = {"convnp P=1": _rates(10_000.0), "convnp P=1 slice": _rates(12_000.0)}
+    assert step_time_model(faster_slice, 50, 2) == pytest.approx((0.0, 1e-4), rel=1e-12)
+    assert step_time_model(measured, 50, 1) == pytest.approx((0.0, 1e-4), rel=1e-12)
+
+    plan = projection({"1000": 5e-6, "1000000": 1e-3}, {"bouvrie": 50}, {"bouvrie": measured}, 2)
+    row = plan["models"]["bouvrie"]
+    assert row["step_model"] == pytest.approx({"fixed_ms": 1.25, "per_sample_us": 75.0})
+    message_bytes = 3898 * 4 + 50 * 10 * 4  # gradients and the batch's outputs
+    allreduce = 14 * CLUSTER_ALPHA_S + 2 * 7 / 8 * message_bytes / CLUSTER_BANDWIDTH_BPS
+    strong, weak = row["P=8 strong"], row["P=8 weak"]
+    assert strong["compute_ms"] == pytest.approx(1e3 * (1.25e-3 + 6.25 * 75e-6))
+    assert strong["allreduce_ms"] == pytest.approx(1e3 * allreduce)
+    # the 8 ranks' images per second over 8 times one rank's
+    one_rank = 50 / 5e-3
+    ranks = 50 / (1.25e-3 + 6.25 * 75e-6 + allreduce)
+    assert strong["efficiency"] == pytest.approx(ranks / (8 * one_rank))
+    assert weak["efficiency"] == pytest.approx(5e-3 / (5e-3 + allreduce))
+    assert strong["efficiency"] < weak["efficiency"]
+
+
 @pytest.mark.skipif(
     not Path("/usr/share/datasets/fashion-mnist").is_dir(),
     reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
