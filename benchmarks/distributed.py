@@ -836,6 +836,8 @@ def main(argv: list[str]) -> int:
         help="output file (benchmarks/results-mpi.json is the committed record)",
     )
     args = parser.parse_args(argv)
+    if args.tta_only and not args.tta_target:
+        parser.error("--tta-only measures time to accuracy alone: give --tta-target (e.g. 0.93)")
     tta = {"target": args.tta_target, "epochs": args.tta_epochs, "data": "fashion-mnist",
            "procs": args.tta_procs}  # fmt: skip
     batches = {"bouvrie": 50, "lenet5": 64, "modern": 128}

@@ -138,6 +138,19 @@ def test_mpi_benchmark_drives_every_configuration_in_rounds(tmp_path, monkeypatc
     assert "the last rank of each multi-rank job slowed to 1/2 of its speed" in completed.stdout
 
 
+def test_mpi_benchmark_refuses_tta_only_without_a_target():
+    """--tta-only skips the throughput part; without --tta-target it would measure nothing,
+    so it is refused (it used to exit 0 with an empty report)."""
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT.with_name("distributed.py")), "--tta-only"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 2
+    assert "give --tta-target" in completed.stderr
+
+
 def _rates(images_per_s: float) -> dict:
     return {"windows": [{"images_per_s": images_per_s}]}
 
