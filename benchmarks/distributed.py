@@ -536,7 +536,8 @@ def whole_runs(models: list[str], rounds: int, data: str) -> dict:
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise FileNotFoundError("mpiexec not found: pip install 'convnp[mpi]'")
-    ranks = [mpiexec, "-n", str(_cores()), sys.executable]
+    procs = _cores()
+    ranks = [mpiexec, "-n", str(procs), sys.executable]
     results: dict[str, dict] = {}
     for name in models:
         train = ["-m", "convnp", "train", "--model", name, "--data", data, "--epochs", "1",
@@ -558,7 +559,7 @@ def whole_runs(models: list[str], rounds: int, data: str) -> dict:
             shutil.rmtree(out, ignore_errors=True)
             rows.append(row)
             print(f"  {name}: whole run {round_ + 1} of {rounds} done", flush=True)
-        results[name] = {"procs": _cores(), "rounds": rows}
+        results[name] = {"procs": procs, "rounds": rows}
     return results
 
 
